@@ -1,0 +1,140 @@
+//! What a check did: outcomes, stages, triggers and history entries.
+//!
+//! A check ends in one [`Outcome`]. No-op checks (`up_to_date`) only update the
+//! source's status; deploys and failures are also kept as [`HistoryEntry`]s, so
+//! history stays small at thousands of sources checked every few minutes.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::source::SourceId;
+
+/// How a check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The declared image differed from the running one and was applied.
+    Deployed,
+    /// The declared image is the one running; nothing was written to the cluster.
+    UpToDate,
+    /// A stage failed; see [`Stage`] and the message.
+    Failed,
+}
+
+/// The stage of a check that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Asking the remote for its head, fetching, checking out.
+    Git,
+    /// Reading the desired image from `image_version_file`.
+    Manifest,
+    /// Reading the running image from the cluster.
+    Cluster,
+    /// `kustomize build`.
+    Build,
+    /// Server-side apply of the built objects.
+    Apply,
+    /// Waiting for the Deployment to roll out.
+    Rollout,
+    /// The check ran past its deadline, or was cut at shutdown.
+    Timeout,
+}
+
+/// What asked for a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The source's interval came round.
+    Schedule,
+    /// Someone asked through the API or CLI.
+    Manual,
+    /// A push event from a git host.
+    Webhook,
+}
+
+macro_rules! str_enum {
+    ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The wire and storage spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(format!("unknown value '{other}'")),
+                }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(Outcome { Deployed => "deployed", UpToDate => "up_to_date", Failed => "failed" });
+str_enum!(Stage {
+    Git => "git", Manifest => "manifest", Cluster => "cluster", Build => "build",
+    Apply => "apply", Rollout => "rollout", Timeout => "timeout",
+});
+str_enum!(Trigger { Schedule => "schedule", Manual => "manual", Webhook => "webhook" });
+
+/// What server-side apply did to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyAction {
+    /// The object did not exist before.
+    Created,
+    /// The object existed and the apply changed it.
+    Configured,
+    /// The object existed and the apply left it as it was.
+    Unchanged,
+}
+
+/// One object of a kustomize build, as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedObject {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub action: ApplyAction,
+}
+
+/// The result of one check, as the worker reports it to the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub source_id: SourceId,
+    pub trigger: Trigger,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
+    pub commit: Option<String>,
+    pub desired_image: Option<String>,
+    pub running_image: Option<String>,
+    pub outcome: Outcome,
+    pub stage: Option<Stage>,
+    pub message: Option<String>,
+    pub objects: Vec<AppliedObject>,
+}
+
+/// A stored history entry: a [`CheckReport`] of a deploy or a failure, with the
+/// id the store gave it and the source's identity at the time (so it stays
+/// readable after the source is deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub namespace: String,
+    pub deployment_name: String,
+    pub container_name: String,
+    #[serde(flatten)]
+    pub report: CheckReport,
+}

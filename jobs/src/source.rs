@@ -1,0 +1,567 @@
+//! Git sources: what a user registers, and the rules its fields follow.
+//!
+//! A source names a Deployment container (`namespace`, `deployment_name`,
+//! `container_name`), a git repository and branch, the kustomize directory to
+//! apply (`deploy_path`) and the file that declares the image
+//! (`image_version_file`). These are the original tool's seven fields; chump
+//! adds an optional per-source `interval_seconds` and a `suspended` switch.
+//!
+//! Validation happens here, once, for every way a source can arrive (create,
+//! full replace, partial update), and reports every bad field at once.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::redact::redact_url;
+
+/// A source's id: an integer from 1, assigned by the store, never reused.
+pub type SourceId = i64;
+
+/// The largest id chump hands out or accepts: ids must survive a round trip
+/// through JSON numbers and RethinkDB (IEEE doubles).
+pub const MAX_SOURCE_ID: SourceId = (1 << 53) - 1;
+
+/// Shortest and longest per-source interval a user may set, in seconds.
+pub const MIN_INTERVAL_SECONDS: u32 = 5;
+pub const MAX_INTERVAL_SECONDS: u32 = 7 * 24 * 3600;
+
+/// The fields a user sets on a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub namespace: String,
+    pub deployment_name: String,
+    pub git_url: String,
+    pub branch: String,
+    pub deploy_path: String,
+    pub container_name: String,
+    pub image_version_file: String,
+    /// Overrides the service's check interval for this source.
+    #[serde(default)]
+    pub interval_seconds: Option<u32>,
+    /// A suspended source is not checked by the schedule or webhooks.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// A stored source: its spec, the id the store gave it and the server-kept
+/// fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub id: SourceId,
+    pub spec: SourceSpec,
+    /// Bumped by every update, so a check can tell that the source changed
+    /// while it ran.
+    pub revision: i64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl Source {
+    /// The source as the API shows it: the seven fields, the id and the
+    /// server-kept fields, with credentials in `git_url` masked.
+    pub fn to_public_json(&self) -> Map<String, Value> {
+        let s = &self.spec;
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.into());
+        m.insert("namespace".into(), s.namespace.clone().into());
+        m.insert("deployment_name".into(), s.deployment_name.clone().into());
+        m.insert("git_url".into(), redact_url(&s.git_url).into());
+        m.insert("branch".into(), s.branch.clone().into());
+        m.insert("deploy_path".into(), s.deploy_path.clone().into());
+        m.insert("container_name".into(), s.container_name.clone().into());
+        m.insert("image_version_file".into(), s.image_version_file.clone().into());
+        m.insert(
+            "interval_seconds".into(),
+            s.interval_seconds.map_or(Value::Null, Value::from),
+        );
+        m.insert("suspended".into(), s.suspended.into());
+        m.insert("created_at".into(), rfc3339(self.created_at).into());
+        m.insert("updated_at".into(), rfc3339(self.updated_at).into());
+        m
+    }
+
+    /// `namespace/deployment_name` container `container_name`, for messages.
+    pub fn target(&self) -> String {
+        format!(
+            "{}/{} container {}",
+            self.spec.namespace, self.spec.deployment_name, self.spec.container_name
+        )
+    }
+}
+
+/// Formats a timestamp as RFC 3339 (UTC).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// What the service allows, beyond the fixed rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidationRules {
+    /// Accept `file://` URLs and local paths as `git_url`.
+    pub allow_file_urls: bool,
+}
+
+/// Every bad field of a request, field name → reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ValidationErrors(pub BTreeMap<String, String>);
+
+impl ValidationErrors {
+    fn add(&mut self, field: &str, reason: impl Into<String>) {
+        self.0.entry(field.to_string()).or_insert_with(|| reason.into());
+    }
+    /// True when no field was rejected.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// One line naming every bad field, for the `msg` of an error response.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        format!("[WARN] Invalid source: {}", parts.join("; "))
+    }
+}
+
+impl std::fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// The seven string fields every source has, in the original tool's order.
+pub const REQUIRED_FIELDS: [&str; 7] = [
+    "namespace",
+    "deployment_name",
+    "git_url",
+    "branch",
+    "deploy_path",
+    "container_name",
+    "image_version_file",
+];
+
+const OPTIONAL_FIELDS: [&str; 2] = ["interval_seconds", "suspended"];
+
+/// How a request body relates to the stored source.
+#[derive(Debug, Clone, Copy)]
+pub enum Merge<'a> {
+    /// Create or full replace (PUT): every required field must be present.
+    Full,
+    /// Partial update (PATCH): absent fields keep their value in `base`.
+    Patch(&'a SourceSpec),
+}
+
+impl SourceSpec {
+    /// Builds and validates a spec from a JSON request body.
+    ///
+    /// Rejects (all at once, field → reason): a body that is not an object,
+    /// unknown fields, missing or empty required fields, wrong JSON types, and
+    /// every field-specific rule below.
+    pub fn from_json(
+        body: &Value,
+        merge: Merge<'_>,
+        rules: ValidationRules,
+    ) -> Result<SourceSpec, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let Some(obj) = body.as_object() else {
+            errors.add("body", "must be a JSON object");
+            return Err(errors);
+        };
+        for key in obj.keys() {
+            if !REQUIRED_FIELDS.contains(&key.as_str()) && !OPTIONAL_FIELDS.contains(&key.as_str())
+            {
+                errors.add(key, "unknown field");
+            }
+        }
+
+        let base = match merge {
+            Merge::Full => None,
+            Merge::Patch(base) => Some(base),
+        };
+        let mut strings: BTreeMap<&str, String> = BTreeMap::new();
+        for field in REQUIRED_FIELDS {
+            match obj.get(field) {
+                None => match base {
+                    Some(base) => {
+                        strings.insert(field, base.field(field).to_string());
+                    }
+                    None => errors.add(field, "is required"),
+                },
+                Some(Value::String(s)) if s.trim().is_empty() => {
+                    errors.add(field, "must not be empty")
+                }
+                Some(Value::String(s)) => {
+                    strings.insert(field, s.clone());
+                }
+                Some(Value::Null) => errors.add(field, "is required"),
+                Some(_) => errors.add(field, "must be a string"),
+            }
+        }
+
+        let interval_seconds = match obj.get("interval_seconds") {
+            None => base.and_then(|b| b.interval_seconds),
+            Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if (MIN_INTERVAL_SECONDS as u64..=MAX_INTERVAL_SECONDS as u64)
+                    .contains(&n) =>
+                {
+                    Some(n as u32)
+                }
+                _ => {
+                    errors.add(
+                        "interval_seconds",
+                        format!(
+                            "must be an integer from {MIN_INTERVAL_SECONDS} to {MAX_INTERVAL_SECONDS}, or null"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let suspended = match obj.get("suspended") {
+            None => base.is_some_and(|b| b.suspended),
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                errors.add("suspended", "must be true or false");
+                false
+            }
+        };
+
+        // Field rules, only for fields that arrived as non-empty strings.
+        let check = |errors: &mut ValidationErrors, field: &str, f: &dyn Fn(&str) -> Result<(), String>| {
+            if let Some(v) = strings.get(field) {
+                if let Err(reason) = f(v) {
+                    errors.add(field, reason);
+                }
+            }
+        };
+        check(&mut errors, "namespace", &validate_dns_label);
+        check(&mut errors, "deployment_name", &validate_dns_subdomain);
+        check(&mut errors, "container_name", &validate_dns_label);
+        check(&mut errors, "git_url", &|v| validate_git_url(v, rules));
+        check(&mut errors, "branch", &validate_branch);
+        check(&mut errors, "deploy_path", &validate_repo_path);
+        check(&mut errors, "image_version_file", &validate_repo_path);
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut take = |f: &str| strings.remove(f).unwrap_or_default();
+        Ok(SourceSpec {
+            namespace: take("namespace"),
+            deployment_name: take("deployment_name"),
+            git_url: take("git_url"),
+            branch: take("branch"),
+            deploy_path: take("deploy_path"),
+            container_name: take("container_name"),
+            image_version_file: take("image_version_file"),
+            interval_seconds,
+            suspended,
+        })
+    }
+
+    fn field(&self, name: &str) -> &str {
+        match name {
+            "namespace" => &self.namespace,
+            "deployment_name" => &self.deployment_name,
+            "git_url" => &self.git_url,
+            "branch" => &self.branch,
+            "deploy_path" => &self.deploy_path,
+            "container_name" => &self.container_name,
+            "image_version_file" => &self.image_version_file,
+            _ => "",
+        }
+    }
+
+    /// Validates a spec built in code (not from JSON), with the same rules.
+    pub fn validate(&self, rules: ValidationRules) -> Result<(), ValidationErrors> {
+        let body = serde_json::to_value(self).unwrap_or(Value::Null);
+        Self::from_json(&body, Merge::Full, rules).map(|_| ())
+    }
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_control())
+}
+
+/// A Kubernetes DNS-1123 label: lower-case alphanumerics and `-`, starting and
+/// ending with an alphanumeric, at most 63 characters (namespaces, containers).
+pub fn validate_dns_label(s: &str) -> Result<(), String> {
+    if s.len() > 63 {
+        return Err("must be at most 63 characters (a DNS-1123 label)".into());
+    }
+    let ok = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err("must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit".into())
+    }
+}
+
+/// A Kubernetes DNS-1123 subdomain: dot-separated labels, at most 253
+/// characters (Deployment names).
+pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err("must be at most 253 characters (a DNS-1123 subdomain)".into());
+    }
+    for label in s.split('.') {
+        let ok = !label.is_empty()
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && label.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+        if !ok {
+            return Err("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', each part starting and ending with a letter or digit".into());
+        }
+    }
+    Ok(())
+}
+
+/// The kinds of git URL chump takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitUrlKind {
+    Https,
+    Http,
+    Ssh,
+    Git,
+    /// `user@host:path`
+    ScpLike,
+    /// `file://…` or a local path; only where the service allows it.
+    File,
+}
+
+/// Classifies a git URL, or says why it is not one chump takes.
+pub fn classify_git_url(s: &str) -> Result<GitUrlKind, String> {
+    if s.len() > 2048 {
+        return Err("must be at most 2048 characters".into());
+    }
+    if has_control(s) || s.chars().any(char::is_whitespace) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "https" => GitUrlKind::Https,
+            "http" => GitUrlKind::Http,
+            "ssh" | "git+ssh" | "ssh+git" => GitUrlKind::Ssh,
+            "git" => GitUrlKind::Git,
+            "file" => GitUrlKind::File,
+            other => {
+                return Err(format!(
+                    "scheme '{other}' is not supported: use https, http, ssh, git or user@host:path"
+                ))
+            }
+        };
+        let parsed = url::Url::parse(s).map_err(|e| format!("is not a valid URL: {e}"))?;
+        if kind == GitUrlKind::File {
+            if parsed.path().len() <= 1 {
+                return Err("must name a repository path".into());
+            }
+            return Ok(kind);
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err("must name a host".into());
+        }
+        if parsed.path().trim_matches('/').is_empty() {
+            return Err("must name a repository path on the host".into());
+        }
+        return Ok(kind);
+    }
+    if s.starts_with('/') || s.starts_with('.') {
+        return Ok(GitUrlKind::File);
+    }
+    // scp-like: [user@]host:path, where the host part holds no '/'.
+    if let Some((authority, path)) = s.split_once(':') {
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host_ok = !host.is_empty()
+            && !authority.contains('/')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']'));
+        if host_ok && !path.trim_matches('/').is_empty() && !path.starts_with("//") {
+            return Ok(GitUrlKind::ScpLike);
+        }
+    }
+    Err("must be an https, http, ssh or git URL, or user@host:path".into())
+}
+
+/// A `git_url` chump takes under `rules`.
+pub fn validate_git_url(s: &str, rules: ValidationRules) -> Result<(), String> {
+    match classify_git_url(s)? {
+        GitUrlKind::File if !rules.allow_file_urls => Err(
+            "file URLs and local paths are not allowed (the server must be started with CHUMP_ALLOW_FILE_URLS=1)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A valid git branch name (the rules of `git check-ref-format --branch`).
+pub fn validate_branch(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("is not a valid git branch name: {why}"));
+    if s.len() > 255 {
+        return bad("longer than 255 characters");
+    }
+    if s == "HEAD" || s == "@" {
+        return bad("reserved name");
+    }
+    if s.starts_with('-') {
+        return bad("starts with '-'");
+    }
+    if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
+        return bad("empty path component");
+    }
+    if s.ends_with('.') {
+        return bad("ends with '.'");
+    }
+    if s.contains("..") {
+        return bad("contains '..'");
+    }
+    if s.contains("@{") {
+        return bad("contains '@{'");
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '\u{7f}'))
+    {
+        return bad(&format!("contains {c:?}"));
+    }
+    for part in s.split('/') {
+        if part.starts_with('.') {
+            return bad("a component starts with '.'");
+        }
+        if part.ends_with(".lock") {
+            return bad("a component ends with '.lock'");
+        }
+    }
+    Ok(())
+}
+
+/// A path inside the repository: relative, no NUL or control characters, and
+/// no `..` that climbs out of the repository root.
+pub fn validate_repo_path(s: &str) -> Result<(), String> {
+    if s.len() > 1024 {
+        return Err("must be at most 1024 characters".into());
+    }
+    if has_control(s) {
+        return Err("must not contain NUL or control characters".into());
+    }
+    if s.starts_with('/') || s.starts_with('\\') || s.starts_with('~') {
+        return Err("must be a path inside the repository, not an absolute path".into());
+    }
+    if s.contains('\\') {
+        return Err("must use '/' as the separator".into());
+    }
+    let mut depth: i32 = 0;
+    for part in s.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err("must not leave the repository with '..'".into());
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Parses an id from a URL path segment: an integer from 1 to
+/// [`MAX_SOURCE_ID`].
+pub fn parse_source_id(raw: &str) -> Result<SourceId, String> {
+    match raw.parse::<i128>() {
+        Ok(n) if n >= 1 && n <= MAX_SOURCE_ID as i128 => Ok(n as SourceId),
+        Ok(_) => Err(format!(
+            "[WARN] Invalid source id '{raw}': must be an integer from 1 to {MAX_SOURCE_ID}"
+        )),
+        Err(_) => Err(format!("[WARN] Invalid source id '{}': must be an integer", raw.chars().take(64).collect::<String>())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn seed() -> Value {
+        json!({"namespace": "production", "deployment_name": "helloworld",
+               "git_url": "https://github.com/stvnorg/helloworld.git", "branch": "master",
+               "deploy_path": "./deploy/helloworld/deployment.yaml", "container_name": "helloworld",
+               "image_version_file": "./deploy/helloworld/deployment.yaml"})
+    }
+
+    #[test]
+    fn seed_source_is_valid() {
+        let spec = SourceSpec::from_json(&seed(), Merge::Full, ValidationRules::default()).unwrap();
+        assert_eq!(spec.namespace, "production");
+        assert_eq!(spec.interval_seconds, None);
+        assert!(!spec.suspended);
+    }
+
+    #[test]
+    fn reports_every_bad_field() {
+        let body = json!({"namespace": "Bad_NS", "deployment_name": "", "git_url": 3,
+                          "branch": "a..b", "deploy_path": "../x", "container_name": "c",
+                          "extra": 1});
+        let err = SourceSpec::from_json(&body, Merge::Full, ValidationRules::default()).unwrap_err();
+        for f in ["namespace", "deployment_name", "git_url", "branch", "deploy_path", "image_version_file", "extra"] {
+            assert!(err.0.contains_key(f), "{f} missing from {err:?}");
+        }
+        assert!(!err.0.contains_key("container_name"));
+    }
+
+    #[test]
+    fn patch_keeps_absent_fields() {
+        let base = SourceSpec::from_json(&seed(), Merge::Full, ValidationRules::default()).unwrap();
+        let spec = SourceSpec::from_json(&json!({"branch": "main", "suspended": true}), Merge::Patch(&base), ValidationRules::default()).unwrap();
+        assert_eq!(spec.branch, "main");
+        assert!(spec.suspended);
+        assert_eq!(spec.git_url, base.git_url);
+    }
+
+    #[test]
+    fn git_urls() {
+        let r = ValidationRules::default();
+        for ok in ["https://h/x.git", "http://h:8080/x", "ssh://git@h:22/x.git", "git://127.0.0.1:9418/x.git", "git@github.com:org/x.git", "h:org/x"] {
+            assert!(validate_git_url(ok, r).is_ok(), "{ok}");
+        }
+        for bad in ["ftp://h/x", "https://", "https://h/", "file:///tmp/x", "/tmp/x", "not a url", "x", "https://h/x y"] {
+            assert!(validate_git_url(bad, r).is_err(), "{bad}");
+        }
+        let allow = ValidationRules { allow_file_urls: true };
+        assert!(validate_git_url("file:///tmp/x", allow).is_ok());
+    }
+
+    #[test]
+    fn branches() {
+        for ok in ["master", "feature/x", "release-1.2", "a.b"] {
+            assert!(validate_branch(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-x", "a..b", "a b", "a~1", "a^", "a:b", "x.lock", ".x", "a/.b", "x/", "/x", "a//b", "@", "a@{1}", "HEAD", "a\u{1}"] {
+            assert!(validate_branch(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repo_paths() {
+        for ok in ["./deploy/x.yaml", "deploy", ".", "a/../b", "a/b/../../c"] {
+            assert!(validate_repo_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["/etc/passwd", "../x", "a/../../x", "a\0b", "a\nb", "~/x", "a\\b"] {
+            assert!(validate_repo_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(parse_source_id("1"), Ok(1));
+        for bad in ["0", "-1", "abc", "1.5", "9007199254740992", "99999999999999999999999999"] {
+            assert!(parse_source_id(bad).is_err(), "{bad}");
+        }
+    }
+}

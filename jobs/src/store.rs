@@ -1,0 +1,172 @@
+//! The storage the pipeline and the API stand on.
+//!
+//! [`Store`] is implemented by the service (`chump::store::sqlite`,
+//! `chump::store::rethinkdb`); this crate only calls it. It holds three kinds
+//! of data:
+//!
+//! - **intent**, written by the API: sources, and requests to check one now;
+//! - **the schedule**: when each source is due next, and which process holds
+//!   a *lease* on a check in flight, so no source is checked twice at once
+//!   and a crashed process's checks come back once its leases expire;
+//! - **facts**, written by workers: each source's status and the history of
+//!   deploys and failures.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
+use crate::source::{Source, SourceId, SourceSpec};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No source with that id.
+    #[error("source {0} doesn't exist")]
+    NotFound(SourceId),
+    /// Another source already targets the same namespace, Deployment and
+    /// container.
+    #[error("a source for {0} already exists")]
+    Duplicate(String),
+    /// The database cannot be reached or refuses work right now; retrying
+    /// later may succeed.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the backend reported.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A source's last check and its place in the schedule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceStatus {
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_checked_at: Option<OffsetDateTime>,
+    pub last_commit: Option<String>,
+    pub last_outcome: Option<Outcome>,
+    pub last_stage: Option<Stage>,
+    pub last_message: Option<String>,
+    pub desired_image: Option<String>,
+    pub running_image: Option<String>,
+    /// Failed checks since the last success.
+    pub consecutive_failures: u32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_check_at: Option<OffsetDateTime>,
+    /// A check asked for through the API or a webhook, not yet started.
+    pub requested: Option<Trigger>,
+    /// A check holds a lease on the source (queued or running).
+    pub in_flight: bool,
+}
+
+/// A due check taken by one process: the source as it was when claimed.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub source: Source,
+    pub trigger: Trigger,
+    /// Failed checks in a row before this one (for backoff).
+    pub consecutive_failures: u32,
+    /// Who holds the lease.
+    pub owner: String,
+    pub lease_until: OffsetDateTime,
+}
+
+/// What [`Store::request_check`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestResult {
+    /// The source is now due at once.
+    Queued,
+    /// A requested check is already waiting for a worker; nothing added.
+    AlreadyQueued,
+    /// A check is running; nothing added.
+    AlreadyRunning,
+    /// A check is running; another will follow it at once (webhooks: the
+    /// running check may have read the branch before the push).
+    QueuedAfterRunning,
+}
+
+/// Filters and paging for history queries, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub source_id: Option<SourceId>,
+    pub outcome: Option<Outcome>,
+    pub namespace: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    /// Only entries with an id below this (the paging cursor).
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// The storage chump runs on. All methods are safe to call concurrently, from
+/// several processes where the backend is shared.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the backend is reachable and working.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- sources (intent, written by the API) ---
+
+    /// Stores a new source with the next free id, due for a check at once.
+    /// [`StoreError::Duplicate`] when its target is taken.
+    async fn create_source(&self, spec: &SourceSpec, now: OffsetDateTime) -> StoreResult<Source>;
+    async fn get_source(&self, id: SourceId) -> StoreResult<Option<Source>>;
+    /// Every source, sorted by id.
+    async fn list_sources(&self) -> StoreResult<Vec<Source>>;
+    /// Replaces a source's spec, bumps its revision and makes it due at once.
+    async fn update_source(
+        &self,
+        id: SourceId,
+        spec: &SourceSpec,
+        now: OffsetDateTime,
+    ) -> StoreResult<Source>;
+    /// Deletes a source and its schedule; its history stays.
+    async fn delete_source(&self, id: SourceId) -> StoreResult<()>;
+
+    // --- schedule ---
+
+    /// Makes a source due at once with `trigger`, unless a check is already
+    /// waiting or (for manual requests) running. Suspended sources are only
+    /// queued for manual requests.
+    async fn request_check(
+        &self,
+        id: SourceId,
+        trigger: Trigger,
+        now: OffsetDateTime,
+    ) -> StoreResult<RequestResult>;
+    /// Takes up to `limit` due sources that no live lease holds, earliest
+    /// first, and leases them to `owner` for `lease`. Suspended sources are
+    /// skipped unless a manual check was requested.
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+    ) -> StoreResult<Vec<Claim>>;
+    /// Records a finished check in one step: the status, a history entry for
+    /// deploys and failures, the next due time (at once instead, if the
+    /// source changed or a check was requested meanwhile), and releases the
+    /// lease. A deleted source only gets its history entry.
+    async fn finish_check(
+        &self,
+        claim: &Claim,
+        report: &CheckReport,
+        next_check_at: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// Gives back leases held by `owner` without recording anything (the
+    /// process gave up the checks before starting them).
+    async fn release_claims(&self, owner: &str, ids: &[SourceId]) -> StoreResult<()>;
+    /// When the earliest source is due (for the scheduler's sleep).
+    async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>>;
+
+    // --- facts ---
+
+    async fn status(&self, id: SourceId) -> StoreResult<Option<SourceStatus>>;
+    /// History entries matching `query`, newest first.
+    async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>>;
+}

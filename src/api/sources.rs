@@ -1,0 +1,105 @@
+//! `/api/sources`: create, read, update and delete git sources, with the
+//! original tool's paths, messages and status codes.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use chump_jobs::redact::redact_url;
+use chump_jobs::source::{parse_source_id, Merge, SourceId, SourceSpec};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::AppState;
+
+fn source_id(raw: &str) -> Result<SourceId, ApiError> {
+    parse_source_id(raw).map_err(ApiError::bad_request)
+}
+
+/// `GET /api/sources`: every source, sorted by id.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let sources = state.store.list_sources().await?;
+    let sources: Vec<Value> = sources.iter().map(|s| Value::Object(s.to_public_json())).collect();
+    Ok(Json(json!({ "sources": sources })))
+}
+
+/// `GET /api/sources/{id}`: one source.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = source_id(&id)?;
+    let source = state.store.get_source(id).await?.ok_or_else(ApiError::not_found)?;
+    Ok(Json(Value::Object(source.to_public_json())))
+}
+
+/// `POST /api/sources/create`, `POST /api/sources`: a new source, due for a
+/// check at once.
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    let spec = SourceSpec::from_json(&body, Merge::Full, state.rules)?;
+    let source = state.store.create_source(&spec, OffsetDateTime::now_utc()).await?;
+    tracing::info!(source_id = source.id, target = %source.target(), git_url = %redact_url(&spec.git_url), "source created");
+    state.wake_scheduler();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "msg": "[INFO] Add new source success!", "source": source.to_public_json() })),
+    ))
+}
+
+/// `PATCH` (some fields) or `PUT` (all fields) `/api/sources/{id}[/update]`.
+pub async fn patch(
+    state: State<AppState>,
+    id: Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    update(state, id, body, true).await
+}
+
+/// `PUT /api/sources/{id}[/update]`: replaces every field.
+pub async fn put(
+    state: State<AppState>,
+    id: Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    update(state, id, body, false).await
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(mut body): JsonBody,
+    partial: bool,
+) -> Result<Json<Value>, ApiError> {
+    let id = source_id(&id)?;
+    let current = state.store.get_source(id).await?.ok_or_else(ApiError::not_found)?;
+    // A client that sends back the masked URL it was shown keeps the stored
+    // credentials.
+    if let Some(Value::String(url)) = body.get("git_url") {
+        if *url == redact_url(&current.spec.git_url) {
+            body["git_url"] = Value::String(current.spec.git_url.clone());
+        }
+    }
+    let merge = if partial { Merge::Patch(&current.spec) } else { Merge::Full };
+    let spec = SourceSpec::from_json(&body, merge, state.rules)?;
+    let source = state.store.update_source(id, &spec, OffsetDateTime::now_utc()).await?;
+    tracing::info!(source_id = id, target = %source.target(), "source updated");
+    state.wake_scheduler();
+    Ok(Json(json!({ "msg": "[INFO] Source has been updated!", "source": source.to_public_json() })))
+}
+
+/// `DELETE /api/sources/{id}[/delete]`: the source and its schedule go; its
+/// history stays.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = source_id(&id)?;
+    state.store.delete_source(id).await?;
+    tracing::info!(source_id = id, "source deleted");
+    Ok(Json(json!({ "msg": "[INFO] Source has been deleted!" })))
+}

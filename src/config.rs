@@ -1,0 +1,348 @@
+//! Command line and environment: what `chump serve` is told, checked once.
+//!
+//! Every option is a flag with an environment variable (clap). Values arrive
+//! as text and are checked here, so that a bad one stops startup with a
+//! message that names the variable. The original tool's `RDB_HOST`,
+//! `RDB_PORT`, `DB_NAME` and `TABLE_NAME` pick RethinkDB when
+//! `CHUMP_DATABASE` is unset.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// chump: a GitOps deployer for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "chump", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: REST API, scheduler and workers.
+    Serve(ServeArgs),
+}
+
+/// Options of `chump serve`. All are also environment variables.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port the REST API listens on.
+    #[arg(long, env = "CHUMP_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: String,
+    /// Database: sqlite://PATH or rethinkdb://[user[:password]@]host[:port]/db
+    /// [default: sqlite://chump.db, or RethinkDB when RDB_HOST is set]
+    #[arg(long, env = "CHUMP_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// Checks run at once, at most.
+    #[arg(long, env = "CHUMP_WORKERS", default_value = "4")]
+    pub workers: String,
+    /// Time between two checks of a source (seconds, or 90s, 3m, 1h).
+    #[arg(long, env = "CHUMP_INTERVAL", default_value = "180")]
+    pub interval: String,
+    /// Deadline of one check; a check past it is cancelled and recorded as failed.
+    #[arg(long, env = "CHUMP_CHECK_TIMEOUT", default_value = "300")]
+    pub check_timeout: String,
+    /// How long a deploy waits for its Deployment to roll out.
+    #[arg(long, env = "CHUMP_ROLLOUT_TIMEOUT", default_value = "120")]
+    pub rollout_timeout: String,
+    /// Directory for the git cache.
+    #[arg(long, env = "CHUMP_WORKDIR", default_value = "chump-work")]
+    pub workdir: PathBuf,
+    /// Bearer token every API request must carry (unset: no authentication).
+    #[arg(long, env = "CHUMP_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Accept file:// URLs and local paths as git_url (for local testing).
+    #[arg(long, env = "CHUMP_ALLOW_FILE_URLS", default_value = "false")]
+    pub allow_file_urls: String,
+    /// kustomize binary to run (default: kustomize on PATH, else kubectl kustomize).
+    #[arg(long, env = "CHUMP_KUSTOMIZE")]
+    pub kustomize: Option<String>,
+    /// Kubeconfig file (default: in-cluster service account).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Log format: text or json (verbosity from RUST_LOG, default info).
+    #[arg(long, env = "CHUMP_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Original tool: RethinkDB host (used when CHUMP_DATABASE is unset).
+    #[arg(long, env = "RDB_HOST")]
+    pub rdb_host: Option<String>,
+    /// Original tool: RethinkDB port.
+    #[arg(long, env = "RDB_PORT", default_value = "28015")]
+    pub rdb_port: String,
+    /// Original tool: RethinkDB database.
+    #[arg(long, env = "DB_NAME", default_value = "git-sources")]
+    pub db_name: String,
+    /// Original tool: RethinkDB table of sources.
+    #[arg(long, env = "TABLE_NAME", default_value = "sources")]
+    pub table_name: String,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    Sqlite { path: String },
+    RethinkDb(RethinkConfig),
+}
+
+/// A RethinkDB connection, from `CHUMP_DATABASE` or the `RDB_*` variables.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RethinkConfig {
+    pub host: String,
+    pub port: u16,
+    pub db: String,
+    pub table: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RethinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RethinkConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("table", &self.table)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The checked configuration of `chump serve`.
+#[derive(Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database: DatabaseConfig,
+    pub workers: usize,
+    pub interval: Duration,
+    pub check_timeout: Duration,
+    pub rollout_timeout: Duration,
+    pub workdir: PathBuf,
+    pub api_token: Option<String>,
+    pub allow_file_urls: bool,
+    pub kustomize: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("bind", &self.bind)
+            .field("database", &self.database)
+            .field("workers", &self.workers)
+            .field("interval", &self.interval)
+            .field("check_timeout", &self.check_timeout)
+            .field("rollout_timeout", &self.rollout_timeout)
+            .field("workdir", &self.workdir)
+            .field("api_token", &self.api_token.as_ref().map(|_| "***"))
+            .field("allow_file_urls", &self.allow_file_urls)
+            .field("kustomize", &self.kustomize)
+            .field("kubeconfig", &self.kubeconfig)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var} (--{flag}): {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+fn invalid(var: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { var, flag, reason: reason.into() }
+}
+
+/// Parses a duration: plain seconds (`180`) or humantime (`90s`, `3m`, `1h30m`).
+fn duration(var: &'static str, flag: &'static str, raw: &str, min: Duration) -> Result<Duration, ConfigError> {
+    let raw = raw.trim();
+    let d = match raw.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(raw).map_err(|e| {
+            invalid(var, flag, format!("'{raw}' is not a duration ({e}); use seconds or e.g. 90s, 3m, 1h"))
+        })?,
+    };
+    if d < min {
+        return Err(invalid(var, flag, format!("'{raw}' is shorter than the minimum of {}", humantime::format_duration(min))));
+    }
+    if d > Duration::from_secs(30 * 24 * 3600) {
+        return Err(invalid(var, flag, format!("'{raw}' is longer than 30 days")));
+    }
+    Ok(d)
+}
+
+fn boolean(var: &'static str, flag: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(invalid(var, flag, format!("'{other}' is not a boolean; use true or false"))),
+    }
+}
+
+/// Parses `rethinkdb://[user[:password]@]host[:port]/db`.
+pub fn parse_rethinkdb_url(raw: &str, table: &str) -> Result<RethinkConfig, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("the URL names no host")?;
+    let db = url.path().trim_start_matches('/');
+    if db.is_empty() || db.contains('/') {
+        return Err("the URL must name one database: rethinkdb://host:28015/DB".into());
+    }
+    let decode = |s: &str| {
+        percent_decode(s).ok_or_else(|| "the URL's credentials are not valid percent-encoding".to_string())
+    };
+    Ok(RethinkConfig {
+        host: host.trim_matches(['[', ']']).to_string(),
+        port: url.port().unwrap_or(28015),
+        db: decode(db)?,
+        table: table.to_string(),
+        user: (!url.username().is_empty()).then(|| decode(url.username())).transpose()?,
+        password: url.password().map(decode).transpose()?,
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Config {
+    /// Checks every option of `chump serve`.
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let bind: SocketAddr = args.bind.trim().parse().map_err(|_| {
+            invalid("CHUMP_BIND", "bind", format!("'{}' is not an address:port such as 127.0.0.1:8000", args.bind))
+        })?;
+        let workers: usize = args
+            .workers
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=256).contains(n))
+            .ok_or_else(|| invalid("CHUMP_WORKERS", "workers", format!("'{}' is not an integer from 1 to 256", args.workers)))?;
+        let database = match (&args.database, &args.rdb_host) {
+            (Some(raw), _) => {
+                let raw = raw.trim();
+                if let Some(path) = raw.strip_prefix("sqlite://") {
+                    if path.is_empty() {
+                        return Err(invalid("CHUMP_DATABASE", "database", "sqlite:// needs a file path, e.g. sqlite://chump.db"));
+                    }
+                    DatabaseConfig::Sqlite { path: path.to_string() }
+                } else if raw.starts_with("rethinkdb://") {
+                    DatabaseConfig::RethinkDb(
+                        parse_rethinkdb_url(raw, &args.table_name)
+                            .map_err(|reason| invalid("CHUMP_DATABASE", "database", reason))?,
+                    )
+                } else {
+                    return Err(invalid(
+                        "CHUMP_DATABASE",
+                        "database",
+                        "must start with sqlite:// or rethinkdb://",
+                    ));
+                }
+            }
+            (None, Some(host)) if !host.trim().is_empty() => {
+                let port = args
+                    .rdb_port
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| invalid("RDB_PORT", "rdb-port", format!("'{}' is not a port number", args.rdb_port)))?;
+                if args.db_name.trim().is_empty() {
+                    return Err(invalid("DB_NAME", "db-name", "must not be empty"));
+                }
+                DatabaseConfig::RethinkDb(RethinkConfig {
+                    host: host.trim().to_string(),
+                    port,
+                    db: args.db_name.trim().to_string(),
+                    table: args.table_name.trim().to_string(),
+                    user: None,
+                    password: None,
+                })
+            }
+            _ => DatabaseConfig::Sqlite { path: "chump.db".into() },
+        };
+        if let DatabaseConfig::RethinkDb(rc) = &database {
+            let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok(&rc.table) {
+                return Err(invalid("TABLE_NAME", "table-name", "must be letters, digits, '_' or '-'"));
+            }
+            if !ok(&rc.db) {
+                return Err(invalid("DB_NAME", "db-name", "the database name must be letters, digits, '_' or '-'"));
+            }
+        }
+        let interval = duration("CHUMP_INTERVAL", "interval", &args.interval, Duration::from_secs(1))?;
+        let check_timeout = duration("CHUMP_CHECK_TIMEOUT", "check-timeout", &args.check_timeout, Duration::from_secs(1))?;
+        let rollout_timeout = duration("CHUMP_ROLLOUT_TIMEOUT", "rollout-timeout", &args.rollout_timeout, Duration::from_secs(1))?;
+        let log_format = match args.log_format.trim() {
+            "text" | "" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("CHUMP_LOG_FORMAT", "log-format", format!("'{other}' is not text or json"))),
+        };
+        if args.workdir.as_os_str().is_empty() {
+            return Err(invalid("CHUMP_WORKDIR", "workdir", "must not be empty"));
+        }
+        let api_token = match args.api_token.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) if t.len() < 16 => {
+                return Err(invalid("CHUMP_API_TOKEN", "api-token", "must be at least 16 characters"))
+            }
+            Some(t) => Some(t.to_string()),
+        };
+        Ok(Config {
+            bind,
+            database,
+            workers,
+            interval,
+            check_timeout,
+            rollout_timeout,
+            workdir: args.workdir.clone(),
+            api_token,
+            allow_file_urls: boolean("CHUMP_ALLOW_FILE_URLS", "allow-file-urls", &args.allow_file_urls)?,
+            kustomize: args.kustomize.clone().filter(|k| !k.trim().is_empty()),
+            kubeconfig: args.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rethinkdb_urls() {
+        let c = parse_rethinkdb_url("rethinkdb://admin:p%40ss@db.example:29015/chump", "sources").unwrap();
+        assert_eq!((c.host.as_str(), c.port, c.db.as_str()), ("db.example", 29015, "chump"));
+        assert_eq!(c.password.as_deref(), Some("p@ss"));
+        assert!(!format!("{c:?}").contains("p@ss"));
+        assert_eq!(parse_rethinkdb_url("rethinkdb://h/db", "t").unwrap().port, 28015);
+        assert!(parse_rethinkdb_url("rethinkdb://h/", "t").is_err());
+    }
+}

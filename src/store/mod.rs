@@ -1,0 +1,25 @@
+//! Store implementations: the embedded SQLite default and RethinkDB.
+//!
+//! The [`Store`] trait itself lives in `chump_jobs::store` (what the pipeline
+//! needs); this module picks and opens a backend from the configuration.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use chump_jobs::store::Store;
+
+use crate::config::DatabaseConfig;
+
+/// Opens the configured store.
+pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Arc<dyn Store>> {
+    match config {
+        DatabaseConfig::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
+        DatabaseConfig::RethinkDb(rc) => anyhow::bail!(
+            "RethinkDB ({}:{}/{}) is not supported by this build yet; use sqlite://",
+            rc.host,
+            rc.port,
+            rc.db
+        ),
+    }
+}

@@ -1,0 +1,530 @@
+//! The embedded default store: one SQLite file, in WAL mode.
+//!
+//! Writes go through a pool of one connection, so they are serialized inside
+//! the process and never fail with `SQLITE_BUSY` against each other; reads use
+//! a separate pool and run concurrently with writes (WAL). A SQLite file
+//! belongs to one chump process at a time: leases still work, but replicas
+//! that share a database need the RethinkDB backend.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
+use chump_jobs::source::{Source, SourceId, SourceSpec};
+use chump_jobs::store::{
+    Claim, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use time::OffsetDateTime;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const SOURCE_COLUMNS: &str = "id, namespace, deployment_name, git_url, branch, deploy_path, \
+    container_name, image_version_file, interval_seconds, suspended, revision, created_at, updated_at";
+
+/// A [`Store`] on a SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and brings its
+    /// schema up to date.
+    pub async fn open(path: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot migrate SQLite database {path}: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, waiting for connections in use.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(v: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(v as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_READONLY (8),
+            // SQLITE_IOERR (10), SQLITE_CANTOPEN (14), and their extended codes.
+            let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(-1);
+            if matches!(primary, 5 | 6 | 8 | 10 | 13 | 14) {
+                StoreError::Unavailable(db.message().to_string())
+            } else {
+                StoreError::Backend(db.message().to_string())
+            }
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn duplicate(spec: &SourceSpec) -> StoreError {
+    StoreError::Duplicate(format!(
+        "{}/{} container {}",
+        spec.namespace, spec.deployment_name, spec.container_name
+    ))
+}
+
+fn source_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Source, sqlx::Error> {
+    Ok(Source {
+        id: row.try_get("id")?,
+        spec: SourceSpec {
+            namespace: row.try_get("namespace")?,
+            deployment_name: row.try_get("deployment_name")?,
+            git_url: row.try_get("git_url")?,
+            branch: row.try_get("branch")?,
+            deploy_path: row.try_get("deploy_path")?,
+            container_name: row.try_get("container_name")?,
+            image_version_file: row.try_get("image_version_file")?,
+            interval_seconds: row
+                .try_get::<Option<i64>, _>("interval_seconds")?
+                .map(|v| v as u32),
+            suspended: row.try_get::<i64, _>("suspended")? != 0,
+        },
+        revision: row.try_get("revision")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+    })
+}
+
+fn parse_opt<T: FromStr>(v: Option<String>) -> Option<T> {
+    v.and_then(|s| s.parse().ok())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn create_source(&self, spec: &SourceSpec, now: OffsetDateTime) -> StoreResult<Source> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO sources (namespace, deployment_name, git_url, branch, deploy_path, \
+             container_name, image_version_file, interval_seconds, suspended, revision, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING {SOURCE_COLUMNS}"
+        ))
+        .bind(&spec.namespace)
+        .bind(&spec.deployment_name)
+        .bind(&spec.git_url)
+        .bind(&spec.branch)
+        .bind(&spec.deploy_path)
+        .bind(&spec.container_name)
+        .bind(&spec.image_version_file)
+        .bind(spec.interval_seconds.map(i64::from))
+        .bind(spec.suspended as i64)
+        .bind(ms(now))
+        .bind(ms(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { duplicate(spec) } else { db_err(e) })?;
+        let source = source_from_row(&row).map_err(db_err)?;
+        sqlx::query("INSERT INTO source_status (source_id, next_check_at) VALUES (?, ?)")
+            .bind(source.id)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(source)
+    }
+
+    async fn get_source(&self, id: SourceId) -> StoreResult<Option<Source>> {
+        let row = sqlx::query(&format!("SELECT {SOURCE_COLUMNS} FROM sources WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| source_from_row(&r)).transpose().map_err(db_err)
+    }
+
+    async fn list_sources(&self) -> StoreResult<Vec<Source>> {
+        let rows = sqlx::query(&format!("SELECT {SOURCE_COLUMNS} FROM sources ORDER BY id"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(source_from_row).collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    async fn update_source(
+        &self,
+        id: SourceId,
+        spec: &SourceSpec,
+        now: OffsetDateTime,
+    ) -> StoreResult<Source> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "UPDATE sources SET namespace = ?, deployment_name = ?, git_url = ?, branch = ?, \
+             deploy_path = ?, container_name = ?, image_version_file = ?, interval_seconds = ?, \
+             suspended = ?, revision = revision + 1, updated_at = ? WHERE id = ? RETURNING {SOURCE_COLUMNS}"
+        ))
+        .bind(&spec.namespace)
+        .bind(&spec.deployment_name)
+        .bind(&spec.git_url)
+        .bind(&spec.branch)
+        .bind(&spec.deploy_path)
+        .bind(&spec.container_name)
+        .bind(&spec.image_version_file)
+        .bind(spec.interval_seconds.map(i64::from))
+        .bind(spec.suspended as i64)
+        .bind(ms(now))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { duplicate(spec) } else { db_err(e) })?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(id));
+        };
+        let source = source_from_row(&row).map_err(db_err)?;
+        sqlx::query("UPDATE source_status SET next_check_at = MIN(next_check_at, ?) WHERE source_id = ?")
+            .bind(ms(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(source)
+    }
+
+    async fn delete_source(&self, id: SourceId) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        sqlx::query("DELETE FROM source_status WHERE source_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let done = sqlx::query("DELETE FROM sources WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn request_check(
+        &self,
+        id: SourceId,
+        trigger: Trigger,
+        now: OffsetDateTime,
+    ) -> StoreResult<RequestResult> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let row = sqlx::query(
+            "SELECT s.suspended, st.requested_trigger, st.lease_owner, st.lease_until \
+             FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(id));
+        };
+        let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
+        let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
+        let running = lease_until.is_some_and(|t| t > ms(now));
+        let result = if requested.is_some() {
+            RequestResult::AlreadyQueued
+        } else if running && trigger == Trigger::Manual {
+            RequestResult::AlreadyRunning
+        } else if running {
+            RequestResult::QueuedAfterRunning
+        } else {
+            RequestResult::Queued
+        };
+        if matches!(result, RequestResult::Queued | RequestResult::QueuedAfterRunning) {
+            sqlx::query(
+                "UPDATE source_status SET requested_trigger = ?, next_check_at = MIN(next_check_at, ?) \
+                 WHERE source_id = ?",
+            )
+            .bind(trigger.as_str())
+            .bind(ms(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(result)
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+    ) -> StoreResult<Vec<Claim>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now_ms = ms(now);
+        let lease_until = now + lease;
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {cols}, st.requested_trigger, st.consecutive_failures \
+             FROM source_status st JOIN sources s ON s.id = st.source_id \
+             WHERE st.next_check_at <= ?1 \
+               AND (st.lease_until IS NULL OR st.lease_until <= ?1) \
+               AND (s.suspended = 0 OR st.requested_trigger = 'manual') \
+             ORDER BY st.next_check_at, s.id LIMIT ?2",
+            cols = SOURCE_COLUMNS
+                .split(", ")
+                .map(|c| format!("s.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in rows {
+            let source = source_from_row(&row).map_err(db_err)?;
+            let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
+            let failures: i64 = row.try_get("consecutive_failures").map_err(db_err)?;
+            sqlx::query(
+                "UPDATE source_status SET lease_owner = ?, lease_until = ?, requested_trigger = NULL \
+                 WHERE source_id = ?",
+            )
+            .bind(owner)
+            .bind(ms(lease_until))
+            .bind(source.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            claims.push(Claim {
+                trigger: parse_opt(requested).unwrap_or(Trigger::Schedule),
+                consecutive_failures: failures.max(0) as u32,
+                owner: owner.to_string(),
+                lease_until,
+                source,
+            });
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(claims)
+    }
+
+    async fn finish_check(
+        &self,
+        claim: &Claim,
+        report: &CheckReport,
+        next_check_at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let source = &claim.source;
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        if report.outcome != Outcome::UpToDate {
+            let objects = serde_json::to_string(&report.objects)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO history (source_id, namespace, deployment_name, container_name, trigger, \
+                 started_at, finished_at, commit_sha, desired_image, running_image, outcome, stage, \
+                 message, objects) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(source.id)
+            .bind(&source.spec.namespace)
+            .bind(&source.spec.deployment_name)
+            .bind(&source.spec.container_name)
+            .bind(report.trigger.as_str())
+            .bind(ms(report.started_at))
+            .bind(ms(report.finished_at))
+            .bind(&report.commit)
+            .bind(&report.desired_image)
+            .bind(&report.running_image)
+            .bind(report.outcome.as_str())
+            .bind(report.stage.map(Stage::as_str))
+            .bind(&report.message)
+            .bind(objects)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        let failed = report.outcome == Outcome::Failed;
+        // Due at once instead when the source changed or a check was asked
+        // for while this one ran. Only the lease holder may write.
+        sqlx::query(
+            "UPDATE source_status SET \
+               last_checked_at = ?, last_commit = COALESCE(?, last_commit), last_outcome = ?, \
+               last_stage = ?, last_message = ?, desired_image = COALESCE(?, desired_image), \
+               running_image = COALESCE(?, running_image), \
+               consecutive_failures = CASE WHEN ? THEN consecutive_failures + 1 ELSE 0 END, \
+               next_check_at = CASE \
+                 WHEN requested_trigger IS NOT NULL \
+                   OR (SELECT revision FROM sources WHERE id = ?) != ? THEN ? \
+                 ELSE ? END, \
+               lease_owner = NULL, lease_until = NULL \
+             WHERE source_id = ? AND (lease_owner IS NULL OR lease_owner = ?)",
+        )
+        .bind(ms(report.finished_at))
+        .bind(&report.commit)
+        .bind(report.outcome.as_str())
+        .bind(report.stage.map(Stage::as_str))
+        .bind(&report.message)
+        .bind(&report.desired_image)
+        .bind(if report.outcome == Outcome::Deployed { &report.desired_image } else { &report.running_image })
+        .bind(failed)
+        .bind(source.id)
+        .bind(source.revision)
+        .bind(ms(report.finished_at))
+        .bind(ms(next_check_at))
+        .bind(source.id)
+        .bind(&claim.owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn release_claims(&self, owner: &str, ids: &[SourceId]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE source_status SET lease_owner = NULL, lease_until = NULL \
+                 WHERE source_id = ? AND lease_owner = ?",
+            )
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>> {
+        let row: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT MIN(CASE WHEN st.lease_until IS NOT NULL AND st.lease_until > st.next_check_at \
+                    THEN st.lease_until ELSE st.next_check_at END) \
+             FROM source_status st JOIN sources s ON s.id = st.source_id \
+             WHERE s.suspended = 0 OR st.requested_trigger = 'manual'",
+        )
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(row.and_then(|(v,)| v).map(from_ms))
+    }
+
+    async fn status(&self, id: SourceId) -> StoreResult<Option<SourceStatus>> {
+        let row = sqlx::query("SELECT * FROM source_status WHERE source_id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let now = ms(OffsetDateTime::now_utc());
+        let get = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
+        Ok(Some(SourceStatus {
+            last_checked_at: row.try_get::<Option<i64>, _>("last_checked_at").map_err(db_err)?.map(from_ms),
+            last_commit: get("last_commit")?,
+            last_outcome: parse_opt(get("last_outcome")?),
+            last_stage: parse_opt(get("last_stage")?),
+            last_message: get("last_message")?,
+            desired_image: get("desired_image")?,
+            running_image: get("running_image")?,
+            consecutive_failures: row.try_get::<i64, _>("consecutive_failures").map_err(db_err)?.max(0) as u32,
+            next_check_at: Some(from_ms(row.try_get("next_check_at").map_err(db_err)?)),
+            requested: parse_opt(get("requested_trigger")?),
+            in_flight: row.try_get::<Option<i64>, _>("lease_until").map_err(db_err)?.is_some_and(|t| t > now),
+        }))
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM history WHERE 1 = 1");
+        if let Some(id) = query.source_id {
+            qb.push(" AND source_id = ").push_bind(id);
+        }
+        if let Some(outcome) = query.outcome {
+            qb.push(" AND outcome = ").push_bind(outcome.as_str());
+        }
+        if let Some(ns) = &query.namespace {
+            qb.push(" AND namespace = ").push_bind(ns.clone());
+        }
+        if let Some(since) = query.since {
+            qb.push(" AND started_at >= ").push_bind(ms(since));
+        }
+        if let Some(before) = query.before {
+            qb.push(" AND id < ").push_bind(before);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit.max(1) as i64);
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(db_err)?;
+        rows.iter().map(history_from_row).collect()
+    }
+}
+
+fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HistoryEntry> {
+    let get = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
+    let text = |c: &str| row.try_get::<String, _>(c).map_err(db_err);
+    let int = |c: &str| row.try_get::<i64, _>(c).map_err(db_err);
+    let bad = |c: &str, v: String| StoreError::Backend(format!("history column {c} holds '{v}'"));
+    let trigger = text("trigger")?;
+    let outcome = text("outcome")?;
+    Ok(HistoryEntry {
+        id: int("id")?,
+        namespace: text("namespace")?,
+        deployment_name: text("deployment_name")?,
+        container_name: text("container_name")?,
+        report: CheckReport {
+            source_id: int("source_id")?,
+            trigger: trigger.parse().map_err(|_| bad("trigger", trigger.clone()))?,
+            started_at: from_ms(int("started_at")?),
+            finished_at: from_ms(int("finished_at")?),
+            commit: get("commit_sha")?,
+            desired_image: get("desired_image")?,
+            running_image: get("running_image")?,
+            outcome: outcome.parse().map_err(|_| bad("outcome", outcome.clone()))?,
+            stage: parse_opt(get("stage")?),
+            message: get("message")?,
+            objects: serde_json::from_str(&text("objects")?).unwrap_or_default(),
+        },
+    })
+}
