@@ -64,6 +64,16 @@ pub struct ServeArgs {
     /// Kubeconfig file (default: in-cluster service account).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// How long running checks may finish after SIGTERM before they are cut.
+    #[arg(long, env = "CHUMP_SHUTDOWN_GRACE", default_value = "30")]
+    pub shutdown_grace: String,
+    /// Apply only objects in the source's own namespace (cluster-scoped and
+    /// other namespaces' objects fail the deploy).
+    #[arg(long, env = "CHUMP_RESTRICT_NAMESPACE", default_value = "false")]
+    pub restrict_namespace: String,
+    /// Let kustomize load remote bases (URLs in resources:).
+    #[arg(long, env = "CHUMP_KUSTOMIZE_ALLOW_REMOTE", default_value = "false")]
+    pub kustomize_allow_remote: String,
     /// Log format: text or json (verbosity from RUST_LOG, default info).
     #[arg(long, env = "CHUMP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -132,8 +142,11 @@ pub struct Config {
     pub api_token: Option<String>,
     pub allow_file_urls: bool,
     pub kustomize: Option<String>,
+    pub kustomize_allow_remote: bool,
     pub kubeconfig: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+    pub restrict_namespace: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -149,8 +162,11 @@ impl std::fmt::Debug for Config {
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
             .field("allow_file_urls", &self.allow_file_urls)
             .field("kustomize", &self.kustomize)
+            .field("kustomize_allow_remote", &self.kustomize_allow_remote)
             .field("kubeconfig", &self.kubeconfig)
             .field("log_format", &self.log_format)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("restrict_namespace", &self.restrict_namespace)
             .finish()
     }
 }
@@ -326,6 +342,13 @@ impl Config {
             api_token,
             allow_file_urls: boolean("CHUMP_ALLOW_FILE_URLS", "allow-file-urls", &args.allow_file_urls)?,
             kustomize: args.kustomize.clone().filter(|k| !k.trim().is_empty()),
+            kustomize_allow_remote: boolean(
+                "CHUMP_KUSTOMIZE_ALLOW_REMOTE",
+                "kustomize-allow-remote",
+                &args.kustomize_allow_remote,
+            )?,
+            shutdown_grace: duration("CHUMP_SHUTDOWN_GRACE", "shutdown-grace", &args.shutdown_grace, Duration::ZERO)?,
+            restrict_namespace: boolean("CHUMP_RESTRICT_NAMESPACE", "restrict-namespace", &args.restrict_namespace)?,
             kubeconfig: args.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
             log_format,
         })

@@ -1,5 +1,7 @@
-//! Running `chump serve`: open the store, start the API, and stop everything
-//! through one [`CancellationToken`] (SIGINT/SIGTERM or the caller).
+//! Running `chump serve`: open the store, start the pipeline and the API, and
+//! stop everything through one [`CancellationToken`] (SIGINT/SIGTERM or the
+//! caller): the API stops accepting, the pipeline finishes or cuts its
+//! running checks, then the store closes.
 
 use std::sync::Arc;
 
@@ -8,6 +10,11 @@ use chump_jobs::source::ValidationRules;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use chump_jobs::check::{Checker, ClusterConfig};
+use chump_jobs::git::{GitCache, GitOptions};
+use chump_jobs::kustomize::{Kustomize, KustomizeOptions};
+use chump_jobs::pipeline::{Pipeline, PipelineConfig};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -20,19 +27,70 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {} (CHUMP_BIND)", config.bind))?;
     let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&config.workdir)
+        .with_context(|| format!("cannot create CHUMP_WORKDIR {}", config.workdir.display()))?;
+    let wake = Arc::new(Notify::new());
+    let pipeline = Pipeline::start(
+        store.clone(),
+        Arc::new(checker(&config)),
+        PipelineConfig {
+            workers: config.workers,
+            interval: config.interval,
+            check_timeout: config.check_timeout,
+            grace: config.shutdown_grace,
+            owner: owner_id(),
+            max_sleep: std::time::Duration::from_secs(1),
+        },
+        wake.clone(),
+        shutdown.clone(),
+    );
     let state = AppState {
         store: store.clone(),
         rules: ValidationRules { allow_file_urls: config.allow_file_urls },
         api_token: config.api_token.as_deref().map(Arc::from),
-        schedule_changed: Arc::new(Notify::new()),
+        schedule_changed: wake,
     };
     tracing::info!(%addr, workers = config.workers, interval = ?config.interval, "chump listening");
-    axum::serve(listener, api::router(state))
+    let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
-        .context("the HTTP server failed")?;
+        .context("the HTTP server failed");
+    // However the server ended, the pipeline stops too.
+    shutdown.cancel();
+    pipeline.stopped().await;
     tracing::info!("chump stopped");
-    Ok(())
+    served
+}
+
+/// The check runner from the configuration.
+fn checker(config: &Config) -> Checker {
+    let git = GitCache::new(
+        config.workdir.join("git"),
+        GitOptions { allow_file_urls: config.allow_file_urls, ..GitOptions::default() },
+    );
+    let kustomize = Kustomize::detect(
+        config.kustomize.as_deref(),
+        KustomizeOptions {
+            allow_remote: config.kustomize_allow_remote,
+            timeout: config.check_timeout,
+            ..KustomizeOptions::default()
+        },
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "no kustomize: deploys will fail at the build stage");
+        e.to_string()
+    });
+    let cluster = match &config.kubeconfig {
+        Some(path) => ClusterConfig::Kubeconfig(path.clone()),
+        None => ClusterConfig::Infer,
+    };
+    Checker::new(git, kustomize, cluster, config.rollout_timeout, config.restrict_namespace)
+}
+
+/// A name for this process on its leases: host, pid and a random suffix.
+fn owner_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "chump".into());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -7,3 +7,15 @@
 //! kustomize and the Kubernetes client.
 
 pub mod redact;
+pub mod history;
+pub mod source;
+pub mod git;
+pub mod store;
+pub mod image;
+pub mod kustomize;
+pub mod manifest;
+pub mod cluster;
+pub mod check;
+pub mod scheduler;
+pub mod worker;
+pub mod pipeline;

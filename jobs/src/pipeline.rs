@@ -1,0 +1,132 @@
+//! The pipeline as one unit: the scheduler and the worker pool over a
+//! store, started together and stopped through one [`CancellationToken`].
+//!
+//! Shutdown: when the token is cancelled the scheduler stops claiming, the
+//! worker stops taking jobs, running checks get [`PipelineConfig::grace`] to
+//! finish, and whatever is still running then is cut and recorded as failed
+//! (stage `timeout`). Claims that never started are handed back.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::Checker;
+use crate::scheduler::{self, Load, SchedulerConfig};
+use crate::store::Store;
+use crate::worker::{self, WorkerContext};
+
+/// Settings of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub workers: usize,
+    pub interval: Duration,
+    pub check_timeout: Duration,
+    /// How long running checks may go on after shutdown starts.
+    pub grace: Duration,
+    /// This process's name on its leases (unique per process).
+    pub owner: String,
+    /// Longest the scheduler sleeps without looking at the store.
+    pub max_sleep: Duration,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    task: JoinHandle<()>,
+    load: Arc<Load>,
+    scheduler_alive: Arc<AtomicI64>,
+}
+
+impl Pipeline {
+    /// Starts the scheduler and the workers. `wake` is the API's "intent
+    /// changed" signal; `shutdown` stops everything.
+    pub fn start(
+        store: Arc<dyn Store>,
+        checker: Arc<Checker>,
+        config: PipelineConfig,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> Pipeline {
+        let load = Arc::new(Load::default());
+        let alive = Arc::new(AtomicI64::new(0));
+        let (tx, rx) = mpsc::channel(config.workers.max(1));
+        let cut = CancellationToken::new();
+        let ctx = Arc::new(WorkerContext {
+            store: store.clone(),
+            checker,
+            load: load.clone(),
+            interval: config.interval,
+            check_timeout: config.check_timeout,
+            wake: wake.clone(),
+            cut: cut.clone(),
+        });
+        let sched_config = SchedulerConfig {
+            workers: config.workers,
+            interval: config.interval,
+            lease: config.check_timeout + config.grace + Duration::from_secs(30),
+            max_sleep: config.max_sleep,
+            owner: config.owner.clone(),
+        };
+        let task = {
+            let (load, alive) = (load.clone(), alive.clone());
+            tokio::spawn(async move {
+                let scheduler = tokio::spawn(scheduler::run(
+                    store.clone(),
+                    sched_config,
+                    load.clone(),
+                    tx,
+                    wake,
+                    alive,
+                    shutdown.clone(),
+                ));
+                let workers = tokio::spawn(worker::run(ctx, config.workers, rx, shutdown.clone()));
+                shutdown.cancelled().await;
+                let _ = scheduler.await;
+                // Running checks get the grace period, then are cut.
+                let cutter = {
+                    let cut = cut.clone();
+                    let grace = config.grace;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        tracing::warn!("shutdown grace period over: cutting running checks");
+                        cut.cancel();
+                    })
+                };
+                let _ = workers.await;
+                cutter.abort();
+                // Claims queued but never started go back to the schedule.
+                let left: Vec<_> = load.claimed.lock().map(|c| c.iter().copied().collect()).unwrap_or_default();
+                if !left.is_empty() {
+                    if let Err(e) = store.release_claims(&config.owner, &left).await {
+                        tracing::warn!(error = %e, "could not release unstarted claims; they expire by themselves");
+                    }
+                }
+                tracing::info!("pipeline stopped");
+            })
+        };
+        Pipeline { task, load, scheduler_alive: alive }
+    }
+
+    /// Checks running now.
+    pub fn running(&self) -> usize {
+        self.load.running.load(Ordering::Relaxed)
+    }
+
+    /// Checks claimed and waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.load.queued.load(Ordering::Relaxed)
+    }
+
+    /// Unix time of the scheduler's last loop (0 before the first).
+    pub fn scheduler_heartbeat(&self) -> i64 {
+        self.scheduler_alive.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the pipeline has stopped (after the shutdown token).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}

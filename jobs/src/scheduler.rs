@@ -1,0 +1,164 @@
+//! The scheduler: turns due sources into check jobs.
+//!
+//! The schedule lives in the store (each source's next check time), so the
+//! scheduler keeps no state of its own that a restart could lose. Each tick
+//! it claims as many due sources as there are free workers — a claim is a
+//! lease in the store, so no source is queued or checked twice at once, by
+//! this process or another — and hands them to the worker queue. It wakes
+//! at the earliest due time, when a worker frees up, when the API changes
+//! intent, and at least every [`SchedulerConfig::max_sleep`].
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::history::{CheckReport, Outcome};
+use crate::source::SourceId;
+use crate::store::{Claim, Store};
+
+/// How the scheduler behaves.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Checks at once (the worker pool's size).
+    pub workers: usize,
+    /// Default time between two checks of a source.
+    pub interval: Duration,
+    /// How long a claim holds a source; longer than any check can take.
+    pub lease: Duration,
+    /// Longest sleep between two looks at the schedule (other processes may
+    /// change it without waking this one).
+    pub max_sleep: Duration,
+    /// This process's name on its leases.
+    pub owner: String,
+}
+
+/// Counters the scheduler and workers share.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Claimed and handed to the queue, not yet started.
+    pub queued: AtomicUsize,
+    /// Running now.
+    pub running: AtomicUsize,
+    /// Sources claimed by this process whose check has not finished.
+    pub claimed: Mutex<HashSet<SourceId>>,
+}
+
+impl Load {
+    fn in_flight(&self) -> usize {
+        self.claimed.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+/// When a source is due next, after a check that ended in `report`.
+///
+/// Successes come back after the interval, failures after a doubling delay
+/// (interval × 2^(failures − 1), at most 8 × interval). Either way ±10 %
+/// jitter spreads sources that were checked together.
+pub fn next_check_at(claim: &Claim, report: &CheckReport, default_interval: Duration) -> OffsetDateTime {
+    let interval = claim
+        .source
+        .spec
+        .interval_seconds
+        .map(|s| Duration::from_secs(s.into()))
+        .unwrap_or(default_interval);
+    let delay = if report.outcome == Outcome::Failed {
+        let failures = claim.consecutive_failures.min(3);
+        interval * 2u32.pow(failures)
+    } else {
+        interval
+    };
+    let jitter = 0.9 + fastrand::f64() * 0.2;
+    report.finished_at + delay.mul_f64(jitter)
+}
+
+/// Runs the scheduler until `shutdown`: claims due sources and sends them to
+/// `queue`. `wake` is notified by the API and by workers when they finish.
+pub async fn run(
+    store: Arc<dyn Store>,
+    config: SchedulerConfig,
+    load: Arc<Load>,
+    queue: mpsc::Sender<Claim>,
+    wake: Arc<Notify>,
+    alive: Arc<std::sync::atomic::AtomicI64>,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    let mut outage = false;
+    loop {
+        alive.store(OffsetDateTime::now_utc().unix_timestamp(), Ordering::Relaxed);
+        let sleep = match tick(&*store, &config, &load, &queue).await {
+            Ok(sleep) => {
+                if outage {
+                    tracing::info!("store reachable again: scheduling resumed");
+                    outage = false;
+                }
+                failures = 0;
+                sleep
+            }
+            Err(e) => {
+                if !outage {
+                    tracing::warn!(error = %e, "cannot read the schedule; retrying with backoff");
+                    outage = true;
+                }
+                failures = failures.saturating_add(1);
+                Duration::from_millis(200 * 2u64.pow(failures.min(6))).min(config.max_sleep.max(Duration::from_secs(5)))
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+    tracing::debug!("scheduler stopped");
+}
+
+/// One look at the schedule; returns how long to sleep.
+async fn tick(
+    store: &dyn Store,
+    config: &SchedulerConfig,
+    load: &Load,
+    queue: &mpsc::Sender<Claim>,
+) -> Result<Duration, crate::store::StoreError> {
+    let free = config.workers.saturating_sub(load.in_flight());
+    if free > 0 {
+        let now = OffsetDateTime::now_utc();
+        let claims = store.claim_due(now, free, &config.owner, config.lease).await?;
+        for claim in claims {
+            let id = claim.source.id;
+            if let Ok(mut c) = load.claimed.lock() {
+                c.insert(id);
+            }
+            load.queued.fetch_add(1, Ordering::Relaxed);
+            if queue.send(claim).await.is_err() {
+                // The workers are gone (shutdown): give the lease back.
+                load.queued.fetch_sub(1, Ordering::Relaxed);
+                if let Ok(mut c) = load.claimed.lock() {
+                    c.remove(&id);
+                }
+                store.release_claims(&config.owner, &[id]).await?;
+            }
+        }
+        if load.in_flight() >= config.workers {
+            // Busy: a finishing worker wakes us.
+            return Ok(config.max_sleep);
+        }
+    } else {
+        return Ok(config.max_sleep);
+    }
+    let now = OffsetDateTime::now_utc();
+    let sleep = match store.next_due().await? {
+        Some(due) if due <= now => Duration::from_millis(50),
+        Some(due) => {
+            let d = due - now;
+            Duration::try_from(d).unwrap_or(config.max_sleep)
+        }
+        None => config.max_sleep,
+    };
+    Ok(sleep.min(config.max_sleep))
+}

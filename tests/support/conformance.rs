@@ -1,0 +1,642 @@
+//! The store conformance suite: one set of tests that every [`Store`]
+//! backend must pass. A backend's test file calls
+//! `conformance_tests!(async_constructor)` to get one `#[tokio::test]` per
+//! case, each on a fresh, empty store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chump_jobs::history::{AppliedObject, ApplyAction, CheckReport, Outcome, Stage, Trigger};
+use chump_jobs::source::SourceSpec;
+use chump_jobs::store::{Claim, HistoryQuery, RequestResult, Store, StoreError};
+use time::OffsetDateTime;
+
+pub fn spec(name: &str) -> SourceSpec {
+    SourceSpec {
+        namespace: "production".into(),
+        deployment_name: name.into(),
+        git_url: "https://github.com/stvnorg/helloworld.git".into(),
+        branch: "master".into(),
+        deploy_path: "./deploy/helloworld/deployment.yaml".into(),
+        container_name: "app".into(),
+        image_version_file: "./deploy/helloworld/deployment.yaml".into(),
+        interval_seconds: None,
+        suspended: false,
+    }
+}
+
+fn t(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+pub fn report(claim: &Claim, outcome: Outcome, at: OffsetDateTime) -> CheckReport {
+    CheckReport {
+        source_id: claim.source.id,
+        trigger: claim.trigger,
+        started_at: at,
+        finished_at: at + Duration::from_secs(1),
+        commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        desired_image: Some("nginx:1.2".into()),
+        running_image: Some("nginx:1.1".into()),
+        outcome,
+        stage: (outcome == Outcome::Failed).then_some(Stage::Apply),
+        message: (outcome == Outcome::Failed).then(|| "boom".to_string()),
+        objects: if outcome == Outcome::Deployed {
+            vec![AppliedObject {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                namespace: Some("production".into()),
+                name: "web".into(),
+                action: ApplyAction::Configured,
+            }]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+pub async fn crud(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    assert!(store.list_sources().await.unwrap().is_empty());
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(1)).await.unwrap();
+    assert_eq!((a.id, b.id), (1, 2));
+    assert_eq!(a.spec, spec("a"));
+    assert_eq!(a.created_at, t(0));
+    assert_eq!(store.get_source(1).await.unwrap().unwrap(), a);
+    assert!(store.get_source(3).await.unwrap().is_none());
+    let listed = store.list_sources().await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2]);
+
+    let mut changed = spec("a");
+    changed.branch = "main".into();
+    changed.interval_seconds = Some(30);
+    changed.suspended = true;
+    let updated = store.update_source(1, &changed, t(5)).await.unwrap();
+    assert_eq!(updated.spec, changed);
+    assert_eq!(updated.created_at, t(0));
+    assert_eq!(updated.updated_at, t(5));
+    assert!(updated.revision > a.revision);
+    assert_eq!(store.get_source(1).await.unwrap().unwrap().spec, changed);
+
+    assert!(matches!(
+        store.update_source(9, &changed, t(5)).await,
+        Err(StoreError::NotFound(9))
+    ));
+    assert!(matches!(
+        store.delete_source(9).await,
+        Err(StoreError::NotFound(9))
+    ));
+    store.delete_source(2).await.unwrap();
+    assert!(store.get_source(2).await.unwrap().is_none());
+    assert!(store.status(2).await.unwrap().is_none());
+    // Never reused, not even the highest.
+    assert_eq!(store.create_source(&spec("c"), t(6)).await.unwrap().id, 3);
+}
+
+pub async fn duplicates(store: Arc<dyn Store>) {
+    store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    let mut same = spec("a");
+    same.branch = "other".into();
+    assert!(matches!(
+        store.create_source(&same, t(0)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    // An update onto another source's target collides too, and changes nothing.
+    assert!(matches!(
+        store.update_source(b.id, &spec("a"), t(1)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(
+        store.get_source(b.id).await.unwrap().unwrap().spec,
+        spec("b")
+    );
+    // Another container of the same Deployment is another target.
+    let mut other = spec("a");
+    other.container_name = "sidecar".into();
+    store.create_source(&other, t(0)).await.unwrap();
+    // A deleted target can be registered again (with a new id).
+    store.delete_source(b.id).await.unwrap();
+    assert_eq!(store.create_source(&spec("b"), t(0)).await.unwrap().id, 4);
+    assert_eq!(store.list_sources().await.unwrap().len(), 3);
+}
+
+pub async fn concurrent_creates(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_source(&spec(&format!("app-{i}")), t(0))
+                .await
+                .unwrap()
+                .id
+        }));
+    }
+    // Racing duplicates: exactly one wins.
+    let mut dups = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        dups.push(tokio::spawn(async move {
+            store.create_source(&spec("same"), t(0)).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    let mut wins = 0;
+    for d in dups {
+        match d.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::Duplicate(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 64);
+    assert_eq!(store.list_sources().await.unwrap().len(), 65);
+}
+
+pub async fn new_sources_are_due_at_once(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(st.next_check_at, Some(t(0)));
+    assert_eq!(st.last_checked_at, None);
+    assert!(!st.in_flight);
+    assert_eq!(store.next_due().await.unwrap(), Some(t(0)));
+    assert!(store
+        .claim_due(t(-1), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    let claims = store.claim_due(t(0), 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].source, a);
+    assert_eq!(claims[0].trigger, Trigger::Schedule);
+    assert!(store.status(a.id).await.unwrap().unwrap().in_flight);
+}
+
+pub async fn leases_exclude_and_expire(store: Arc<dyn Store>) {
+    for n in ["a", "b", "c"] {
+        store.create_source(&spec(n), t(0)).await.unwrap();
+    }
+    let first = store.claim_due(t(1), 2, "p1", LEASE).await.unwrap();
+    assert_eq!(
+        first.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // Another process sees only the unclaimed one.
+    let second = store.claim_due(t(1), 10, "p2", LEASE).await.unwrap();
+    assert_eq!(
+        second.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![3]
+    );
+    assert!(store
+        .claim_due(t(2), 10, "p2", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    // p1 dies; its leases expire and p2 takes them over.
+    let later = t(1) + LEASE + Duration::from_secs(1);
+    let taken = store.claim_due(later, 10, "p2", LEASE).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(taken.iter().all(|c| c.owner == "p2"));
+    // p1's late report does not overwrite p2's claim.
+    store
+        .finish_check(
+            &first[0],
+            &report(&first[0], Outcome::UpToDate, t(3)),
+            t(500),
+        )
+        .await
+        .unwrap();
+    assert!(store.status(1).await.unwrap().unwrap().in_flight);
+    // Released claims are due again at once.
+    store.release_claims("p2", &[1]).await.unwrap();
+    let again = store.claim_due(later, 10, "p3", LEASE).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![1]
+    );
+}
+
+pub async fn concurrent_claims_never_overlap(store: Arc<dyn Store>) {
+    for i in 0..30 {
+        store
+            .create_source(&spec(&format!("s{i}")), t(0))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for p in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                for c in store
+                    .claim_due(t(1), 3, &format!("p{p}"), LEASE)
+                    .await
+                    .unwrap()
+                {
+                    got.push(c.source.id);
+                }
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a source was claimed twice");
+    assert_eq!(n, 30);
+}
+
+pub async fn finishing_records_status_and_history(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let claim = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+
+    // No-op: status only, no history.
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(1)), t(181))
+        .await
+        .unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(st.last_outcome, Some(Outcome::UpToDate));
+    assert_eq!(st.last_checked_at, Some(t(2)));
+    assert_eq!(st.next_check_at, Some(t(181)));
+    assert_eq!(st.consecutive_failures, 0);
+    assert!(!st.in_flight);
+    assert!(store
+        .history(&HistoryQuery {
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_due(t(100), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due().await.unwrap(), Some(t(181)));
+
+    // Two failures, then a deploy.
+    for (i, at) in [200, 400].into_iter().enumerate() {
+        let claim = store
+            .claim_due(t(at), 1, "p1", LEASE)
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(claim.consecutive_failures, i as u32);
+        store
+            .finish_check(&claim, &report(&claim, Outcome::Failed, t(at)), t(at + 150))
+            .await
+            .unwrap();
+    }
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            st.consecutive_failures,
+            st.last_stage,
+            st.last_message.as_deref()
+        ),
+        (2, Some(Stage::Apply), Some("boom"))
+    );
+    let claim = store
+        .claim_due(t(600), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(claim.consecutive_failures, 2);
+    store
+        .finish_check(&claim, &report(&claim, Outcome::Deployed, t(600)), t(780))
+        .await
+        .unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(st.consecutive_failures, 0);
+    assert_eq!(st.running_image.as_deref(), Some("nginx:1.2"));
+
+    let h = store
+        .history(&HistoryQuery {
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        h.iter().map(|e| e.report.outcome).collect::<Vec<_>>(),
+        vec![Outcome::Deployed, Outcome::Failed, Outcome::Failed]
+    );
+    assert!(h[0].id > h[1].id && h[1].id > h[2].id);
+    assert_eq!(h[0].report, report(&claim, Outcome::Deployed, t(600)));
+    assert_eq!(
+        (
+            h[0].namespace.as_str(),
+            h[0].deployment_name.as_str(),
+            h[0].container_name.as_str()
+        ),
+        ("production", "a", "app")
+    );
+}
+
+pub async fn changes_during_a_check_make_it_due_again(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let claim = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let mut changed = spec("a");
+    changed.branch = "main".into();
+    store.update_source(a.id, &changed, t(1)).await.unwrap();
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(2)), t(500))
+        .await
+        .unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        st.next_check_at,
+        Some(t(3)),
+        "an update during the check makes the source due at once"
+    );
+    let claim = store
+        .claim_due(t(3), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(claim.source.spec.branch, "main");
+}
+
+pub async fn requested_checks(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let claim = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(0)), t(300))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Manual, t(10))
+            .await
+            .unwrap(),
+        RequestResult::Queued
+    );
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Manual, t(11))
+            .await
+            .unwrap(),
+        RequestResult::AlreadyQueued
+    );
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Webhook, t(11))
+            .await
+            .unwrap(),
+        RequestResult::AlreadyQueued
+    );
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (st.requested, st.next_check_at),
+        (Some(Trigger::Manual), Some(t(10)))
+    );
+    let claim = store
+        .claim_due(t(12), 5, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(claim.trigger, Trigger::Manual);
+    // Running: a manual request is not queued; a webhook queues a follow-up.
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Manual, t(13))
+            .await
+            .unwrap(),
+        RequestResult::AlreadyRunning
+    );
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Webhook, t(13))
+            .await
+            .unwrap(),
+        RequestResult::QueuedAfterRunning
+    );
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(14)), t(400))
+        .await
+        .unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(st.next_check_at, Some(t(15)));
+    let claim = store
+        .claim_due(t(15), 5, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(claim.trigger, Trigger::Webhook);
+    assert!(matches!(
+        store.request_check(99, Trigger::Manual, t(0)).await,
+        Err(StoreError::NotFound(99))
+    ));
+}
+
+pub async fn suspended_sources(store: Arc<dyn Store>) {
+    let mut s = spec("a");
+    s.suspended = true;
+    let a = store.create_source(&s, t(0)).await.unwrap();
+    assert!(store
+        .claim_due(t(1), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due().await.unwrap(), None);
+    // A manual request still runs it.
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Manual, t(2))
+            .await
+            .unwrap(),
+        RequestResult::Queued
+    );
+    let claims = store.claim_due(t(2), 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].trigger, Trigger::Manual);
+}
+
+pub async fn history_outlives_its_source_and_pages(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let mut other_ns = spec("b");
+    other_ns.namespace = "staging".into();
+    let b = store.create_source(&other_ns, t(0)).await.unwrap();
+    for i in 0..10 {
+        for claim in store.claim_due(t(i * 1000), 10, "p1", LEASE).await.unwrap() {
+            let outcome = if i % 2 == 0 {
+                Outcome::Deployed
+            } else {
+                Outcome::Failed
+            };
+            store
+                .finish_check(
+                    &claim,
+                    &report(&claim, outcome, t(i * 1000)),
+                    t(i * 1000 + 500),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let all = store
+        .history(&HistoryQuery {
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 20);
+    let of_a = store
+        .history(&HistoryQuery {
+            source_id: Some(a.id),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_a.len(), 10);
+    assert!(of_a.iter().all(|e| e.report.source_id == a.id));
+    let failed = store
+        .history(&HistoryQuery {
+            outcome: Some(Outcome::Failed),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 10);
+    let staging = store
+        .history(&HistoryQuery {
+            namespace: Some("staging".into()),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(staging.iter().all(|e| e.report.source_id == b.id) && staging.len() == 10);
+    let since = store
+        .history(&HistoryQuery {
+            since: Some(t(5000)),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 10);
+
+    // Paging with the cursor walks every entry once, newest first.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .history(&HistoryQuery {
+                before,
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = Some(page.last().unwrap().id);
+        seen.extend(page.iter().map(|e| e.id));
+    }
+    let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(seen, ids);
+
+    store.delete_source(a.id).await.unwrap();
+    let kept = store
+        .history(&HistoryQuery {
+            source_id: Some(a.id),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 10);
+}
+
+pub async fn deleted_sources_are_never_claimed(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let claim = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    store.delete_source(a.id).await.unwrap();
+    // The check in flight finishes after the delete: history kept, no schedule revived.
+    store
+        .finish_check(&claim, &report(&claim, Outcome::Failed, t(1)), t(2))
+        .await
+        .unwrap();
+    assert!(store.status(a.id).await.unwrap().is_none());
+    assert!(store
+        .claim_due(t(1000), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .history(&HistoryQuery {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// One `#[tokio::test]` per conformance case; `$make` is an async expression
+/// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            crud, duplicates, concurrent_creates, new_sources_are_due_at_once,
+            leases_exclude_and_expire, concurrent_claims_never_overlap,
+            finishing_records_status_and_history, changes_during_a_check_make_it_due_again,
+            requested_checks, suspended_sources, history_outlives_its_source_and_pages,
+            deleted_sources_are_never_claimed);
+    };
+    (@cases $make:expr; $($case:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(store) = $make.await else { return };
+                $crate::support::conformance::$case(store).await;
+            }
+        )+
+    };
+}

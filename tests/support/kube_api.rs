@@ -1,0 +1,2120 @@
+//! The Kubernetes API server stand-in: the project's only stand-in.
+//!
+//! No API server can run on our build machines, so tests talk to this
+//! in-process HTTP server on `127.0.0.1`. It speaks the subset of the
+//! Kubernetes API that chump (kube-rs) and the real `kubectl` use:
+//!
+//! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}`,
+//!   `/apis/{g}/{v}` (non-aggregated; clients asking for aggregated discovery
+//!   get `application/json` and fall back), and a minimal OpenAPI v3 (`/openapi/v3`
+//!   and one document per group-version) that tells kubectl the server does
+//!   field validation, so `kubectl apply` needs no client-side schema;
+//! - objects in memory: get, list (namespaced and across namespaces, label and
+//!   field selectors, `Table` and `PartialObjectMetadata` renderings), create,
+//!   replace, delete (a Namespace takes its objects with it), server-side apply
+//!   (`application/apply-patch+yaml`), merge patch and strategic merge patch,
+//!   the `status` subresource and `dryRun=All`;
+//! - server-kept metadata: `uid`, `creationTimestamp`, `resourceVersion` (one
+//!   global counter, bumped only when an object really changes), `generation`
+//!   (bumped when `spec` changes) and a minimal `managedFields`;
+//! - a Deployment "controller" whose behaviour the test steers with
+//!   [`RolloutMode`] (globally or per Deployment);
+//! - a log of every request, so a test can assert that nothing was written.
+//!
+//! Kinds live in a table ([`KINDS`]): adding a kind is one entry. Creating a
+//! CustomResourceDefinition adds its kinds while it exists.
+//!
+//! Approximations (documented, deliberate): server-side apply deep-merges the
+//! applied configuration into the object (maps merge, lists of objects that
+//! all carry `name` merge by name, other lists are replaced) and never reports
+//! field-manager conflicts (as if every apply were forced); fields a manager
+//! stops applying are not removed. No watch, no protobuf, no authentication.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// One kind the stand-in serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindSpec {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    /// Has a `status` subresource: writes to the object ignore `status`.
+    pub status: bool,
+    /// Keeps `metadata.generation`.
+    pub generation: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn kind(
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    status: bool,
+    generation: bool,
+) -> KindSpec {
+    KindSpec {
+        group,
+        version,
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        status,
+        generation,
+    }
+}
+
+const NS: bool = true;
+const CLUSTER: bool = false;
+
+/// The built-in kinds. One line per kind:
+/// group, version, plural, singular, Kind, scope, short names, status subresource, generation.
+#[rustfmt::skip]
+pub const KINDS: &[KindSpec] = &[
+    kind("", "v1", "namespaces", "namespace", "Namespace", CLUSTER, &["ns"], true, false),
+    kind("", "v1", "configmaps", "configmap", "ConfigMap", NS, &["cm"], false, false),
+    kind("", "v1", "secrets", "secret", "Secret", NS, &[], false, false),
+    kind("", "v1", "services", "service", "Service", NS, &["svc"], true, false),
+    kind("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], false, false),
+    kind("", "v1", "pods", "pod", "Pod", NS, &["po"], true, false),
+    kind("", "v1", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", NS, &["pvc"], true, false),
+    kind("", "v1", "persistentvolumes", "persistentvolume", "PersistentVolume", CLUSTER, &["pv"], true, false),
+    kind("", "v1", "endpoints", "endpoints", "Endpoints", NS, &["ep"], false, false),
+    kind("", "v1", "limitranges", "limitrange", "LimitRange", NS, &["limits"], false, false),
+    kind("", "v1", "resourcequotas", "resourcequota", "ResourceQuota", NS, &["quota"], true, false),
+    kind("apps", "v1", "deployments", "deployment", "Deployment", NS, &["deploy"], true, true),
+    kind("apps", "v1", "statefulsets", "statefulset", "StatefulSet", NS, &["sts"], true, true),
+    kind("apps", "v1", "daemonsets", "daemonset", "DaemonSet", NS, &["ds"], true, true),
+    kind("apps", "v1", "replicasets", "replicaset", "ReplicaSet", NS, &["rs"], true, true),
+    kind("batch", "v1", "jobs", "job", "Job", NS, &[], true, true),
+    kind("batch", "v1", "cronjobs", "cronjob", "CronJob", NS, &["cj"], true, true),
+    kind("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", NS, &["ing"], true, true),
+    kind("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy", NS, &["netpol"], false, true),
+    kind("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", NS, &[], false, false),
+    kind("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", NS, &[], false, false),
+    kind("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", CLUSTER, &[], false, false),
+    kind("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", CLUSTER, &[], false, false),
+    kind("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", NS, &["pdb"], true, true),
+    kind("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", CLUSTER, &["sc"], false, false),
+    kind("autoscaling", "v2", "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", NS, &["hpa"], true, true),
+    kind("coordination.k8s.io", "v1", "leases", "lease", "Lease", NS, &[], false, false),
+    kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", CLUSTER, &["crd", "crds"], true, true),
+];
+
+const VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// How the stand-in's Deployment "controller" answers a spec change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RolloutMode {
+    /// Rolled out at once: observed generation, updated/ready/available = replicas,
+    /// `Available=True`, `Progressing=True` (`NewReplicaSetAvailable`).
+    #[default]
+    Immediate,
+    /// Observed, but no new replica ever becomes updated or available.
+    Never,
+    /// `Progressing=False` with reason `ProgressDeadlineExceeded`.
+    Fail,
+    /// Like `Never` until the duration has passed, then like `Immediate`.
+    After(Duration),
+}
+
+/// One request as the stand-in received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: Option<String>,
+    pub accept: Option<String>,
+    pub user_agent: Option<String>,
+    pub body: String,
+}
+
+impl RecordedRequest {
+    /// POST, PUT, PATCH or DELETE.
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
+}
+
+/// (group, version, plural, namespace or "", name)
+type Key = (String, String, String, String, String);
+
+/// Work the stand-in's "controllers" do a little later.
+enum Timer {
+    /// A Deployment under [`RolloutMode::After`]: (key, generation, delay).
+    Rollout(Key, i64, Duration),
+    /// The namespace controller removing what a deleted Namespace held.
+    NamespaceGc(String, Duration),
+}
+
+/// How long after a Namespace is deleted its objects go away (they can still
+/// be read and deleted meanwhile, as with a real, terminating namespace).
+const NAMESPACE_GC_DELAY: Duration = Duration::from_secs(1);
+
+struct Inner {
+    kinds: Vec<KindSpec>,
+    objects: BTreeMap<Key, Value>,
+    rv: u64,
+    uid: u64,
+    requests: Vec<RecordedRequest>,
+    rollout: RolloutMode,
+    rollout_for: HashMap<(String, String), RolloutMode>,
+    /// (key, generation) whose `After` delay has passed.
+    after_done: HashSet<(Key, i64)>,
+    /// Timers to start once the lock is released.
+    timers: Vec<Timer>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    addr: SocketAddr,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The stand-in server. Stops when dropped.
+pub struct KubeApi {
+    shared: Arc<Shared>,
+    running: Mutex<Option<Running>>,
+}
+
+/// An error answer: HTTP code plus a `metav1.Status` body.
+struct Failure {
+    code: u16,
+    reason: &'static str,
+    message: String,
+    details: Value,
+}
+
+type Res<T> = Result<T, Failure>;
+
+fn failure(code: u16, reason: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        reason,
+        message: message.into(),
+        details: Value::Null,
+    }
+}
+
+fn page_not_found() -> Failure {
+    failure(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> Failure {
+    failure(400, "BadRequest", message)
+}
+
+fn resource_name(k: &KindSpec) -> String {
+    if k.group.is_empty() {
+        k.plural.to_string()
+    } else {
+        format!("{}.{}", k.plural, k.group)
+    }
+}
+
+fn not_found(k: &KindSpec, name: &str) -> Failure {
+    Failure {
+        code: 404,
+        reason: "NotFound",
+        message: format!("{} \"{name}\" not found", resource_name(k)),
+        details: json!({"name": name, "group": k.group, "kind": k.plural}),
+    }
+}
+
+fn namespace_not_found(ns: &str) -> Failure {
+    Failure {
+        code: 404,
+        reason: "NotFound",
+        message: format!("namespaces \"{ns}\" not found"),
+        details: json!({"name": ns, "kind": "namespaces"}),
+    }
+}
+
+fn already_exists(k: &KindSpec, name: &str) -> Failure {
+    Failure {
+        code: 409,
+        reason: "AlreadyExists",
+        message: format!("{} \"{name}\" already exists", resource_name(k)),
+        details: json!({"name": name, "group": k.group, "kind": k.plural}),
+    }
+}
+
+fn status_body(f: &Failure) -> Value {
+    let mut s = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f.message,
+        "reason": f.reason,
+        "code": f.code,
+    });
+    if !f.details.is_null() {
+        s["details"] = f.details.clone();
+    }
+    s
+}
+
+fn json_response(code: u16, body: &Value) -> Response {
+    let mut resp = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    resp
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc().replace_nanosecond(0).unwrap()
+}
+
+fn timestamp() -> String {
+    now().format(&Rfc3339).unwrap()
+}
+
+fn api_version_of(k: &KindSpec) -> String {
+    if k.group.is_empty() {
+        k.version.to_string()
+    } else {
+        format!("{}/{}", k.group, k.version)
+    }
+}
+
+fn key(k: &KindSpec, ns: Option<&str>, name: &str) -> Key {
+    (
+        k.group.to_string(),
+        k.version.to_string(),
+        k.plural.to_string(),
+        ns.unwrap_or("").to_string(),
+        name.to_string(),
+    )
+}
+
+fn split_group_version(gv: &str) -> (&str, &str) {
+    match gv.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", gv),
+    }
+}
+
+impl KubeApi {
+    /// Start on 127.0.0.1 with a free port.
+    pub async fn start() -> KubeApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            addr,
+            inner: Mutex::new(Inner {
+                kinds: KINDS.to_vec(),
+                objects: BTreeMap::new(),
+                rv: 1000,
+                uid: 0,
+                requests: Vec::new(),
+                rollout: RolloutMode::Immediate,
+                rollout_for: HashMap::new(),
+                after_done: HashSet::new(),
+                timers: Vec::new(),
+            }),
+        });
+        let api = KubeApi {
+            shared,
+            running: Mutex::new(None),
+        };
+        api.serve(listener);
+        api.put_namespace("default");
+        api.put_namespace("kube-system");
+        api
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(self.shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        *self.running.lock().unwrap() = Some(Running { stop, task });
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    /// Stop listening (objects are kept); connections are closed once their
+    /// request is answered. [`Self::restart`] listens again on the same port.
+    pub async fn stop(&self) {
+        let running = self.running.lock().unwrap().take();
+        if let Some(Running { stop, mut task }) = running {
+            let _ = stop.send(());
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// Listen again on the same port after [`Self::stop`].
+    pub async fn restart(&self) {
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind(self.shared.addr)
+            .await
+            .expect("bind the same port again");
+        self.serve(listener);
+    }
+
+    /// Stop for good.
+    pub async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    /// Write a kubeconfig for this server into `dir` (plain http, no
+    /// credentials) and return its path.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\n\
+             contexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: stand-in\n    namespace: default\n\
+             current-context: stand-in\nusers:\n- name: stand-in\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.shared.inner.lock().unwrap()
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// Forget the requests so far.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// The POST, PUT, PATCH and DELETE requests so far.
+    pub fn writes(&self) -> Vec<RecordedRequest> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.is_write())
+            .cloned()
+            .collect()
+    }
+
+    /// The current global resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// One stored object. `group_version` is `v1`, `apps/v1`, …; `ns` is
+    /// `None` for cluster-scoped kinds.
+    pub fn get_object(
+        &self,
+        group_version: &str,
+        plural: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let (g, v) = split_group_version(group_version);
+        let k = (
+            g.into(),
+            v.into(),
+            plural.into(),
+            ns.unwrap_or("").into(),
+            name.into(),
+        );
+        self.lock().objects.get(&k).cloned()
+    }
+
+    /// Every stored object of a kind, in one namespace or (`None`) all.
+    pub fn list_objects(&self, group_version: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        let (g, v) = split_group_version(group_version);
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.0 == g && k.1 == v && k.2 == plural && ns.is_none_or(|ns| k.3 == ns))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// Seed an object, as a create-or-replace by manager `test` (no request is
+    /// logged). Panics on a kind the stand-in does not know or a missing namespace.
+    pub fn put_object(&self, obj: Value) -> Value {
+        let out = {
+            let mut inner = self.lock();
+            let gv = obj["apiVersion"].as_str().expect("apiVersion").to_string();
+            let kind_name = obj["kind"].as_str().expect("kind").to_string();
+            let (g, v) = split_group_version(&gv);
+            let k = *inner
+                .kinds
+                .iter()
+                .find(|k| k.group == g && k.version == v && k.kind == kind_name)
+                .unwrap_or_else(|| panic!("unknown kind {gv} {kind_name}"));
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .expect("metadata.name")
+                .to_string();
+            let ns = if k.namespaced {
+                Some(
+                    obj["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or("default")
+                        .to_string(),
+                )
+            } else {
+                None
+            };
+            if let Some(ns) = &ns {
+                assert!(inner.namespace_exists(ns), "namespace {ns} does not exist");
+            }
+            let mut obj = obj;
+            if let Some(ns) = &ns {
+                obj["metadata"]["namespace"] = json!(ns);
+            }
+            let old = inner.objects.get(&key(&k, ns.as_deref(), &name)).cloned();
+            let mut new = obj.clone();
+            if let (Some(old), true) = (&old, k.status) {
+                new["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+                strip_nulls_top(&mut new);
+            }
+            set_managed(&mut new, old.as_ref(), "test", "Update", &obj, &k);
+            inner.commit(&k, ns.as_deref(), &name, new, false)
+        };
+        self.start_timers();
+        out
+    }
+
+    /// Seed a Namespace (no-op when it exists).
+    pub fn put_namespace(&self, name: &str) {
+        if self.get_object("v1", "namespaces", None, name).is_none() {
+            self.put_object(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            );
+        }
+    }
+
+    /// Seed a Deployment with one container named like the Deployment; creates
+    /// the namespace if needed.
+    pub fn put_deployment(&self, ns: &str, name: &str, image: &str) -> Value {
+        self.put_deployment_with(ns, name, &[(name, image)])
+    }
+
+    /// Seed a Deployment with the given (container, image) pairs.
+    pub fn put_deployment_with(&self, ns: &str, name: &str, containers: &[(&str, &str)]) -> Value {
+        self.put_namespace(ns);
+        let containers: Vec<Value> = containers
+            .iter()
+            .map(|(c, i)| json!({"name": c, "image": i}))
+            .collect();
+        self.put_object(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": containers}
+                }
+            }
+        }))
+    }
+
+    /// Change a container's image in place, like `kubectl set image` by hand
+    /// (drift). Returns false when the Deployment or container is missing.
+    pub fn set_image(&self, ns: &str, name: &str, container: &str, image: &str) -> bool {
+        let Some(mut d) = self.get_object("apps/v1", "deployments", Some(ns), name) else {
+            return false;
+        };
+        let Some(cs) = d["spec"]["template"]["spec"]["containers"].as_array_mut() else {
+            return false;
+        };
+        let Some(c) = cs.iter_mut().find(|c| c["name"] == container) else {
+            return false;
+        };
+        c["image"] = json!(image);
+        {
+            let mut inner = self.lock();
+            let k = *inner
+                .kinds
+                .iter()
+                .find(|k| k.plural == "deployments")
+                .unwrap();
+            inner.commit(&k, Some(ns), name, d, false);
+        }
+        self.start_timers();
+        true
+    }
+
+    /// Rollout behaviour for every Deployment without its own mode.
+    /// Re-evaluates existing Deployments.
+    pub fn set_rollout(&self, mode: RolloutMode) {
+        {
+            let mut inner = self.lock();
+            inner.rollout = mode;
+            inner.reconcile_all_deployments();
+        }
+        self.start_timers();
+    }
+
+    /// Rollout behaviour for one Deployment. Re-evaluates it if it exists.
+    pub fn set_rollout_for(&self, ns: &str, name: &str, mode: RolloutMode) {
+        {
+            let mut inner = self.lock();
+            inner
+                .rollout_for
+                .insert((ns.to_string(), name.to_string()), mode);
+            inner.reconcile_all_deployments();
+        }
+        self.start_timers();
+    }
+
+    fn start_timers(&self) {
+        start_timers(&self.shared);
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        if let Some(Running { stop, task }) = self.running.lock().unwrap().take() {
+            let _ = stop.send(());
+            task.abort();
+        }
+    }
+}
+
+fn start_timers(shared: &Arc<Shared>) {
+    let timers = std::mem::take(&mut shared.inner.lock().unwrap().timers);
+    for timer in timers {
+        let weak: Weak<Shared> = Arc::downgrade(shared);
+        tokio::spawn(async move {
+            match timer {
+                Timer::Rollout(k, generation, delay) => {
+                    tokio::time::sleep(delay).await;
+                    if let Some(shared) = weak.upgrade() {
+                        let mut inner = shared.inner.lock().unwrap();
+                        inner.after_done.insert((k.clone(), generation));
+                        inner.reconcile_deployment(&k);
+                    }
+                }
+                Timer::NamespaceGc(ns, delay) => {
+                    tokio::time::sleep(delay).await;
+                    if let Some(shared) = weak.upgrade() {
+                        let mut inner = shared.inner.lock().unwrap();
+                        if !inner.namespace_exists(&ns) {
+                            let before = inner.objects.len();
+                            inner.objects.retain(|key, _| key.3 != ns);
+                            if inner.objects.len() != before {
+                                inner.rv += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = to_bytes(body, MAX_BODY).await.unwrap_or_default();
+    let header_str = |h: header::HeaderName| {
+        parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let rec = RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        content_type: header_str(header::CONTENT_TYPE),
+        accept: header_str(header::ACCEPT),
+        user_agent: header_str(header::USER_AGENT),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    tracing::debug!(method = %rec.method, path = %rec.path, query = %rec.query, "kube stand-in request");
+    let query: HashMap<String, String> = url::form_urlencoded::parse(rec.query.as_bytes())
+        .into_owned()
+        .collect();
+    let resp = {
+        let mut inner = shared.inner.lock().unwrap();
+        inner.requests.push(rec.clone());
+        match inner.route(&parts.method, &rec, &query, &bytes, shared.addr) {
+            Ok(r) => r,
+            Err(f) => json_response(f.code, &status_body(&f)),
+        }
+    };
+    start_timers(&shared);
+    resp
+}
+
+enum Target {
+    Collection {
+        kind: KindSpec,
+        ns: Option<String>,
+    },
+    Object {
+        kind: KindSpec,
+        ns: Option<String>,
+        name: String,
+        sub: Option<String>,
+    },
+}
+
+struct Ctx<'a> {
+    method: &'a Method,
+    rec: &'a RecordedRequest,
+    query: &'a HashMap<String, String>,
+    body: &'a [u8],
+}
+
+impl Ctx<'_> {
+    fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+    fn accept(&self) -> &str {
+        self.rec.accept.as_deref().unwrap_or("")
+    }
+    fn manager(&self, default_op: &str) -> String {
+        if let Some(m) = self.query.get("fieldManager") {
+            return m.clone();
+        }
+        let ua = self.rec.user_agent.as_deref().unwrap_or("unknown");
+        let base = ua.split('/').next().unwrap_or("unknown");
+        if base == "kubectl" {
+            format!("kubectl-{default_op}")
+        } else {
+            base.to_string()
+        }
+    }
+}
+
+impl Inner {
+    fn find_kind(&self, group: &str, version: &str, plural: &str) -> Option<KindSpec> {
+        self.kinds
+            .iter()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+            .copied()
+    }
+
+    fn group_versions(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for k in &self.kinds {
+            let gv = (k.group.to_string(), k.version.to_string());
+            if !out.contains(&gv) {
+                out.push(gv);
+            }
+        }
+        out
+    }
+
+    fn namespace_exists(&self, ns: &str) -> bool {
+        self.objects.contains_key(&(
+            String::new(),
+            "v1".into(),
+            "namespaces".into(),
+            String::new(),
+            ns.into(),
+        ))
+    }
+
+    fn route(
+        &mut self,
+        method: &Method,
+        rec: &RecordedRequest,
+        query: &HashMap<String, String>,
+        body: &[u8],
+        addr: SocketAddr,
+    ) -> Res<Response> {
+        let segs: Vec<&str> = rec.path.split('/').filter(|s| !s.is_empty()).collect();
+        let cx = Ctx {
+            method,
+            rec,
+            query,
+            body,
+        };
+        let get_only = |r: Value| -> Res<Response> {
+            if method == Method::GET {
+                Ok(json_response(200, &r))
+            } else {
+                Err(failure(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                ))
+            }
+        };
+        match segs.as_slice() {
+            ["version"] => get_only(json!({
+                "major": "1", "minor": "32", "gitVersion": "v1.32.0-chump-stand-in",
+                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc",
+                "platform": "linux/amd64"
+            })),
+            ["healthz"] | ["readyz"] | ["livez"] => {
+                Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response())
+            }
+            ["api"] => get_only(json!({
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr.to_string()}]
+            })),
+            ["apis"] => {
+                let groups: Vec<Value> = self
+                    .group_versions()
+                    .into_iter()
+                    .filter(|(g, _)| !g.is_empty())
+                    .map(|(g, v)| group_json(&g, &v))
+                    .collect();
+                get_only(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+            }
+            ["apis", g] => match self.group_versions().into_iter().find(|(gg, _)| gg == g) {
+                Some((g, v)) => {
+                    let mut grp = group_json(&g, &v);
+                    grp["kind"] = json!("APIGroup");
+                    grp["apiVersion"] = json!("v1");
+                    get_only(grp)
+                }
+                None => Err(page_not_found()),
+            },
+            ["openapi", "v2"] => Err(page_not_found()),
+            ["openapi", "v3"] => {
+                let mut paths = Map::new();
+                for (g, v) in self.group_versions() {
+                    let p = if g.is_empty() {
+                        format!("api/{v}")
+                    } else {
+                        format!("apis/{g}/{v}")
+                    };
+                    paths.insert(
+                        p.clone(),
+                        json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=0")}),
+                    );
+                }
+                get_only(json!({"paths": paths}))
+            }
+            ["openapi", "v3", "api", v] => get_only(self.openapi_doc("", v)?),
+            ["openapi", "v3", "apis", g, v] => get_only(self.openapi_doc(g, v)?),
+            ["api", v, rest @ ..] => self.resource("", v, rest, &cx),
+            ["apis", g, v, rest @ ..] => self.resource(g, v, rest, &cx),
+            _ => Err(page_not_found()),
+        }
+    }
+
+    fn openapi_doc(&self, group: &str, version: &str) -> Res<Value> {
+        let mut paths = Map::new();
+        let kinds: Vec<KindSpec> = self
+            .kinds
+            .iter()
+            .filter(|k| k.group == group && k.version == version)
+            .copied()
+            .collect();
+        if kinds.is_empty() {
+            return Err(page_not_found());
+        }
+        for k in kinds {
+            let prefix = if group.is_empty() {
+                format!("/api/{version}")
+            } else {
+                format!("/apis/{group}/{version}")
+            };
+            let path = if k.namespaced {
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
+            } else {
+                format!("{prefix}/{}/{{name}}", k.plural)
+            };
+            let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "force"]
+                .iter()
+                .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string"}, "uniqueItems": true}))
+                .collect();
+            let op = json!({
+                "operationId": format!("patch{}", k.kind),
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": {"group": k.group, "version": k.version, "kind": k.kind}
+            });
+            paths.insert(path, json!({"patch": op}));
+        }
+        Ok(json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": "v1.32.0"},
+            "paths": paths,
+            "components": {"schemas": {}}
+        }))
+    }
+
+    fn resource(&mut self, group: &str, version: &str, rest: &[&str], cx: &Ctx) -> Res<Response> {
+        if !self
+            .kinds
+            .iter()
+            .any(|k| k.group == group && k.version == version)
+        {
+            return Err(page_not_found());
+        }
+        let target = match rest {
+            [] => {
+                if cx.method != Method::GET {
+                    return Err(failure(
+                        405,
+                        "MethodNotAllowed",
+                        "the server does not allow this method",
+                    ));
+                }
+                return Ok(json_response(200, &self.resource_list(group, version)));
+            }
+            [plural] => Target::Collection {
+                kind: self
+                    .find_kind(group, version, plural)
+                    .ok_or_else(page_not_found)?,
+                ns: None,
+            },
+            [plural, name] => {
+                let kind = self
+                    .find_kind(group, version, plural)
+                    .ok_or_else(page_not_found)?;
+                if kind.namespaced {
+                    return Err(page_not_found());
+                }
+                Target::Object {
+                    kind,
+                    ns: None,
+                    name: name.to_string(),
+                    sub: None,
+                }
+            }
+            ["namespaces", ns, plural]
+                if group.is_empty()
+                    && self
+                        .find_kind(group, version, plural)
+                        .is_some_and(|k| k.namespaced) =>
+            {
+                Target::Collection {
+                    kind: self.find_kind(group, version, plural).unwrap(),
+                    ns: Some(ns.to_string()),
+                }
+            }
+            ["namespaces", ns, plural] if !group.is_empty() => {
+                let kind = self
+                    .find_kind(group, version, plural)
+                    .ok_or_else(page_not_found)?;
+                if !kind.namespaced {
+                    return Err(page_not_found());
+                }
+                Target::Collection {
+                    kind,
+                    ns: Some(ns.to_string()),
+                }
+            }
+            [plural, name, sub] => {
+                let kind = self
+                    .find_kind(group, version, plural)
+                    .ok_or_else(page_not_found)?;
+                if kind.namespaced {
+                    return Err(page_not_found());
+                }
+                Target::Object {
+                    kind,
+                    ns: None,
+                    name: name.to_string(),
+                    sub: Some(sub.to_string()),
+                }
+            }
+            ["namespaces", ns, plural, name] | ["namespaces", ns, plural, name, _] => {
+                let kind = self
+                    .find_kind(group, version, plural)
+                    .ok_or_else(page_not_found)?;
+                if !kind.namespaced {
+                    return Err(page_not_found());
+                }
+                let sub = rest.get(4).map(|s| s.to_string());
+                Target::Object {
+                    kind,
+                    ns: Some(ns.to_string()),
+                    name: name.to_string(),
+                    sub,
+                }
+            }
+            _ => return Err(page_not_found()),
+        };
+        match target {
+            Target::Collection { kind, ns } => match *cx.method {
+                Method::GET => {
+                    if cx
+                        .query
+                        .get("watch")
+                        .is_some_and(|w| w == "true" || w == "1")
+                    {
+                        return Err(failure(
+                            405,
+                            "MethodNotAllowed",
+                            "watch is not supported by the test API server",
+                        ));
+                    }
+                    Ok(json_response(200, &self.list(&kind, ns.as_deref(), cx)?))
+                }
+                Method::POST => {
+                    if kind.namespaced && ns.is_none() {
+                        return Err(page_not_found());
+                    }
+                    let obj = self.create(&kind, ns.as_deref(), cx)?;
+                    Ok(json_response(201, &obj))
+                }
+                _ => Err(failure(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                )),
+            },
+            Target::Object {
+                kind,
+                ns,
+                name,
+                sub,
+            } => {
+                let ns = ns.as_deref();
+                match sub.as_deref() {
+                    None => {}
+                    Some("status") if kind.status => {}
+                    Some(_) => return Err(page_not_found()),
+                }
+                let status_only = sub.is_some();
+                match *cx.method {
+                    Method::GET => {
+                        let obj = self.get(&kind, ns, &name)?;
+                        Ok(json_response(200, &render_one(&kind, obj, cx.accept())))
+                    }
+                    Method::PUT => {
+                        let (obj, created) = self.replace(&kind, ns, &name, status_only, cx)?;
+                        Ok(json_response(if created { 201 } else { 200 }, &obj))
+                    }
+                    Method::PATCH => {
+                        let (obj, created) = self.patch(&kind, ns, &name, status_only, cx)?;
+                        Ok(json_response(if created { 201 } else { 200 }, &obj))
+                    }
+                    Method::DELETE if !status_only => {
+                        let obj = self.delete(&kind, ns, &name, cx.dry_run())?;
+                        Ok(json_response(200, &obj))
+                    }
+                    _ => Err(failure(
+                        405,
+                        "MethodNotAllowed",
+                        "the server does not allow this method on the requested resource",
+                    )),
+                }
+            }
+        }
+    }
+
+    fn resource_list(&self, group: &str, version: &str) -> Value {
+        let gv = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        let mut resources = Vec::new();
+        for k in self
+            .kinds
+            .iter()
+            .filter(|k| k.group == group && k.version == version)
+        {
+            let mut r = json!({
+                "name": k.plural,
+                "singularName": k.singular,
+                "namespaced": k.namespaced,
+                "kind": k.kind,
+                "verbs": VERBS,
+            });
+            if !k.short_names.is_empty() {
+                r["shortNames"] = json!(k.short_names);
+            }
+            if matches!(
+                k.plural,
+                "deployments"
+                    | "statefulsets"
+                    | "daemonsets"
+                    | "replicasets"
+                    | "pods"
+                    | "services"
+                    | "jobs"
+                    | "cronjobs"
+            ) {
+                r["categories"] = json!(["all"]);
+            }
+            resources.push(r);
+            if k.status {
+                resources.push(json!({
+                    "name": format!("{}/status", k.plural),
+                    "singularName": "",
+                    "namespaced": k.namespaced,
+                    "kind": k.kind,
+                    "verbs": ["get", "patch", "update"],
+                }));
+            }
+        }
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+    }
+
+    fn get(&self, k: &KindSpec, ns: Option<&str>, name: &str) -> Res<Value> {
+        self.objects
+            .get(&key(k, ns, name))
+            .cloned()
+            .ok_or_else(|| not_found(k, name))
+    }
+
+    fn list(&self, k: &KindSpec, ns: Option<&str>, cx: &Ctx) -> Res<Value> {
+        let labels = cx
+            .query
+            .get("labelSelector")
+            .map(|s| parse_selector(s))
+            .transpose()?;
+        let fields = cx
+            .query
+            .get("fieldSelector")
+            .map(|s| parse_selector(s))
+            .transpose()?;
+        let items: Vec<Value> = self
+            .objects
+            .iter()
+            .filter(|(key, _)| key.0 == k.group && key.1 == k.version && key.2 == k.plural)
+            .filter(|(key, _)| ns.is_none_or(|ns| key.3 == ns))
+            .map(|(_, o)| o)
+            .filter(|o| {
+                labels
+                    .as_ref()
+                    .is_none_or(|sel| sel.iter().all(|r| r.matches(label_of(o, &r.key))))
+            })
+            .filter(|o| {
+                fields
+                    .as_ref()
+                    .is_none_or(|sel| sel.iter().all(|r| r.matches(field_of(o, &r.key))))
+            })
+            .cloned()
+            .collect();
+        let rv = self.rv.to_string();
+        let accept = cx.accept();
+        if accept.contains("as=Table") {
+            return Ok(table(
+                k,
+                &items,
+                &rv,
+                cx.query.get("includeObject").map(String::as_str),
+            ));
+        }
+        if accept.contains("as=PartialObjectMetadataList") {
+            let items: Vec<Value> = items.iter().map(partial_metadata).collect();
+            return Ok(json!({
+                "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": rv}, "items": items
+            }));
+        }
+        Ok(json!({
+            "kind": format!("{}List", k.kind),
+            "apiVersion": api_version_of(k),
+            "metadata": {"resourceVersion": rv},
+            "items": items,
+        }))
+    }
+
+    fn parse_body(&self, cx: &Ctx) -> Res<Value> {
+        let ct = cx.rec.content_type.as_deref().unwrap_or("application/json");
+        let v: Value = if ct.starts_with("application/json") || ct.contains("patch+json") {
+            serde_json::from_slice(cx.body).map_err(|e| {
+                bad_request(format!(
+                    "the body of the request was in an unknown format: {e}"
+                ))
+            })?
+        } else if ct.contains("yaml") {
+            serde_yaml::from_slice(cx.body)
+                .map_err(|e| bad_request(format!("error decoding YAML: {e}")))?
+        } else {
+            return Err(failure(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, not {ct}")));
+        };
+        if !v.is_object() {
+            return Err(bad_request("the body of the request must be an object"));
+        }
+        Ok(v)
+    }
+
+    /// Check that a full object in a body is of this kind, named and placed right.
+    fn check_object(
+        &self,
+        k: &KindSpec,
+        ns: Option<&str>,
+        name: Option<&str>,
+        obj: &mut Value,
+    ) -> Res<String> {
+        let av = obj["apiVersion"].as_str().unwrap_or("");
+        let kd = obj["kind"].as_str().unwrap_or("");
+        if av.is_empty() || kd.is_empty() {
+            return Err(bad_request("Object 'Kind' is missing in the request body"));
+        }
+        if av != api_version_of(k) || kd != k.kind {
+            return Err(bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                api_version_of(k)
+            )));
+        }
+        if !obj["metadata"].is_object() {
+            obj["metadata"] = json!({});
+        }
+        let body_name = obj["metadata"]["name"].as_str().map(str::to_string);
+        let name = match (name, body_name) {
+            (Some(p), Some(b)) if p != b => {
+                return Err(bad_request(format!(
+                    "the name of the object ({b}) does not match the name on the URL ({p})"
+                )))
+            }
+            (Some(p), _) => p.to_string(),
+            (None, Some(b)) if !b.is_empty() => b,
+            (None, _) => {
+                if let Some(prefix) = obj["metadata"]["generateName"].as_str() {
+                    format!("{prefix}{:05x}", self.uid + 1)
+                } else {
+                    return Err(failure(422, "Invalid", format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", k.kind)));
+                }
+            }
+        };
+        if !is_dns_name(&name) {
+            return Err(failure(422, "Invalid", format!("{} \"{name}\" is invalid: metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'", k.kind)));
+        }
+        obj["metadata"]["name"] = json!(name);
+        match (k.namespaced, ns) {
+            (true, Some(ns)) => {
+                if let Some(b) = obj["metadata"]["namespace"].as_str() {
+                    if b != ns {
+                        return Err(bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                    }
+                }
+                obj["metadata"]["namespace"] = json!(ns);
+            }
+            _ => {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove("namespace");
+                }
+            }
+        }
+        Ok(name)
+    }
+
+    fn require_namespace(&self, k: &KindSpec, ns: Option<&str>) -> Res<()> {
+        match ns {
+            Some(ns) if k.namespaced && !self.namespace_exists(ns) => Err(namespace_not_found(ns)),
+            _ => Ok(()),
+        }
+    }
+
+    fn create(&mut self, k: &KindSpec, ns: Option<&str>, cx: &Ctx) -> Res<Value> {
+        let mut obj = self.parse_body(cx)?;
+        let name = self.check_object(k, ns, None, &mut obj)?;
+        self.require_namespace(k, ns)?;
+        if self.objects.contains_key(&key(k, ns, &name)) {
+            return Err(already_exists(k, &name));
+        }
+        strip_server_fields(&mut obj);
+        if k.status && k.plural != "namespaces" {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        let applied = obj.clone();
+        set_managed(&mut obj, None, &cx.manager("create"), "Update", &applied, k);
+        Ok(self.commit(k, ns, &name, obj, cx.dry_run()))
+    }
+
+    fn replace(
+        &mut self,
+        k: &KindSpec,
+        ns: Option<&str>,
+        name: &str,
+        status_only: bool,
+        cx: &Ctx,
+    ) -> Res<(Value, bool)> {
+        let mut obj = self.parse_body(cx)?;
+        self.check_object(k, ns, Some(name), &mut obj)?;
+        let old = self.get(k, ns, name)?;
+        if let Some(rv) = obj["metadata"]["resourceVersion"].as_str() {
+            if rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+                return Err(Failure {
+                    code: 409,
+                    reason: "Conflict",
+                    message: format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        resource_name(k)
+                    ),
+                    details: json!({"name": name, "group": k.group, "kind": k.plural}),
+                });
+            }
+        }
+        let new = if status_only {
+            let mut n = old.clone();
+            n["status"] = obj.get("status").cloned().unwrap_or(json!({}));
+            n
+        } else {
+            strip_server_fields(&mut obj);
+            if k.status {
+                obj["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+                strip_nulls_top(&mut obj);
+            }
+            let applied = obj.clone();
+            set_managed(
+                &mut obj,
+                Some(&old),
+                &cx.manager("replace"),
+                "Update",
+                &applied,
+                k,
+            );
+            obj
+        };
+        Ok((self.commit(k, ns, name, new, cx.dry_run()), false))
+    }
+
+    fn patch(
+        &mut self,
+        k: &KindSpec,
+        ns: Option<&str>,
+        name: &str,
+        status_only: bool,
+        cx: &Ctx,
+    ) -> Res<(Value, bool)> {
+        let ct = cx
+            .rec
+            .content_type
+            .as_deref()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        match ct.as_str() {
+            "application/apply-patch+yaml" => {
+                let Some(manager) = cx.query.get("fieldManager").filter(|m| !m.is_empty()) else {
+                    return Err(failure(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+                };
+                let mut applied = self.parse_body(cx)?;
+                self.check_object(k, ns, Some(name), &mut applied)?;
+                strip_server_fields(&mut applied);
+                self.require_namespace(k, ns)?;
+                let old = self.objects.get(&key(k, ns, name)).cloned();
+                let created = old.is_none();
+                let mut new = match &old {
+                    Some(old) => {
+                        let mut n = old.clone();
+                        if status_only {
+                            if let Some(s) = applied.get("status") {
+                                merge_into(&mut n["status"], s, true);
+                            }
+                        } else {
+                            let mut a = applied.clone();
+                            if k.status {
+                                if let Some(m) = a.as_object_mut() {
+                                    m.remove("status");
+                                }
+                            }
+                            merge_into(&mut n, &a, true);
+                        }
+                        n
+                    }
+                    None => {
+                        if status_only {
+                            return Err(not_found(k, name));
+                        }
+                        let mut n = applied.clone();
+                        if k.status && k.plural != "namespaces" {
+                            if let Some(m) = n.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                        n
+                    }
+                };
+                set_managed(&mut new, old.as_ref(), manager, "Apply", &applied, k);
+                Ok((self.commit(k, ns, name, new, cx.dry_run()), created))
+            }
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                let strategic = ct.starts_with("application/strategic");
+                let patch = self.parse_body(cx)?;
+                let old = self.get(k, ns, name)?;
+                let mut new = old.clone();
+                if status_only {
+                    if let Some(s) = patch.get("status") {
+                        merge_into(&mut new["status"], s, strategic);
+                    }
+                } else {
+                    let mut p = patch.clone();
+                    if k.status {
+                        if let Some(m) = p.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                    if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
+                        for f in ["uid", "creationTimestamp", "generation", "managedFields", "name", "namespace"] {
+                            m.remove(f);
+                        }
+                    }
+                    merge_into(&mut new, &p, strategic);
+                    set_managed(&mut new, Some(&old), &cx.manager("patch"), "Update", &p, k);
+                }
+                if new["apiVersion"] != old["apiVersion"] || new["kind"] != old["kind"] {
+                    return Err(bad_request("a patch may not change apiVersion or kind"));
+                }
+                Ok((self.commit(k, ns, name, new, cx.dry_run()), false))
+            }
+            other => Err(failure(
+                415,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?}; json-patch is not supported by the test API server)"),
+            )),
+        }
+    }
+
+    fn delete(&mut self, k: &KindSpec, ns: Option<&str>, name: &str, dry_run: bool) -> Res<Value> {
+        let kk = key(k, ns, name);
+        let obj = self
+            .objects
+            .get(&kk)
+            .cloned()
+            .ok_or_else(|| not_found(k, name))?;
+        if dry_run {
+            return Ok(obj);
+        }
+        self.objects.remove(&kk);
+        self.rv += 1;
+        if k.plural == "namespaces" && k.group.is_empty() {
+            self.timers
+                .push(Timer::NamespaceGc(name.to_string(), NAMESPACE_GC_DELAY));
+        }
+        if k.plural == "customresourcedefinitions" {
+            self.unregister_crd(&obj);
+        }
+        Ok(obj)
+    }
+
+    /// Store `new` as the object at (k, ns, name), keeping server-owned
+    /// metadata, bumping generation and resourceVersion only on real change.
+    fn commit(
+        &mut self,
+        k: &KindSpec,
+        ns: Option<&str>,
+        name: &str,
+        mut new: Value,
+        dry_run: bool,
+    ) -> Value {
+        let kk = key(k, ns, name);
+        let old = self.objects.get(&kk).cloned();
+        new["apiVersion"] = json!(api_version_of(k));
+        new["kind"] = json!(k.kind);
+        if !new["metadata"].is_object() {
+            new["metadata"] = json!({});
+        }
+        new["metadata"]["name"] = json!(name);
+        match ns {
+            Some(ns) => new["metadata"]["namespace"] = json!(ns),
+            None => {
+                new["metadata"].as_object_mut().unwrap().remove("namespace");
+            }
+        }
+        match &old {
+            Some(o) => {
+                for f in ["uid", "creationTimestamp", "generation", "resourceVersion"] {
+                    if let Some(v) = o["metadata"].get(f) {
+                        new["metadata"][f] = v.clone();
+                    }
+                }
+                if k.generation && o.get("spec") != new.get("spec") {
+                    let g = o["metadata"]["generation"].as_i64().unwrap_or(1);
+                    new["metadata"]["generation"] = json!(g + 1);
+                }
+            }
+            None => {
+                self.uid += 1;
+                let uid = format!("{:08x}-0000-4000-8000-{:012x}", self.uid, self.rv);
+                new["metadata"]["uid"] = json!(uid);
+                new["metadata"]["creationTimestamp"] = json!(timestamp());
+                if k.generation {
+                    new["metadata"]["generation"] = json!(1);
+                }
+            }
+        }
+        apply_defaults(k, &mut new);
+        if k.group == "apps" && k.plural == "deployments" {
+            let mode = self.mode_for(ns.unwrap_or(""), name);
+            let generation = new["metadata"]["generation"].as_i64().unwrap_or(1);
+            let done = self.after_done.contains(&(kk.clone(), generation));
+            let status =
+                deployment_status(&new, old.as_ref().and_then(|o| o.get("status")), mode, done);
+            new["status"] = status;
+            if let (RolloutMode::After(d), false, false) = (mode, done, dry_run) {
+                if old
+                    .as_ref()
+                    .and_then(|o| o["metadata"]["generation"].as_i64())
+                    != Some(generation)
+                {
+                    self.timers.push(Timer::Rollout(kk.clone(), generation, d));
+                }
+            }
+        }
+        if old.as_ref() == Some(&new) {
+            return new;
+        }
+        if dry_run {
+            return new;
+        }
+        self.rv += 1;
+        new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        if k.plural == "customresourcedefinitions" && k.group == "apiextensions.k8s.io" {
+            if let Some(o) = &old {
+                self.unregister_crd(o);
+            }
+            self.register_crd(&new);
+        }
+        self.objects.insert(kk, new.clone());
+        new
+    }
+
+    fn mode_for(&self, ns: &str, name: &str) -> RolloutMode {
+        self.rollout_for
+            .get(&(ns.to_string(), name.to_string()))
+            .copied()
+            .unwrap_or(self.rollout)
+    }
+
+    fn reconcile_deployment(&mut self, kk: &Key) {
+        let Some(obj) = self.objects.get(kk).cloned() else {
+            return;
+        };
+        let k = *self
+            .kinds
+            .iter()
+            .find(|k| k.group == "apps" && k.plural == "deployments")
+            .unwrap();
+        let ns = kk.3.clone();
+        let name = kk.4.clone();
+        self.commit(&k, Some(&ns), &name, obj, false);
+    }
+
+    fn reconcile_all_deployments(&mut self) {
+        let keys: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|k| k.0 == "apps" && k.2 == "deployments")
+            .cloned()
+            .collect();
+        for k in keys {
+            self.reconcile_deployment(&k);
+        }
+    }
+
+    fn register_crd(&mut self, crd: &Value) {
+        let spec = &crd["spec"];
+        let (Some(group), Some(plural), Some(kind)) = (
+            spec["group"].as_str(),
+            spec["names"]["plural"].as_str(),
+            spec["names"]["kind"].as_str(),
+        ) else {
+            return;
+        };
+        let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+        let singular = spec["names"]["singular"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| kind.to_lowercase());
+        let shorts: Vec<&'static str> = spec["names"]["shortNames"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).map(leak).collect())
+            .unwrap_or_default();
+        let shorts: &'static [&'static str] = Box::leak(shorts.into_boxed_slice());
+        let namespaced = spec["scope"].as_str() != Some("Cluster");
+        for v in spec["versions"].as_array().into_iter().flatten() {
+            if v["served"].as_bool() == Some(false) {
+                continue;
+            }
+            let Some(version) = v["name"].as_str() else {
+                continue;
+            };
+            let has_status = v["subresources"]["status"].is_object();
+            if self.find_kind(group, version, plural).is_none() {
+                self.kinds.push(KindSpec {
+                    group: leak(group),
+                    version: leak(version),
+                    plural: leak(plural),
+                    singular: leak(&singular),
+                    kind: leak(kind),
+                    namespaced,
+                    short_names: shorts,
+                    status: has_status,
+                    generation: true,
+                });
+            }
+        }
+    }
+
+    fn unregister_crd(&mut self, crd: &Value) {
+        let spec = &crd["spec"];
+        if let (Some(group), Some(plural)) =
+            (spec["group"].as_str(), spec["names"]["plural"].as_str())
+        {
+            self.kinds
+                .retain(|k| !(k.group == group && k.plural == plural && !KINDS.contains(k)));
+        }
+    }
+}
+
+fn group_json(g: &str, v: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+fn strip_server_fields(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+            "managedFields",
+            "selfLink",
+        ] {
+            m.remove(f);
+        }
+    }
+}
+
+fn strip_nulls_top(obj: &mut Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.retain(|_, v| !v.is_null());
+    }
+}
+
+fn apply_defaults(k: &KindSpec, obj: &mut Value) {
+    match (k.group, k.plural) {
+        ("", "namespaces") => {
+            let name = obj["metadata"]["name"].clone();
+            if !obj["metadata"]["labels"].is_object() {
+                obj["metadata"]["labels"] = json!({});
+            }
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            if !obj["spec"].is_object() {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+            obj["status"] = json!({"phase": "Active"});
+        }
+        ("apps", "deployments" | "statefulsets" | "replicasets") => {
+            if !obj["spec"].is_object() {
+                obj["spec"] = json!({});
+            }
+            if obj["spec"]["replicas"].is_null() {
+                obj["spec"]["replicas"] = json!(1);
+            }
+        }
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            let names = obj["spec"]["names"].clone();
+            obj["status"] = json!({
+                "acceptedNames": names,
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found"},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"}
+                ],
+                "storedVersions": obj["spec"]["versions"].as_array().map(|vs| vs.iter().filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
+            });
+        }
+        _ => {}
+    }
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str, old: Option<&Value>) -> Value {
+    let now = timestamp();
+    let prev = old
+        .and_then(|s| s["conditions"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .cloned();
+    let mut c = json!({
+        "type": kind, "status": status, "reason": reason, "message": message,
+        "lastUpdateTime": now, "lastTransitionTime": now,
+    });
+    if let Some(p) = prev {
+        if p["status"] == status {
+            c["lastTransitionTime"] = p["lastTransitionTime"].clone();
+            if p["reason"] == reason && p["message"] == message {
+                c["lastUpdateTime"] = p["lastUpdateTime"].clone();
+            }
+        }
+    }
+    c
+}
+
+/// What the stand-in's Deployment controller reports for `d` under `mode`.
+fn deployment_status(d: &Value, old: Option<&Value>, mode: RolloutMode, after_done: bool) -> Value {
+    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
+    let name = d["metadata"]["name"].as_str().unwrap_or("");
+    let rs = format!("{name}-{:x}", generation * 0x1f3b + 0x5c4d7);
+    let ready = match mode {
+        RolloutMode::Immediate => true,
+        RolloutMode::After(_) => after_done,
+        RolloutMode::Never | RolloutMode::Fail => false,
+    };
+    if ready {
+        return json!({
+            "observedGeneration": generation,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+            "conditions": [
+                condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", old),
+                condition("Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{rs}\" has successfully progressed."), old),
+            ]
+        });
+    }
+    let progressing = if mode == RolloutMode::Fail {
+        condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            &format!("ReplicaSet \"{rs}\" has timed out progressing."),
+            old,
+        )
+    } else {
+        condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            &format!("ReplicaSet \"{rs}\" is progressing."),
+            old,
+        )
+    };
+    json!({
+        "observedGeneration": generation,
+        "replicas": replicas,
+        "updatedReplicas": 0,
+        "readyReplicas": 0,
+        "availableReplicas": 0,
+        "unavailableReplicas": replicas,
+        "conditions": [
+            condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.", old),
+            progressing,
+        ]
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Merging
+
+/// True when every element is an object with a string `name`: such lists
+/// (containers, env, volumes, ports…) merge by name.
+fn named_list(a: &[Value]) -> bool {
+    !a.is_empty()
+        && a.iter()
+            .all(|e| e.get("name").and_then(Value::as_str).is_some())
+}
+
+/// Merge `patch` into `base` (RFC 7386: maps merge, `null` deletes, anything
+/// else replaces). With `by_name`, lists of named objects merge element-wise
+/// by `name`, and `$`-directives of strategic merge patch are dropped.
+fn merge_into(base: &mut Value, patch: &Value, by_name: bool) {
+    match (base.as_object_mut(), patch) {
+        (Some(b), Value::Object(p)) => {
+            for (k, v) in p {
+                if k.starts_with('$') && by_name {
+                    continue;
+                }
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    merge_into(b.entry(k.clone()).or_insert(Value::Null), v, by_name);
+                }
+            }
+        }
+        (_, Value::Object(p)) => {
+            let mut fresh = Value::Object(Map::new());
+            merge_into(&mut fresh, &Value::Object(p.clone()), by_name);
+            *base = fresh;
+        }
+        (_, Value::Array(pa)) if by_name && named_list(pa) => {
+            let mut out: Vec<Value> = match base.as_array() {
+                Some(ba) if named_list(ba) => ba.clone(),
+                _ => Vec::new(),
+            };
+            for pe in pa {
+                if let Some(be) = out.iter_mut().find(|be| be["name"] == pe["name"]) {
+                    merge_into(be, pe, by_name);
+                } else {
+                    let mut fresh = Value::Object(Map::new());
+                    merge_into(&mut fresh, pe, by_name);
+                    out.push(fresh);
+                }
+            }
+            *base = Value::Array(out);
+        }
+        _ => *base = patch.clone(),
+    }
+}
+
+/// `fieldsV1` for an applied configuration.
+fn fields_v1(v: &Value, top: bool, k: &KindSpec) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (key, val) in m {
+                if top && (key == "apiVersion" || key == "kind" || (key == "status" && k.status)) {
+                    continue;
+                }
+                out.insert(format!("f:{key}"), fields_v1(val, false, k));
+            }
+            if top {
+                if let Some(md) = out.get_mut("f:metadata").and_then(Value::as_object_mut) {
+                    md.remove("f:name");
+                    md.remove("f:namespace");
+                    if md.is_empty() {
+                        out.remove("f:metadata");
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) if named_list(a) => {
+            let mut out = Map::new();
+            for e in a {
+                let mut inner = match fields_v1(e, false, k) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                inner.insert(".".into(), json!({}));
+                let key = format!("k:{}", json!({"name": e["name"]}));
+                out.insert(key, Value::Object(inner));
+            }
+            Value::Object(out)
+        }
+        _ => json!({}),
+    }
+}
+
+/// Record `manager`'s field set in `new.metadata.managedFields`, keeping the
+/// entry (and its time) as it was when the field set did not change.
+fn set_managed(
+    new: &mut Value,
+    old: Option<&Value>,
+    manager: &str,
+    operation: &str,
+    applied: &Value,
+    k: &KindSpec,
+) {
+    let fields = fields_v1(applied, true, k);
+    let mut entries: Vec<Value> = old
+        .and_then(|o| o["metadata"]["managedFields"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let pos = entries
+        .iter()
+        .position(|e| e["manager"] == manager && e["operation"] == operation);
+    let entry = json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version_of(k),
+        "time": timestamp(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    });
+    match pos {
+        Some(i) if operation == "Apply" => {
+            if entries[i]["fieldsV1"] != entry["fieldsV1"] {
+                entries[i] = entry;
+            }
+        }
+        Some(i) => {
+            let mut merged = entries[i]["fieldsV1"].clone();
+            merge_into(&mut merged, &entry["fieldsV1"], false);
+            if merged != entries[i]["fieldsV1"] {
+                let mut e = entry;
+                e["fieldsV1"] = merged;
+                entries[i] = e;
+            }
+        }
+        None => entries.push(entry),
+    }
+    if !new["metadata"].is_object() {
+        new["metadata"] = json!({});
+    }
+    new["metadata"]["managedFields"] = Value::Array(entries);
+}
+
+// ---------------------------------------------------------------------------
+// Selectors and renderings
+
+struct Requirement {
+    key: String,
+    op: &'static str,
+    value: String,
+}
+
+impl Requirement {
+    fn matches(&self, actual: Option<String>) -> bool {
+        match self.op {
+            "=" => actual.as_deref() == Some(self.value.as_str()),
+            "!=" => actual.as_deref() != Some(self.value.as_str()),
+            "exists" => actual.is_some(),
+            _ => actual.is_none(),
+        }
+    }
+}
+
+fn parse_selector(s: &str) -> Res<Vec<Requirement>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let req = if let Some((k, v)) = part.split_once("!=") {
+            Requirement {
+                key: k.trim().into(),
+                op: "!=",
+                value: v.trim().into(),
+            }
+        } else if let Some((k, v)) = part.split_once("==") {
+            Requirement {
+                key: k.trim().into(),
+                op: "=",
+                value: v.trim().into(),
+            }
+        } else if let Some((k, v)) = part.split_once('=') {
+            Requirement {
+                key: k.trim().into(),
+                op: "=",
+                value: v.trim().into(),
+            }
+        } else if let Some(k) = part.strip_prefix('!') {
+            Requirement {
+                key: k.trim().into(),
+                op: "absent",
+                value: String::new(),
+            }
+        } else if part.contains(' ') || part.contains('(') {
+            return Err(bad_request(format!("unable to parse requirement: set-based selectors are not supported by the test API server: {part}")));
+        } else {
+            Requirement {
+                key: part.into(),
+                op: "exists",
+                value: String::new(),
+            }
+        };
+        out.push(req);
+    }
+    Ok(out)
+}
+
+fn label_of(o: &Value, key: &str) -> Option<String> {
+    o["metadata"]["labels"]
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn field_of(o: &Value, path: &str) -> Option<String> {
+    let mut cur = o;
+    for p in path.split('.') {
+        cur = cur.get(p)?;
+    }
+    match cur {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+}
+
+fn render_one(k: &KindSpec, obj: Value, accept: &str) -> Value {
+    if accept.contains("as=Table") {
+        let rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        table(k, std::slice::from_ref(&obj), &rv, None)
+    } else if accept.contains("as=PartialObjectMetadata")
+        && !accept.contains("as=PartialObjectMetadataList")
+    {
+        partial_metadata(&obj)
+    } else {
+        obj
+    }
+}
+
+fn age(o: &Value) -> String {
+    let Some(t) = o["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+    else {
+        return "<unknown>".into();
+    };
+    let secs = (now() - t).whole_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// Renders one object as a Table row's cells.
+type CellsFn = Box<dyn Fn(&Value) -> Vec<Value>>;
+
+/// A `meta.k8s.io/v1` Table, as `kubectl get` asks for.
+fn table(k: &KindSpec, items: &[Value], rv: &str, include: Option<&str>) -> Value {
+    let col = |name: &str, ty: &str, priority: u8| json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": name, "priority": priority});
+    let (cols, cells): (Vec<Value>, CellsFn) = match (k.group, k.plural) {
+        ("apps", "deployments") => (
+            vec![
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Up-to-date", "integer", 0),
+                col("Available", "integer", 0),
+                col("Age", "string", 0),
+                col("Containers", "string", 1),
+                col("Images", "string", 1),
+            ],
+            Box::new(|o: &Value| {
+                let cs = o["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let join = |f: &str| {
+                    cs.iter()
+                        .filter_map(|c| c[f].as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let s = &o["status"];
+                vec![
+                    o["metadata"]["name"].clone(),
+                    json!(format!(
+                        "{}/{}",
+                        s["readyReplicas"].as_i64().unwrap_or(0),
+                        o["spec"]["replicas"].as_i64().unwrap_or(1)
+                    )),
+                    json!(s["updatedReplicas"].as_i64().unwrap_or(0)),
+                    json!(s["availableReplicas"].as_i64().unwrap_or(0)),
+                    json!(age(o)),
+                    json!(join("name")),
+                    json!(join("image")),
+                ]
+            }),
+        ),
+        ("", "namespaces") => (
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Age", "string", 0),
+            ],
+            Box::new(|o: &Value| {
+                vec![
+                    o["metadata"]["name"].clone(),
+                    o["status"]["phase"].clone(),
+                    json!(age(o)),
+                ]
+            }),
+        ),
+        ("", "configmaps") => (
+            vec![
+                col("Name", "string", 0),
+                col("Data", "integer", 0),
+                col("Age", "string", 0),
+            ],
+            Box::new(|o: &Value| {
+                let n = o["data"].as_object().map_or(0, |m| m.len())
+                    + o["binaryData"].as_object().map_or(0, |m| m.len());
+                vec![o["metadata"]["name"].clone(), json!(n), json!(age(o))]
+            }),
+        ),
+        _ => (
+            vec![col("Name", "string", 0), col("Age", "string", 0)],
+            Box::new(|o: &Value| vec![o["metadata"]["name"].clone(), json!(age(o))]),
+        ),
+    };
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let object = match include {
+                Some("Object") => o.clone(),
+                Some("None") => Value::Null,
+                _ => partial_metadata(o),
+            };
+            json!({"cells": cells(o), "object": object})
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": rv},
+        "columnDefinitions": cols,
+        "rows": rows,
+    })
+}

@@ -1,0 +1,7 @@
+#![allow(dead_code)]
+//! Test fixtures shared by the black-box tests.
+
+pub mod chump;
+pub mod conformance;
+pub mod git_server;
+pub mod kube_api;
