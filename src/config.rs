@@ -181,23 +181,47 @@ pub struct ConfigError {
 }
 
 fn invalid(var: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { var, flag, reason: reason.into() }
+    ConfigError {
+        var,
+        flag,
+        reason: reason.into(),
+    }
 }
 
 /// Parses a duration: plain seconds (`180`) or humantime (`90s`, `3m`, `1h30m`).
-fn duration(var: &'static str, flag: &'static str, raw: &str, min: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    var: &'static str,
+    flag: &'static str,
+    raw: &str,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
     let raw = raw.trim();
     let d = match raw.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(raw).map_err(|e| {
-            invalid(var, flag, format!("'{raw}' is not a duration ({e}); use seconds or e.g. 90s, 3m, 1h"))
+            invalid(
+                var,
+                flag,
+                format!("'{raw}' is not a duration ({e}); use seconds or e.g. 90s, 3m, 1h"),
+            )
         })?,
     };
     if d < min {
-        return Err(invalid(var, flag, format!("'{raw}' is shorter than the minimum of {}", humantime::format_duration(min))));
+        return Err(invalid(
+            var,
+            flag,
+            format!(
+                "'{raw}' is shorter than the minimum of {}",
+                humantime::format_duration(min)
+            ),
+        ));
     }
     if d > Duration::from_secs(30 * 24 * 3600) {
-        return Err(invalid(var, flag, format!("'{raw}' is longer than 30 days")));
+        return Err(invalid(
+            var,
+            flag,
+            format!("'{raw}' is longer than 30 days"),
+        ));
     }
     Ok(d)
 }
@@ -206,27 +230,37 @@ fn boolean(var: &'static str, flag: &'static str, raw: &str) -> Result<bool, Con
     match raw.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        other => Err(invalid(var, flag, format!("'{other}' is not a boolean; use true or false"))),
+        other => Err(invalid(
+            var,
+            flag,
+            format!("'{other}' is not a boolean; use true or false"),
+        )),
     }
 }
 
 /// Parses `rethinkdb://[user[:password]@]host[:port]/db`.
 pub fn parse_rethinkdb_url(raw: &str, table: &str) -> Result<RethinkConfig, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
-    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("the URL names no host")?;
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("the URL names no host")?;
     let db = url.path().trim_start_matches('/');
     if db.is_empty() || db.contains('/') {
         return Err("the URL must name one database: rethinkdb://host:28015/DB".into());
     }
     let decode = |s: &str| {
-        percent_decode(s).ok_or_else(|| "the URL's credentials are not valid percent-encoding".to_string())
+        percent_decode(s)
+            .ok_or_else(|| "the URL's credentials are not valid percent-encoding".to_string())
     };
     Ok(RethinkConfig {
         host: host.trim_matches(['[', ']']).to_string(),
         port: url.port().unwrap_or(28015),
         db: decode(db)?,
         table: table.to_string(),
-        user: (!url.username().is_empty()).then(|| decode(url.username())).transpose()?,
+        user: (!url.username().is_empty())
+            .then(|| decode(url.username()))
+            .transpose()?,
         password: url.password().map(decode).transpose()?,
     })
 }
@@ -252,7 +286,14 @@ impl Config {
     /// Checks every option of `chump serve`.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
         let bind: SocketAddr = args.bind.trim().parse().map_err(|_| {
-            invalid("CHUMP_BIND", "bind", format!("'{}' is not an address:port such as 127.0.0.1:8000", args.bind))
+            invalid(
+                "CHUMP_BIND",
+                "bind",
+                format!(
+                    "'{}' is not an address:port such as 127.0.0.1:8000",
+                    args.bind
+                ),
+            )
         })?;
         let workers: usize = args
             .workers
@@ -260,15 +301,27 @@ impl Config {
             .parse()
             .ok()
             .filter(|n| (1..=256).contains(n))
-            .ok_or_else(|| invalid("CHUMP_WORKERS", "workers", format!("'{}' is not an integer from 1 to 256", args.workers)))?;
+            .ok_or_else(|| {
+                invalid(
+                    "CHUMP_WORKERS",
+                    "workers",
+                    format!("'{}' is not an integer from 1 to 256", args.workers),
+                )
+            })?;
         let database = match (&args.database, &args.rdb_host) {
             (Some(raw), _) => {
                 let raw = raw.trim();
                 if let Some(path) = raw.strip_prefix("sqlite://") {
                     if path.is_empty() {
-                        return Err(invalid("CHUMP_DATABASE", "database", "sqlite:// needs a file path, e.g. sqlite://chump.db"));
+                        return Err(invalid(
+                            "CHUMP_DATABASE",
+                            "database",
+                            "sqlite:// needs a file path, e.g. sqlite://chump.db",
+                        ));
                     }
-                    DatabaseConfig::Sqlite { path: path.to_string() }
+                    DatabaseConfig::Sqlite {
+                        path: path.to_string(),
+                    }
                 } else if raw.starts_with("rethinkdb://") {
                     DatabaseConfig::RethinkDb(
                         parse_rethinkdb_url(raw, &args.table_name)
@@ -289,7 +342,13 @@ impl Config {
                     .parse::<u16>()
                     .ok()
                     .filter(|p| *p != 0)
-                    .ok_or_else(|| invalid("RDB_PORT", "rdb-port", format!("'{}' is not a port number", args.rdb_port)))?;
+                    .ok_or_else(|| {
+                        invalid(
+                            "RDB_PORT",
+                            "rdb-port",
+                            format!("'{}' is not a port number", args.rdb_port),
+                        )
+                    })?;
                 if args.db_name.trim().is_empty() {
                     return Err(invalid("DB_NAME", "db-name", "must not be empty"));
                 }
@@ -302,24 +361,59 @@ impl Config {
                     password: None,
                 })
             }
-            _ => DatabaseConfig::Sqlite { path: "chump.db".into() },
+            _ => DatabaseConfig::Sqlite {
+                path: "chump.db".into(),
+            },
         };
         if let DatabaseConfig::RethinkDb(rc) = &database {
-            let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let ok = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
             if !ok(&rc.table) {
-                return Err(invalid("TABLE_NAME", "table-name", "must be letters, digits, '_' or '-'"));
+                return Err(invalid(
+                    "TABLE_NAME",
+                    "table-name",
+                    "must be letters, digits, '_' or '-'",
+                ));
             }
             if !ok(&rc.db) {
-                return Err(invalid("DB_NAME", "db-name", "the database name must be letters, digits, '_' or '-'"));
+                return Err(invalid(
+                    "DB_NAME",
+                    "db-name",
+                    "the database name must be letters, digits, '_' or '-'",
+                ));
             }
         }
-        let interval = duration("CHUMP_INTERVAL", "interval", &args.interval, Duration::from_secs(1))?;
-        let check_timeout = duration("CHUMP_CHECK_TIMEOUT", "check-timeout", &args.check_timeout, Duration::from_secs(1))?;
-        let rollout_timeout = duration("CHUMP_ROLLOUT_TIMEOUT", "rollout-timeout", &args.rollout_timeout, Duration::from_secs(1))?;
+        let interval = duration(
+            "CHUMP_INTERVAL",
+            "interval",
+            &args.interval,
+            Duration::from_secs(1),
+        )?;
+        let check_timeout = duration(
+            "CHUMP_CHECK_TIMEOUT",
+            "check-timeout",
+            &args.check_timeout,
+            Duration::from_secs(1),
+        )?;
+        let rollout_timeout = duration(
+            "CHUMP_ROLLOUT_TIMEOUT",
+            "rollout-timeout",
+            &args.rollout_timeout,
+            Duration::from_secs(1),
+        )?;
         let log_format = match args.log_format.trim() {
             "text" | "" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(invalid("CHUMP_LOG_FORMAT", "log-format", format!("'{other}' is not text or json"))),
+            other => {
+                return Err(invalid(
+                    "CHUMP_LOG_FORMAT",
+                    "log-format",
+                    format!("'{other}' is not text or json"),
+                ))
+            }
         };
         if args.workdir.as_os_str().is_empty() {
             return Err(invalid("CHUMP_WORKDIR", "workdir", "must not be empty"));
@@ -327,7 +421,11 @@ impl Config {
         let api_token = match args.api_token.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(t) if t.len() < 16 => {
-                return Err(invalid("CHUMP_API_TOKEN", "api-token", "must be at least 16 characters"))
+                return Err(invalid(
+                    "CHUMP_API_TOKEN",
+                    "api-token",
+                    "must be at least 16 characters",
+                ))
             }
             Some(t) => Some(t.to_string()),
         };
@@ -340,16 +438,32 @@ impl Config {
             rollout_timeout,
             workdir: args.workdir.clone(),
             api_token,
-            allow_file_urls: boolean("CHUMP_ALLOW_FILE_URLS", "allow-file-urls", &args.allow_file_urls)?,
+            allow_file_urls: boolean(
+                "CHUMP_ALLOW_FILE_URLS",
+                "allow-file-urls",
+                &args.allow_file_urls,
+            )?,
             kustomize: args.kustomize.clone().filter(|k| !k.trim().is_empty()),
             kustomize_allow_remote: boolean(
                 "CHUMP_KUSTOMIZE_ALLOW_REMOTE",
                 "kustomize-allow-remote",
                 &args.kustomize_allow_remote,
             )?,
-            shutdown_grace: duration("CHUMP_SHUTDOWN_GRACE", "shutdown-grace", &args.shutdown_grace, Duration::ZERO)?,
-            restrict_namespace: boolean("CHUMP_RESTRICT_NAMESPACE", "restrict-namespace", &args.restrict_namespace)?,
-            kubeconfig: args.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
+            shutdown_grace: duration(
+                "CHUMP_SHUTDOWN_GRACE",
+                "shutdown-grace",
+                &args.shutdown_grace,
+                Duration::ZERO,
+            )?,
+            restrict_namespace: boolean(
+                "CHUMP_RESTRICT_NAMESPACE",
+                "restrict-namespace",
+                &args.restrict_namespace,
+            )?,
+            kubeconfig: args
+                .kubeconfig
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
             log_format,
         })
     }
@@ -361,11 +475,18 @@ mod tests {
 
     #[test]
     fn rethinkdb_urls() {
-        let c = parse_rethinkdb_url("rethinkdb://admin:p%40ss@db.example:29015/chump", "sources").unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.db.as_str()), ("db.example", 29015, "chump"));
+        let c = parse_rethinkdb_url("rethinkdb://admin:p%40ss@db.example:29015/chump", "sources")
+            .unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.db.as_str()),
+            ("db.example", 29015, "chump")
+        );
         assert_eq!(c.password.as_deref(), Some("p@ss"));
         assert!(!format!("{c:?}").contains("p@ss"));
-        assert_eq!(parse_rethinkdb_url("rethinkdb://h/db", "t").unwrap().port, 28015);
+        assert_eq!(
+            parse_rethinkdb_url("rethinkdb://h/db", "t").unwrap().port,
+            28015
+        );
         assert!(parse_rethinkdb_url("rethinkdb://h/", "t").is_err());
     }
 }

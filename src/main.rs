@@ -1,7 +1,7 @@
 //! The `chump` binary: parses the command line and runs the command.
 
-use clap::Parser;
 use chump::config::{Cli, Command, Config};
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {

@@ -22,7 +22,9 @@ use crate::store;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = store::open(&config.database).await.context("cannot open the store")?;
+    let store = store::open(&config.database)
+        .await
+        .context("cannot open the store")?;
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {} (CHUMP_BIND)", config.bind))?;
@@ -46,7 +48,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     let state = AppState {
         store: store.clone(),
-        rules: ValidationRules { allow_file_urls: config.allow_file_urls },
+        rules: ValidationRules {
+            allow_file_urls: config.allow_file_urls,
+        },
         api_token: config.api_token.as_deref().map(Arc::from),
         schedule_changed: wake,
     };
@@ -65,8 +69,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// The check runner from the configuration.
 fn checker(config: &Config) -> Checker {
     let git = GitCache::new(
-        config.workdir.join("git"),
-        GitOptions { allow_file_urls: config.allow_file_urls, ..GitOptions::default() },
+        config.workdir.clone(),
+        GitOptions {
+            allow_file_urls: config.allow_file_urls,
+            ..GitOptions::default()
+        },
     );
     let kustomize = Kustomize::detect(
         config.kustomize.as_deref(),
@@ -84,7 +91,13 @@ fn checker(config: &Config) -> Checker {
         Some(path) => ClusterConfig::Kubeconfig(path.clone()),
         None => ClusterConfig::Infer,
     };
-    Checker::new(git, kustomize, cluster, config.rollout_timeout, config.restrict_namespace)
+    Checker::new(
+        git,
+        kustomize,
+        cluster,
+        config.rollout_timeout,
+        config.restrict_namespace,
+    )
 }
 
 /// A name for this process on its leases: host, pid and a random suffix.

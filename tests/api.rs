@@ -34,11 +34,18 @@ async fn call(c: &Chump, method: Method, path: &str, body: Option<Value>) -> (St
     let resp = req.send().await.expect("request");
     let status = resp.status();
     let text = resp.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
     (status, json)
 }
 
-async fn raw(c: &Chump, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+async fn raw(
+    c: &Chump,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let mut req = Client::new().request(method, c.url(path)).body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
@@ -46,7 +53,8 @@ async fn raw(c: &Chump, method: Method, path: &str, content_type: Option<&str>, 
     let resp = req.send().await.expect("request");
     let status = resp.status();
     let text = resp.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
     (status, json)
 }
 
@@ -68,7 +76,10 @@ async fn index_and_health() {
     let (s, b) = call(&c, Method::GET, "/api", None).await;
     assert_eq!(s, StatusCode::OK);
     let endpoints = b["endpoints"].as_array().unwrap();
-    assert!(endpoints.iter().any(|e| e == "POST /api/sources/create"), "{b}");
+    assert!(
+        endpoints.iter().any(|e| e == "POST /api/sources/create"),
+        "{b}"
+    );
     let (s, b) = call(&c, Method::GET, "/api/health", None).await;
     assert_eq!((s, b), (StatusCode::OK, json!({"status": "healthy"})));
     let (s, _) = call(&c, Method::GET, "/healthz", None).await;
@@ -91,17 +102,40 @@ async fn seed_crud_round_trip() {
     }
 
     // Same target again: 409, nothing stored.
-    let (s, b) = call(&c, Method::POST, "/api/sources", Some(with(seed(), "branch", json!("main")))).await;
-    assert_eq!((s, b), (StatusCode::CONFLICT, json!({"msg": "[WARN] Source already exist!"})));
+    let (s, b) = call(
+        &c,
+        Method::POST,
+        "/api/sources",
+        Some(with(seed(), "branch", json!("main"))),
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (
+            StatusCode::CONFLICT,
+            json!({"msg": "[WARN] Source already exist!"})
+        )
+    );
     assert_eq!(sources(&c).await.len(), 1);
 
     // POST /api/sources works too, and ids count up.
-    let (s, b) = call(&c, Method::POST, "/api/sources", Some(with(seed(), "container_name", json!("sidecar")))).await;
+    let (s, b) = call(
+        &c,
+        Method::POST,
+        "/api/sources",
+        Some(with(seed(), "container_name", json!("sidecar"))),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(b["source"]["id"], 2);
 
     let list = sources(&c).await;
-    assert_eq!(list.iter().map(|s| s["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        list.iter()
+            .map(|s| s["id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 
     for path in ["/api/sources/1", "/api/sources/1/"] {
         let (s, b) = call(&c, Method::GET, path, None).await;
@@ -120,23 +154,53 @@ async fn seed_crud_round_trip() {
     assert_eq!(b["container_name"], "helloworld-container");
 
     // PATCH a subset, on both paths.
-    let (s, b) = call(&c, Method::PATCH, "/api/sources/1", Some(json!({"branch": "release"}))).await;
+    let (s, b) = call(
+        &c,
+        Method::PATCH,
+        "/api/sources/1",
+        Some(json!({"branch": "release"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["source"]["branch"], "release");
     assert_eq!(b["source"]["container_name"], "helloworld-container");
 
     // PUT needs every field.
-    let (s, b) = call(&c, Method::PUT, "/api/sources/1/update", Some(json!({"branch": "main"}))).await;
+    let (s, b) = call(
+        &c,
+        Method::PUT,
+        "/api/sources/1/update",
+        Some(json!({"branch": "main"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(b["errors"]["namespace"], "is required");
-    let (s, b) = call(&c, Method::PUT, "/api/sources/1", Some(with(seed(), "container_name", json!("web")))).await;
+    let (s, b) = call(
+        &c,
+        Method::PUT,
+        "/api/sources/1",
+        Some(with(seed(), "container_name", json!("web"))),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["source"]["branch"], "master");
     assert_eq!(b["source"]["container_name"], "web");
 
     // An update that collides with source 2.
-    let (s, b) = call(&c, Method::PATCH, "/api/sources/1/update", Some(json!({"container_name": "sidecar"}))).await;
-    assert_eq!((s, b), (StatusCode::CONFLICT, json!({"msg": "[WARN] Source already exist!"})));
+    let (s, b) = call(
+        &c,
+        Method::PATCH,
+        "/api/sources/1/update",
+        Some(json!({"container_name": "sidecar"})),
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (
+            StatusCode::CONFLICT,
+            json!({"msg": "[WARN] Source already exist!"})
+        )
+    );
     let (_, b) = call(&c, Method::GET, "/api/sources/1", None).await;
     assert_eq!(b["container_name"], "web");
 
@@ -150,12 +214,25 @@ async fn seed_crud_round_trip() {
     ] {
         let body = (m == Method::PATCH || m == Method::PUT).then(seed);
         let (s, b) = call(&c, m.clone(), p, body).await;
-        assert_eq!((s, b), (StatusCode::NOT_FOUND, json!({"msg": "[WARN] Source doesn't exist!"})), "{m} {p}");
+        assert_eq!(
+            (s, b),
+            (
+                StatusCode::NOT_FOUND,
+                json!({"msg": "[WARN] Source doesn't exist!"})
+            ),
+            "{m} {p}"
+        );
     }
 
     // Delete, on both paths.
     let (s, b) = call(&c, Method::DELETE, "/api/sources/1/delete", None).await;
-    assert_eq!((s, b), (StatusCode::OK, json!({"msg": "[INFO] Source has been deleted!"})));
+    assert_eq!(
+        (s, b),
+        (
+            StatusCode::OK,
+            json!({"msg": "[INFO] Source has been deleted!"})
+        )
+    );
     let (s, _) = call(&c, Method::GET, "/api/sources/1", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = call(&c, Method::DELETE, "/api/sources/2", None).await;
@@ -183,11 +260,26 @@ async fn bad_sources_are_rejected_and_nothing_is_stored() {
         (with(seed(), "namespace", json!("Production")), "namespace"),
         (with(seed(), "namespace", json!("prod_1")), "namespace"),
         (with(seed(), "namespace", json!(long)), "namespace"),
-        (with(seed(), "deployment_name", json!("-web")), "deployment_name"),
-        (with(seed(), "deployment_name", json!("web..x")), "deployment_name"),
-        (with(seed(), "container_name", json!("web.x")), "container_name"),
-        (with(seed(), "git_url", json!("ftp://example.com/x.git")), "git_url"),
-        (with(seed(), "git_url", json!("file:///srv/git/x.git")), "git_url"),
+        (
+            with(seed(), "deployment_name", json!("-web")),
+            "deployment_name",
+        ),
+        (
+            with(seed(), "deployment_name", json!("web..x")),
+            "deployment_name",
+        ),
+        (
+            with(seed(), "container_name", json!("web.x")),
+            "container_name",
+        ),
+        (
+            with(seed(), "git_url", json!("ftp://example.com/x.git")),
+            "git_url",
+        ),
+        (
+            with(seed(), "git_url", json!("file:///srv/git/x.git")),
+            "git_url",
+        ),
         (with(seed(), "git_url", json!("/srv/git/x.git")), "git_url"),
         (with(seed(), "git_url", json!("https://")), "git_url"),
         (with(seed(), "git_url", json!("not a url")), "git_url"),
@@ -195,26 +287,67 @@ async fn bad_sources_are_rejected_and_nothing_is_stored() {
         (with(seed(), "branch", json!("-x")), "branch"),
         (with(seed(), "branch", json!("feature branch")), "branch"),
         (with(seed(), "branch", json!("x.lock")), "branch"),
-        (with(seed(), "deploy_path", json!("/etc/kubernetes")), "deploy_path"),
-        (with(seed(), "deploy_path", json!("../other")), "deploy_path"),
-        (with(seed(), "deploy_path", json!("deploy/../../x")), "deploy_path"),
-        (with(seed(), "image_version_file", json!("deploy/a\u{0}b.yaml")), "image_version_file"),
-        (with(seed(), "image_version_file", json!("deploy/a\nb.yaml")), "image_version_file"),
-        (with(seed(), "interval_seconds", json!(0)), "interval_seconds"),
-        (with(seed(), "interval_seconds", json!("60")), "interval_seconds"),
+        (
+            with(seed(), "deploy_path", json!("/etc/kubernetes")),
+            "deploy_path",
+        ),
+        (
+            with(seed(), "deploy_path", json!("../other")),
+            "deploy_path",
+        ),
+        (
+            with(seed(), "deploy_path", json!("deploy/../../x")),
+            "deploy_path",
+        ),
+        (
+            with(seed(), "image_version_file", json!("deploy/a\u{0}b.yaml")),
+            "image_version_file",
+        ),
+        (
+            with(seed(), "image_version_file", json!("deploy/a\nb.yaml")),
+            "image_version_file",
+        ),
+        (
+            with(seed(), "interval_seconds", json!(0)),
+            "interval_seconds",
+        ),
+        (
+            with(seed(), "interval_seconds", json!("60")),
+            "interval_seconds",
+        ),
         (with(seed(), "suspended", json!("yes")), "suspended"),
     ];
     for (body, field) in cases {
         let (s, b) = call(&c, Method::POST, "/api/sources/create", Some(body.clone())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body} -> {b}");
-        assert!(b["msg"].as_str().unwrap().contains(field), "msg should name {field}: {b}");
-        assert!(b["errors"][field].is_string(), "errors should name {field}: {b}");
+        assert!(
+            b["msg"].as_str().unwrap().contains(field),
+            "msg should name {field}: {b}"
+        );
+        assert!(
+            b["errors"][field].is_string(),
+            "errors should name {field}: {b}"
+        );
     }
     // Every bad field at once.
-    let (s, b) = call(&c, Method::POST, "/api/sources", Some(json!({"namespace": "BAD", "branch": 1}))).await;
+    let (s, b) = call(
+        &c,
+        Method::POST,
+        "/api/sources",
+        Some(json!({"namespace": "BAD", "branch": 1})),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let errors = b["errors"].as_object().unwrap();
-    for f in ["namespace", "branch", "git_url", "deploy_path", "image_version_file", "container_name", "deployment_name"] {
+    for f in [
+        "namespace",
+        "branch",
+        "git_url",
+        "deploy_path",
+        "image_version_file",
+        "container_name",
+        "deployment_name",
+    ] {
         assert!(errors.contains_key(f), "{f}: {b}");
     }
     assert!(sources(&c).await.is_empty());
@@ -222,13 +355,48 @@ async fn bad_sources_are_rejected_and_nothing_is_stored() {
     // Bodies that are not a JSON object.
     let seed_bytes = serde_json::to_vec(&seed()).unwrap();
     let cases: Vec<(Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
-        (Some("application/json"), b"{\"namespace\": ".to_vec(), StatusCode::BAD_REQUEST, "Malformed JSON"),
-        (Some("application/json"), b"not json".to_vec(), StatusCode::BAD_REQUEST, "Malformed JSON"),
-        (Some("application/json"), b"".to_vec(), StatusCode::BAD_REQUEST, "empty"),
-        (Some("application/json"), b"[1, 2]".to_vec(), StatusCode::BAD_REQUEST, "JSON object"),
-        (Some("application/json"), b"\"x\"".to_vec(), StatusCode::BAD_REQUEST, "JSON object"),
-        (Some("text/plain"), seed_bytes.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
-        (Some("application/x-www-form-urlencoded"), b"namespace=x".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
+        (
+            Some("application/json"),
+            b"{\"namespace\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "Malformed JSON",
+        ),
+        (
+            Some("application/json"),
+            b"not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "Malformed JSON",
+        ),
+        (
+            Some("application/json"),
+            b"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        (
+            Some("application/json"),
+            b"[1, 2]".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "JSON object",
+        ),
+        (
+            Some("application/json"),
+            b"\"x\"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "JSON object",
+        ),
+        (
+            Some("text/plain"),
+            seed_bytes.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            b"namespace=x".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
     ];
     for (ct, body, status, needle) in cases {
         let (s, b) = raw(&c, Method::POST, "/api/sources/create", ct, body.clone()).await;
@@ -237,7 +405,14 @@ async fn bad_sources_are_rejected_and_nothing_is_stored() {
     }
     // Over 64 KiB, valid JSON otherwise.
     let big = with(seed(), "deployment_name", json!("a".repeat(70 * 1024)));
-    let (s, b) = raw(&c, Method::POST, "/api/sources/create", Some("application/json"), serde_json::to_vec(&big).unwrap()).await;
+    let (s, b) = raw(
+        &c,
+        Method::POST,
+        "/api/sources/create",
+        Some("application/json"),
+        serde_json::to_vec(&big).unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
     assert!(b["msg"].as_str().unwrap().contains("64 KiB"));
     assert!(sources(&c).await.is_empty());
@@ -259,7 +434,14 @@ async fn bad_updates_change_nothing() {
             assert_eq!(s, StatusCode::BAD_REQUEST, "{body} {b}");
         }
     }
-    let (s, _) = raw(&c, Method::PATCH, "/api/sources/1/update", Some("application/json"), b"{oops".to_vec()).await;
+    let (s, _) = raw(
+        &c,
+        Method::PATCH,
+        "/api/sources/1/update",
+        Some("application/json"),
+        b"{oops".to_vec(),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (_, now) = call(&c, Method::GET, "/api/sources/1", None).await;
     assert_eq!(now, original);
@@ -269,7 +451,15 @@ async fn bad_updates_change_nothing() {
 async fn bad_ids() {
     let c = Chump::start();
     create(&c, seed()).await;
-    for id in ["abc", "1.5", "0", "-1", "9007199254740992", "99999999999999999999999", "1e3"] {
+    for id in [
+        "abc",
+        "1.5",
+        "0",
+        "-1",
+        "9007199254740992",
+        "99999999999999999999999",
+        "1e3",
+    ] {
         for (m, p) in [
             (Method::GET, format!("/api/sources/{id}")),
             (Method::PATCH, format!("/api/sources/{id}/update")),
@@ -278,7 +468,10 @@ async fn bad_ids() {
             let body = (m == Method::PATCH).then(seed);
             let (s, b) = call(&c, m.clone(), &p, body).await;
             assert_eq!(s, StatusCode::BAD_REQUEST, "{m} {p}: {b}");
-            assert!(b["msg"].as_str().unwrap().contains("Invalid source id"), "{b}");
+            assert!(
+                b["msg"].as_str().unwrap().contains("Invalid source id"),
+                "{b}"
+            );
         }
     }
     assert_eq!(sources(&c).await.len(), 1);
@@ -299,7 +492,11 @@ async fn unknown_routes_and_methods_answer_json() {
         (Method::GET, "/api/sources/1/delete"),
         (Method::POST, "/api/health"),
     ] {
-        let resp = Client::new().request(m.clone(), c.url(p)).send().await.unwrap();
+        let resp = Client::new()
+            .request(m.clone(), c.url(p))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
         let b: Value = resp.json().await.expect("JSON body");
         assert!(b["msg"].as_str().unwrap().contains("not allowed"), "{b}");
@@ -312,9 +509,18 @@ async fn credentials_in_git_url_are_never_returned() {
     let secret = "tok3n-s3cret-value";
     let url = format!("https://deploy:{secret}@git.example.com/org/app.git");
     let created = create(&c, with(seed(), "git_url", json!(url))).await;
-    assert_eq!(created["git_url"], "https://***@git.example.com/org/app.git");
+    assert_eq!(
+        created["git_url"],
+        "https://***@git.example.com/org/app.git"
+    );
     // Sending the masked URL back keeps the stored credentials (no change).
-    let (s, b) = call(&c, Method::PATCH, "/api/sources/1", Some(json!({"git_url": created["git_url"], "branch": "main"}))).await;
+    let (s, b) = call(
+        &c,
+        Method::PATCH,
+        "/api/sources/1",
+        Some(json!({"git_url": created["git_url"], "branch": "main"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (_, list) = call(&c, Method::GET, "/api/sources", None).await;
     let (_, one) = call(&c, Method::GET, "/api/sources/1", None).await;
@@ -326,7 +532,11 @@ async fn credentials_in_git_url_are_never_returned() {
 #[tokio::test]
 async fn file_urls_only_when_allowed() {
     let c = Chump::start_with(ChumpOptions::default().env("CHUMP_ALLOW_FILE_URLS", "true"));
-    create(&c, with(seed(), "git_url", json!("file:///srv/git/app.git"))).await;
+    create(
+        &c,
+        with(seed(), "git_url", json!("file:///srv/git/app.git")),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -341,7 +551,9 @@ async fn concurrent_creates_get_distinct_ids() {
             let body = with(seed(), "deployment_name", json!(format!("app-{i}")));
             let resp = client.post(url).json(&body).send().await.unwrap();
             assert_eq!(resp.status(), StatusCode::CREATED);
-            resp.json::<Value>().await.unwrap()["source"]["id"].as_i64().unwrap()
+            resp.json::<Value>().await.unwrap()["source"]["id"]
+                .as_i64()
+                .unwrap()
         }));
     }
     let mut ids = Vec::new();
@@ -363,7 +575,10 @@ async fn data_survives_a_restart() {
     create(&c, with(seed(), "container_name", json!("two"))).await;
     let (s, _) = call(&c, Method::DELETE, "/api/sources/2", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(c.terminate(Duration::from_secs(10)), "SIGTERM should stop chump cleanly");
+    assert!(
+        c.terminate(Duration::from_secs(10)),
+        "SIGTERM should stop chump cleanly"
+    );
     drop(c);
 
     let c = Chump::start_with(ChumpOptions::default().dir(dir.path()));
@@ -382,13 +597,39 @@ async fn api_token_guards_the_api() {
     let client = Client::new();
     let resp = client.get(c.url("/api/sources")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert!(resp.json::<Value>().await.unwrap()["msg"].as_str().unwrap().contains("Unauthorized"));
-    let resp = client.post(c.url("/api/sources")).bearer_auth("wrong-token-wrong-token").json(&seed()).send().await.unwrap();
+    assert!(resp.json::<Value>().await.unwrap()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("Unauthorized"));
+    let resp = client
+        .post(c.url("/api/sources"))
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&seed())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let resp = client.post(c.url("/api/sources")).bearer_auth(token).json(&seed()).send().await.unwrap();
+    let resp = client
+        .post(c.url("/api/sources"))
+        .bearer_auth(token)
+        .json(&seed())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let resp = client.get(c.url("/api/sources")).bearer_auth(token).send().await.unwrap();
-    assert_eq!(resp.json::<Value>().await.unwrap()["sources"].as_array().unwrap().len(), 1);
+    let resp = client
+        .get(c.url("/api/sources"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["sources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let resp = client.get(c.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(!c.logs().contains(token));
@@ -427,10 +668,42 @@ fn serve_help_lists_every_variable() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for var in [
-        "CHUMP_BIND", "CHUMP_DATABASE", "CHUMP_WORKERS", "CHUMP_INTERVAL", "CHUMP_CHECK_TIMEOUT",
-        "CHUMP_WORKDIR", "CHUMP_API_TOKEN", "KUBECONFIG", "RDB_HOST", "RDB_PORT", "DB_NAME", "TABLE_NAME",
+        "CHUMP_BIND",
+        "CHUMP_DATABASE",
+        "CHUMP_WORKERS",
+        "CHUMP_INTERVAL",
+        "CHUMP_CHECK_TIMEOUT",
+        "CHUMP_WORKDIR",
+        "CHUMP_API_TOKEN",
+        "KUBECONFIG",
+        "RDB_HOST",
+        "RDB_PORT",
+        "DB_NAME",
+        "TABLE_NAME",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
     assert!(help.contains("127.0.0.1:8000"));
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Chump::start_with(ChumpOptions::default().dir(dir.path()));
+    let out = chump_command()
+        .arg("serve")
+        .env("CHUMP_BIND", "127.0.0.1:0")
+        .env(
+            "CHUMP_DATABASE",
+            format!("sqlite://{}", dir.path().join("chump.db").display()),
+        )
+        .env("CHUMP_WORKDIR", dir.path().join("work2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another chump process"),
+        "{stderr}"
+    );
 }

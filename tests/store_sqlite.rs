@@ -15,7 +15,9 @@ async fn fresh() -> Option<Arc<dyn Store>> {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap()
         .keep();
-    let store = SqliteStore::open(dir.join("chump.db").to_str().unwrap()).await.unwrap();
+    let store = SqliteStore::open(dir.join("chump.db").to_str().unwrap())
+        .await
+        .unwrap();
     Some(Arc::new(store))
 }
 
@@ -29,12 +31,25 @@ async fn reopening_keeps_everything() {
     let now = time::OffsetDateTime::now_utc();
     {
         let store = SqliteStore::open(path).await.unwrap();
-        store.create_source(&support::conformance::spec("a"), now).await.unwrap();
-        store.create_source(&support::conformance::spec("b"), now).await.unwrap();
+        store
+            .create_source(&support::conformance::spec("a"), now)
+            .await
+            .unwrap();
+        store
+            .create_source(&support::conformance::spec("b"), now)
+            .await
+            .unwrap();
         store.delete_source(2).await.unwrap();
         store.close().await;
     }
     let store = SqliteStore::open(path).await.unwrap();
     assert_eq!(store.list_sources().await.unwrap().len(), 1);
-    assert_eq!(store.create_source(&support::conformance::spec("c"), now).await.unwrap().id, 3);
+    assert_eq!(
+        store
+            .create_source(&support::conformance::spec("c"), now)
+            .await
+            .unwrap()
+            .id,
+        3
+    );
 }

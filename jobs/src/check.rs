@@ -106,11 +106,19 @@ impl Checker {
 
     /// Runs one check to the end and reports it. `progress` is updated as
     /// the check goes, so a caller that cuts it short knows how far it got.
-    pub async fn check(&self, source: &Source, trigger: Trigger, progress: &ProgressCell) -> CheckReport {
+    pub async fn check(
+        &self,
+        source: &Source,
+        trigger: Trigger,
+        progress: &ProgressCell,
+    ) -> CheckReport {
         let started_at = OffsetDateTime::now_utc();
         let mut times = StageTimes::default();
         let span = tracing::info_span!("check", source_id = source.id, %trigger);
-        let result = self.run(source, progress, &mut times).instrument(span.clone()).await;
+        let result = self
+            .run(source, progress, &mut times)
+            .instrument(span.clone())
+            .await;
         let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
         let secrets = url_secrets(&source.spec.git_url);
         let (outcome, stage, message, objects) = match result {
@@ -159,7 +167,10 @@ impl Checker {
         source: &Source,
         progress: &ProgressCell,
         times: &mut StageTimes,
-    ) -> Result<(Outcome, Vec<crate::history::AppliedObject>), (Failure, Vec<crate::history::AppliedObject>)> {
+    ) -> Result<
+        (Outcome, Vec<crate::history::AppliedObject>),
+        (Failure, Vec<crate::history::AppliedObject>),
+    > {
         let spec = &source.spec;
         let set = |f: &dyn Fn(&mut Progress)| {
             if let Ok(mut p) = progress.lock() {
@@ -186,12 +197,17 @@ impl Checker {
         set(&|p| p.stage = Some(Stage::Manifest));
         let t = Instant::now();
         let desired = {
-            let (checkout, file, container) =
-                (checkout.clone(), spec.image_version_file.clone(), spec.container_name.clone());
-            tokio::task::spawn_blocking(move || desired_image_from_file(checkout.dir(), &file, &container))
-                .await
-                .map_err(|e| fail(Stage::Manifest, format!("manifest task failed: {e}")))?
-                .map_err(|e| fail(Stage::Manifest, e.to_string()))?
+            let (checkout, file, container) = (
+                checkout.clone(),
+                spec.image_version_file.clone(),
+                spec.container_name.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                desired_image_from_file(checkout.dir(), &file, &container)
+            })
+            .await
+            .map_err(|e| fail(Stage::Manifest, format!("manifest task failed: {e}")))?
+            .map_err(|e| fail(Stage::Manifest, e.to_string()))?
         };
         times.manifest = t.elapsed();
         set(&|p| p.desired_image = Some(desired.clone()));
@@ -216,7 +232,10 @@ impl Checker {
         // 5. Build, apply, roll out.
         set(&|p| p.stage = Some(Stage::Build));
         let t = Instant::now();
-        let kustomize = self.kustomize.as_ref().map_err(|e| fail(Stage::Build, e.clone()))?;
+        let kustomize = self
+            .kustomize
+            .as_ref()
+            .map_err(|e| fail(Stage::Build, e.clone()))?;
         let objects = kustomize
             .build(checkout.dir(), &spec.deploy_path)
             .await
@@ -229,7 +248,15 @@ impl Checker {
         let applied = cluster
             .apply(&objects, &spec.namespace, allowed)
             .await
-            .map_err(|e| (Failure { stage: Stage::Apply, message: e.to_string() }, e.applied))?;
+            .map_err(|e| {
+                (
+                    Failure {
+                        stage: Stage::Apply,
+                        message: e.to_string(),
+                    },
+                    e.applied,
+                )
+            })?;
         times.apply = t.elapsed();
 
         set(&|p| p.stage = Some(Stage::Rollout));
@@ -239,7 +266,13 @@ impl Checker {
             .await;
         times.rollout = t.elapsed();
         if let Err(e) = rollout {
-            return Err((Failure { stage: Stage::Rollout, message: e.to_string() }, applied));
+            return Err((
+                Failure {
+                    stage: Stage::Rollout,
+                    message: e.to_string(),
+                },
+                applied,
+            ));
         }
         Ok((Outcome::Deployed, applied))
     }
@@ -255,7 +288,10 @@ pub fn cut_report(
     why: &str,
 ) -> CheckReport {
     let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
-    let during = p.stage.map(|s| format!(" during stage {s}")).unwrap_or_default();
+    let during = p
+        .stage
+        .map(|s| format!(" during stage {s}"))
+        .unwrap_or_default();
     CheckReport {
         source_id: source.id,
         trigger,

@@ -6,16 +6,16 @@
 //! pipeline calls, the scheduler and workers, git, manifest parsing,
 //! kustomize and the Kubernetes client.
 
-pub mod redact;
-pub mod history;
-pub mod source;
+pub mod check;
+pub mod cluster;
 pub mod git;
-pub mod store;
+pub mod history;
 pub mod image;
 pub mod kustomize;
 pub mod manifest;
-pub mod cluster;
-pub mod check;
-pub mod scheduler;
-pub mod worker;
 pub mod pipeline;
+pub mod redact;
+pub mod scheduler;
+pub mod source;
+pub mod store;
+pub mod worker;

@@ -98,7 +98,11 @@ impl Pipeline {
                 let _ = workers.await;
                 cutter.abort();
                 // Claims queued but never started go back to the schedule.
-                let left: Vec<_> = load.claimed.lock().map(|c| c.iter().copied().collect()).unwrap_or_default();
+                let left: Vec<_> = load
+                    .claimed
+                    .lock()
+                    .map(|c| c.iter().copied().collect())
+                    .unwrap_or_default();
                 if !left.is_empty() {
                     if let Err(e) = store.release_claims(&config.owner, &left).await {
                         tracing::warn!(error = %e, "could not release unstarted claims; they expire by themselves");
@@ -107,7 +111,11 @@ impl Pipeline {
                 tracing::info!("pipeline stopped");
             })
         };
-        Pipeline { task, load, scheduler_alive: alive }
+        Pipeline {
+            task,
+            load,
+            scheduler_alive: alive,
+        }
     }
 
     /// Checks running now.

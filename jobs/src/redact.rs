@@ -21,12 +21,7 @@ pub fn redact_url(url: &str) -> String {
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let authority = &rest[..authority_end];
         if let Some(at) = authority.rfind('@') {
-            return format!(
-                "{}{}@{}",
-                &url[..rest_start],
-                MASK,
-                &rest[at + 1..]
-            );
+            return format!("{}{}@{}", &url[..rest_start], MASK, &rest[at + 1..]);
         }
         return url.to_string();
     }
@@ -136,8 +131,14 @@ mod tests {
 
     #[test]
     fn scp_like_keeps_user_but_not_password() {
-        assert_eq!(redact_url("git@example.com:org/a.git"), "git@example.com:org/a.git");
-        assert_eq!(redact_url("me:pw@example.com:org/a.git"), "***@example.com:org/a.git");
+        assert_eq!(
+            redact_url("git@example.com:org/a.git"),
+            "git@example.com:org/a.git"
+        );
+        assert_eq!(
+            redact_url("me:pw@example.com:org/a.git"),
+            "***@example.com:org/a.git"
+        );
     }
 
     #[test]

@@ -59,7 +59,11 @@ impl Load {
 /// Successes come back after the interval, failures after a doubling delay
 /// (interval × 2^(failures − 1), at most 8 × interval). Either way ±10 %
 /// jitter spreads sources that were checked together.
-pub fn next_check_at(claim: &Claim, report: &CheckReport, default_interval: Duration) -> OffsetDateTime {
+pub fn next_check_at(
+    claim: &Claim,
+    report: &CheckReport,
+    default_interval: Duration,
+) -> OffsetDateTime {
     let interval = claim
         .source
         .spec
@@ -90,7 +94,10 @@ pub async fn run(
     let mut failures: u32 = 0;
     let mut outage = false;
     loop {
-        alive.store(OffsetDateTime::now_utc().unix_timestamp(), Ordering::Relaxed);
+        alive.store(
+            OffsetDateTime::now_utc().unix_timestamp(),
+            Ordering::Relaxed,
+        );
         let sleep = match tick(&*store, &config, &load, &queue).await {
             Ok(sleep) => {
                 if outage {
@@ -106,7 +113,8 @@ pub async fn run(
                     outage = true;
                 }
                 failures = failures.saturating_add(1);
-                Duration::from_millis(200 * 2u64.pow(failures.min(6))).min(config.max_sleep.max(Duration::from_secs(5)))
+                Duration::from_millis(200 * 2u64.pow(failures.min(6)))
+                    .min(config.max_sleep.max(Duration::from_secs(5)))
             }
         };
         tokio::select! {
@@ -128,7 +136,9 @@ async fn tick(
     let free = config.workers.saturating_sub(load.in_flight());
     if free > 0 {
         let now = OffsetDateTime::now_utc();
-        let claims = store.claim_due(now, free, &config.owner, config.lease).await?;
+        let claims = store
+            .claim_due(now, free, &config.owner, config.lease)
+            .await?;
         for claim in claims {
             let id = claim.source.id;
             if let Ok(mut c) = load.claimed.lock() {

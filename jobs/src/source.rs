@@ -72,7 +72,10 @@ impl Source {
         m.insert("branch".into(), s.branch.clone().into());
         m.insert("deploy_path".into(), s.deploy_path.clone().into());
         m.insert("container_name".into(), s.container_name.clone().into());
-        m.insert("image_version_file".into(), s.image_version_file.clone().into());
+        m.insert(
+            "image_version_file".into(),
+            s.image_version_file.clone().into(),
+        );
         m.insert(
             "interval_seconds".into(),
             s.interval_seconds.map_or(Value::Null, Value::from),
@@ -111,7 +114,9 @@ pub struct ValidationErrors(pub BTreeMap<String, String>);
 
 impl ValidationErrors {
     fn add(&mut self, field: &str, reason: impl Into<String>) {
-        self.0.entry(field.to_string()).or_insert_with(|| reason.into());
+        self.0
+            .entry(field.to_string())
+            .or_insert_with(|| reason.into());
     }
     /// True when no field was rejected.
     pub fn is_empty(&self) -> bool {
@@ -205,8 +210,8 @@ impl SourceSpec {
             None => base.and_then(|b| b.interval_seconds),
             Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
-                Some(n) if (MIN_INTERVAL_SECONDS as u64..=MAX_INTERVAL_SECONDS as u64)
-                    .contains(&n) =>
+                Some(n)
+                    if (MIN_INTERVAL_SECONDS as u64..=MAX_INTERVAL_SECONDS as u64).contains(&n) =>
                 {
                     Some(n as u32)
                 }
@@ -231,13 +236,14 @@ impl SourceSpec {
         };
 
         // Field rules, only for fields that arrived as non-empty strings.
-        let check = |errors: &mut ValidationErrors, field: &str, f: &dyn Fn(&str) -> Result<(), String>| {
-            if let Some(v) = strings.get(field) {
-                if let Err(reason) = f(v) {
-                    errors.add(field, reason);
+        let check =
+            |errors: &mut ValidationErrors, field: &str, f: &dyn Fn(&str) -> Result<(), String>| {
+                if let Some(v) = strings.get(field) {
+                    if let Err(reason) = f(v) {
+                        errors.add(field, reason);
+                    }
                 }
-            }
-        };
+            };
         check(&mut errors, "namespace", &validate_dns_label);
         check(&mut errors, "deployment_name", &validate_dns_subdomain);
         check(&mut errors, "container_name", &validate_dns_label);
@@ -293,7 +299,9 @@ pub fn validate_dns_label(s: &str) -> Result<(), String> {
     if s.len() > 63 {
         return Err("must be at most 63 characters (a DNS-1123 label)".into());
     }
-    let ok = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
     if ok {
@@ -311,9 +319,17 @@ pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
     }
     for label in s.split('.') {
         let ok = !label.is_empty()
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && label.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && label.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && label
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
         if !ok {
             return Err("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', each part starting and ending with a letter or digit".into());
         }
@@ -378,9 +394,9 @@ pub fn classify_git_url(s: &str) -> Result<GitUrlKind, String> {
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let host_ok = !host.is_empty()
             && !authority.contains('/')
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']'));
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']')
+            });
         if host_ok && !path.trim_matches('/').is_empty() && !path.starts_with("//") {
             return Ok(GitUrlKind::ScpLike);
         }
@@ -423,10 +439,9 @@ pub fn validate_branch(s: &str) -> Result<(), String> {
     if s.contains("@{") {
         return bad("contains '@{'");
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '\u{7f}'))
-    {
+    if let Some(c) = s.chars().find(|c| {
+        c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '\u{7f}')
+    }) {
         return bad(&format!("contains {c:?}"));
     }
     for part in s.split('/') {
@@ -479,7 +494,10 @@ pub fn parse_source_id(raw: &str) -> Result<SourceId, String> {
         Ok(_) => Err(format!(
             "[WARN] Invalid source id '{raw}': must be an integer from 1 to {MAX_SOURCE_ID}"
         )),
-        Err(_) => Err(format!("[WARN] Invalid source id '{}': must be an integer", raw.chars().take(64).collect::<String>())),
+        Err(_) => Err(format!(
+            "[WARN] Invalid source id '{}': must be an integer",
+            raw.chars().take(64).collect::<String>()
+        )),
     }
 }
 
@@ -508,8 +526,17 @@ mod tests {
         let body = json!({"namespace": "Bad_NS", "deployment_name": "", "git_url": 3,
                           "branch": "a..b", "deploy_path": "../x", "container_name": "c",
                           "extra": 1});
-        let err = SourceSpec::from_json(&body, Merge::Full, ValidationRules::default()).unwrap_err();
-        for f in ["namespace", "deployment_name", "git_url", "branch", "deploy_path", "image_version_file", "extra"] {
+        let err =
+            SourceSpec::from_json(&body, Merge::Full, ValidationRules::default()).unwrap_err();
+        for f in [
+            "namespace",
+            "deployment_name",
+            "git_url",
+            "branch",
+            "deploy_path",
+            "image_version_file",
+            "extra",
+        ] {
             assert!(err.0.contains_key(f), "{f} missing from {err:?}");
         }
         assert!(!err.0.contains_key("container_name"));
@@ -518,7 +545,12 @@ mod tests {
     #[test]
     fn patch_keeps_absent_fields() {
         let base = SourceSpec::from_json(&seed(), Merge::Full, ValidationRules::default()).unwrap();
-        let spec = SourceSpec::from_json(&json!({"branch": "main", "suspended": true}), Merge::Patch(&base), ValidationRules::default()).unwrap();
+        let spec = SourceSpec::from_json(
+            &json!({"branch": "main", "suspended": true}),
+            Merge::Patch(&base),
+            ValidationRules::default(),
+        )
+        .unwrap();
         assert_eq!(spec.branch, "main");
         assert!(spec.suspended);
         assert_eq!(spec.git_url, base.git_url);
@@ -527,13 +559,31 @@ mod tests {
     #[test]
     fn git_urls() {
         let r = ValidationRules::default();
-        for ok in ["https://h/x.git", "http://h:8080/x", "ssh://git@h:22/x.git", "git://127.0.0.1:9418/x.git", "git@github.com:org/x.git", "h:org/x"] {
+        for ok in [
+            "https://h/x.git",
+            "http://h:8080/x",
+            "ssh://git@h:22/x.git",
+            "git://127.0.0.1:9418/x.git",
+            "git@github.com:org/x.git",
+            "h:org/x",
+        ] {
             assert!(validate_git_url(ok, r).is_ok(), "{ok}");
         }
-        for bad in ["ftp://h/x", "https://", "https://h/", "file:///tmp/x", "/tmp/x", "not a url", "x", "https://h/x y"] {
+        for bad in [
+            "ftp://h/x",
+            "https://",
+            "https://h/",
+            "file:///tmp/x",
+            "/tmp/x",
+            "not a url",
+            "x",
+            "https://h/x y",
+        ] {
             assert!(validate_git_url(bad, r).is_err(), "{bad}");
         }
-        let allow = ValidationRules { allow_file_urls: true };
+        let allow = ValidationRules {
+            allow_file_urls: true,
+        };
         assert!(validate_git_url("file:///tmp/x", allow).is_ok());
     }
 
@@ -542,7 +592,10 @@ mod tests {
         for ok in ["master", "feature/x", "release-1.2", "a.b"] {
             assert!(validate_branch(ok).is_ok(), "{ok}");
         }
-        for bad in ["-x", "a..b", "a b", "a~1", "a^", "a:b", "x.lock", ".x", "a/.b", "x/", "/x", "a//b", "@", "a@{1}", "HEAD", "a\u{1}"] {
+        for bad in [
+            "-x", "a..b", "a b", "a~1", "a^", "a:b", "x.lock", ".x", "a/.b", "x/", "/x", "a//b",
+            "@", "a@{1}", "HEAD", "a\u{1}",
+        ] {
             assert!(validate_branch(bad).is_err(), "{bad}");
         }
     }
@@ -552,7 +605,15 @@ mod tests {
         for ok in ["./deploy/x.yaml", "deploy", ".", "a/../b", "a/b/../../c"] {
             assert!(validate_repo_path(ok).is_ok(), "{ok}");
         }
-        for bad in ["/etc/passwd", "../x", "a/../../x", "a\0b", "a\nb", "~/x", "a\\b"] {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a\0b",
+            "a\nb",
+            "~/x",
+            "a\\b",
+        ] {
             assert!(validate_repo_path(bad).is_err(), "{bad:?}");
         }
     }
@@ -560,7 +621,14 @@ mod tests {
     #[test]
     fn ids() {
         assert_eq!(parse_source_id("1"), Ok(1));
-        for bad in ["0", "-1", "abc", "1.5", "9007199254740992", "99999999999999999999999999"] {
+        for bad in [
+            "0",
+            "-1",
+            "abc",
+            "1.5",
+            "9007199254740992",
+            "99999999999999999999999999",
+        ] {
             assert!(parse_source_id(bad).is_err(), "{bad}");
         }
     }

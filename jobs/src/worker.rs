@@ -41,7 +41,12 @@ pub struct CheckJob(pub Claim);
 
 /// Builds the worker over `queue` and runs it until `stop` is cancelled,
 /// then waits for running checks (which `ctx.cut` ends).
-pub async fn run(ctx: Arc<WorkerContext>, workers: usize, queue: mpsc::Receiver<Claim>, stop: CancellationToken) {
+pub async fn run(
+    ctx: Arc<WorkerContext>,
+    workers: usize,
+    queue: mpsc::Receiver<Claim>,
+    stop: CancellationToken,
+) {
     let backend = ReceiverStream::new(queue)
         .map(|claim| Ok::<_, std::convert::Infallible>(CheckJob(claim)))
         .boxed();
@@ -91,10 +96,11 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     };
     record(&ctx, &claim, &report).await;
 
-    ctx.load.running.fetch_sub(1, Ordering::SeqCst);
+    let running = ctx.load.running.fetch_sub(1, Ordering::SeqCst) - 1;
     if let Ok(mut c) = ctx.load.claimed.lock() {
         c.remove(&claim.source.id);
     }
+    tracing::debug!(source_id = claim.source.id, running, outcome = %report.outcome, "check done");
     ctx.wake.notify_one();
     Ok(())
 }
@@ -107,7 +113,9 @@ async fn record(ctx: &WorkerContext, claim: &Claim, report: &CheckReport) {
     loop {
         match ctx.store.finish_check(claim, report, next).await {
             Ok(()) => return,
-            Err(StoreError::Unavailable(e)) if OffsetDateTime::now_utc() + delay < claim.lease_until => {
+            Err(StoreError::Unavailable(e))
+                if OffsetDateTime::now_utc() + delay < claim.lease_until =>
+            {
                 tracing::warn!(source_id = claim.source.id, error = %e, "cannot record the check yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));

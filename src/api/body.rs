@@ -32,27 +32,40 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("[WARN] Request body is larger than {} KiB", MAX_BODY_BYTES / 1024),
+                format!(
+                    "[WARN] Request body is larger than {} KiB",
+                    MAX_BODY_BYTES / 1024
+                ),
             )
         };
         if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-            if len.to_str().ok().and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > MAX_BODY_BYTES) {
+            if len
+                .to_str()
+                .ok()
+                .and_then(|l| l.parse::<usize>().ok())
+                .is_some_and(|l| l > MAX_BODY_BYTES)
+            {
                 return Err(too_large());
             }
         }
         let body: Body = req.into_body();
-        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-            // to_bytes fails on the limit or on a broken connection.
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit")
-            {
-                too_large()
-            } else {
-                ApiError::bad_request(format!("[WARN] Cannot read request body: {e}"))
-            }
-        })?;
+        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| {
+                // to_bytes fails on the limit or on a broken connection.
+                if std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                    || e.to_string().contains("length limit")
+                {
+                    too_large()
+                } else {
+                    ApiError::bad_request(format!("[WARN] Cannot read request body: {e}"))
+                }
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request("[WARN] Request body is empty: expected a JSON object"));
+            return Err(ApiError::bad_request(
+                "[WARN] Request body is empty: expected a JSON object",
+            ));
         }
         serde_json::from_slice(&bytes)
             .map(JsonBody)

@@ -25,7 +25,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
-        Self { status, msg: msg.into(), errors: None }
+        Self {
+            status,
+            msg: msg.into(),
+            errors: None,
+        }
     }
     pub fn bad_request(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, msg)
@@ -37,7 +41,11 @@ impl ApiError {
 
 impl From<ValidationErrors> for ApiError {
     fn from(e: ValidationErrors) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, msg: e.summary(), errors: Some(e.0) }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            msg: e.summary(),
+            errors: Some(e.0),
+        }
     }
 }
 
@@ -55,7 +63,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Backend(detail) => {
                 tracing::error!(error = %detail, "store error");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "[ERROR] The database failed to answer")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "[ERROR] The database failed to answer",
+                )
             }
         }
     }

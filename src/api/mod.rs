@@ -4,6 +4,7 @@
 mod auth;
 pub mod body;
 pub mod error;
+mod history;
 mod sources;
 
 use std::sync::Arc;
@@ -55,6 +56,9 @@ const ENDPOINTS: &[&str] = &[
     "PUT /api/sources/{id}/update",
     "DELETE /api/sources/{id}",
     "DELETE /api/sources/{id}/delete",
+    "GET /api/sources/{id}/status",
+    "GET /api/sources/{id}/history",
+    "GET /api/history",
     "GET /healthz",
     "GET /readyz",
 ];
@@ -70,19 +74,37 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sources/create", axum::routing::post(sources::create))
         .route(
             "/api/sources/{id}",
-            get(sources::get).patch(sources::patch).put(sources::put).delete(sources::delete),
+            get(sources::get)
+                .patch(sources::patch)
+                .put(sources::put)
+                .delete(sources::delete),
         )
         .route("/api/sources/{id}/", get(sources::get))
-        .route("/api/sources/{id}/update", axum::routing::patch(sources::patch).put(sources::put))
-        .route("/api/sources/{id}/delete", axum::routing::delete(sources::delete))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route(
+            "/api/sources/{id}/update",
+            axum::routing::patch(sources::patch).put(sources::put),
+        )
+        .route(
+            "/api/sources/{id}/delete",
+            axum::routing::delete(sources::delete),
+        )
+        .route("/api/sources/{id}/status", get(history::status))
+        .route("/api/sources/{id}/history", get(history::of_source))
+        .route("/api/history", get(history::all))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -104,12 +126,18 @@ async fn healthz() -> Json<Value> {
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match state.store.ping().await {
         Ok(()) => Ok(Json(json!({ "status": "ready" }))),
-        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("[ERROR] Not ready: {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[ERROR] Not ready: {e}"),
+        )),
     }
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("[WARN] No such endpoint: {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("[WARN] No such endpoint: {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> impl IntoResponse {

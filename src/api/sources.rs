@@ -21,7 +21,10 @@ fn source_id(raw: &str) -> Result<SourceId, ApiError> {
 /// `GET /api/sources`: every source, sorted by id.
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let sources = state.store.list_sources().await?;
-    let sources: Vec<Value> = sources.iter().map(|s| Value::Object(s.to_public_json())).collect();
+    let sources: Vec<Value> = sources
+        .iter()
+        .map(|s| Value::Object(s.to_public_json()))
+        .collect();
     Ok(Json(json!({ "sources": sources })))
 }
 
@@ -31,7 +34,11 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = source_id(&id)?;
-    let source = state.store.get_source(id).await?.ok_or_else(ApiError::not_found)?;
+    let source = state
+        .store
+        .get_source(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(Value::Object(source.to_public_json())))
 }
 
@@ -42,7 +49,10 @@ pub async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let spec = SourceSpec::from_json(&body, Merge::Full, state.rules)?;
-    let source = state.store.create_source(&spec, OffsetDateTime::now_utc()).await?;
+    let source = state
+        .store
+        .create_source(&spec, OffsetDateTime::now_utc())
+        .await?;
     tracing::info!(source_id = source.id, target = %source.target(), git_url = %redact_url(&spec.git_url), "source created");
     state.wake_scheduler();
     Ok((
@@ -76,7 +86,11 @@ async fn update(
     partial: bool,
 ) -> Result<Json<Value>, ApiError> {
     let id = source_id(&id)?;
-    let current = state.store.get_source(id).await?.ok_or_else(ApiError::not_found)?;
+    let current = state
+        .store
+        .get_source(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     // A client that sends back the masked URL it was shown keeps the stored
     // credentials.
     if let Some(Value::String(url)) = body.get("git_url") {
@@ -84,12 +98,21 @@ async fn update(
             body["git_url"] = Value::String(current.spec.git_url.clone());
         }
     }
-    let merge = if partial { Merge::Patch(&current.spec) } else { Merge::Full };
+    let merge = if partial {
+        Merge::Patch(&current.spec)
+    } else {
+        Merge::Full
+    };
     let spec = SourceSpec::from_json(&body, merge, state.rules)?;
-    let source = state.store.update_source(id, &spec, OffsetDateTime::now_utc()).await?;
+    let source = state
+        .store
+        .update_source(id, &spec, OffsetDateTime::now_utc())
+        .await?;
     tracing::info!(source_id = id, target = %source.target(), "source updated");
     state.wake_scheduler();
-    Ok(Json(json!({ "msg": "[INFO] Source has been updated!", "source": source.to_public_json() })))
+    Ok(Json(
+        json!({ "msg": "[INFO] Source has been updated!", "source": source.to_public_json() }),
+    ))
 }
 
 /// `DELETE /api/sources/{id}[/delete]`: the source and its schedule go; its

@@ -4,7 +4,11 @@
 //! the process and never fail with `SQLITE_BUSY` against each other; reads use
 //! a separate pool and run concurrently with writes (WAL). A SQLite file
 //! belongs to one chump process at a time: leases still work, but replicas
-//! that share a database need the RethinkDB backend.
+//! that share a database need the RethinkDB backend. The process holds an
+//! exclusive lock on `<database>.lock` for as long as the store is open, so a
+//! second process refuses to start on the same file; that is also why
+//! opening the store may release every lease it finds — their holder is
+//! gone (a crash or `kill -9`), and their checks are due again at once.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -29,12 +33,15 @@ const SOURCE_COLUMNS: &str = "id, namespace, deployment_name, git_url, branch, d
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Held open (and locked) while any clone of the store lives.
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `path` and brings its
     /// schema up to date.
     pub async fn open(path: &str) -> Result<Self, StoreError> {
+        let lock = lock_database(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -47,24 +54,65 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
-        MIGRATOR
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot migrate SQLite database {path}: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
+            })?;
+        MIGRATOR.run(&writer).await.map_err(|e| {
+            StoreError::Backend(format!("cannot migrate SQLite database {path}: {e}"))
+        })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.read_only(true))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
-        Ok(Self { writer, reader })
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
+            })?;
+        // Whoever held leases in this file is gone: their checks are due.
+        sqlx::query("UPDATE source_status SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL")
+            .execute(&writer)
+            .await
+            .map_err(db_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            _lock: std::sync::Arc::new(lock),
+        })
     }
 
     /// Closes both pools, waiting for connections in use.
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+/// Takes the exclusive lock that makes this process the file's only user.
+fn lock_database(path: &str) -> Result<std::fs::File, StoreError> {
+    let lock_path = format!("{path}.lock");
+    if let Some(dir) = std::path::Path::new(&lock_path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {lock_path}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "the SQLite database {path} is in use by another chump process (lock {lock_path}); \
+             replicas that share a database need RethinkDB"
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {lock_path}: {e}"
+        ))),
     }
 }
 
@@ -137,7 +185,10 @@ fn parse_opt<T: FromStr>(v: Option<String>) -> Option<T> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(db_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -174,11 +225,13 @@ impl Store for SqliteStore {
     }
 
     async fn get_source(&self, id: SourceId) -> StoreResult<Option<Source>> {
-        let row = sqlx::query(&format!("SELECT {SOURCE_COLUMNS} FROM sources WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {SOURCE_COLUMNS} FROM sources WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
         row.map(|r| source_from_row(&r)).transpose().map_err(db_err)
     }
 
@@ -187,7 +240,10 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(db_err)?;
-        rows.iter().map(source_from_row).collect::<Result<_, _>>().map_err(db_err)
+        rows.iter()
+            .map(source_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
     }
 
     async fn update_source(
@@ -220,12 +276,14 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound(id));
         };
         let source = source_from_row(&row).map_err(db_err)?;
-        sqlx::query("UPDATE source_status SET next_check_at = MIN(next_check_at, ?) WHERE source_id = ?")
-            .bind(ms(now))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE source_status SET next_check_at = MIN(next_check_at, ?) WHERE source_id = ?",
+        )
+        .bind(ms(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(source)
     }
@@ -279,7 +337,10 @@ impl Store for SqliteStore {
         } else {
             RequestResult::Queued
         };
-        if matches!(result, RequestResult::Queued | RequestResult::QueuedAfterRunning) {
+        if matches!(
+            result,
+            RequestResult::Queued | RequestResult::QueuedAfterRunning
+        ) {
             sqlx::query(
                 "UPDATE source_status SET requested_trigger = ?, next_check_at = MIN(next_check_at, ?) \
                  WHERE source_id = ?",
@@ -409,7 +470,11 @@ impl Store for SqliteStore {
         .bind(report.stage.map(Stage::as_str))
         .bind(&report.message)
         .bind(&report.desired_image)
-        .bind(if report.outcome == Outcome::Deployed { &report.desired_image } else { &report.running_image })
+        .bind(if report.outcome == Outcome::Deployed {
+            &report.desired_image
+        } else {
+            &report.running_image
+        })
         .bind(failed)
         .bind(source.id)
         .bind(source.revision)
@@ -464,17 +529,26 @@ impl Store for SqliteStore {
         let now = ms(OffsetDateTime::now_utc());
         let get = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
         Ok(Some(SourceStatus {
-            last_checked_at: row.try_get::<Option<i64>, _>("last_checked_at").map_err(db_err)?.map(from_ms),
+            last_checked_at: row
+                .try_get::<Option<i64>, _>("last_checked_at")
+                .map_err(db_err)?
+                .map(from_ms),
             last_commit: get("last_commit")?,
             last_outcome: parse_opt(get("last_outcome")?),
             last_stage: parse_opt(get("last_stage")?),
             last_message: get("last_message")?,
             desired_image: get("desired_image")?,
             running_image: get("running_image")?,
-            consecutive_failures: row.try_get::<i64, _>("consecutive_failures").map_err(db_err)?.max(0) as u32,
+            consecutive_failures: row
+                .try_get::<i64, _>("consecutive_failures")
+                .map_err(db_err)?
+                .max(0) as u32,
             next_check_at: Some(from_ms(row.try_get("next_check_at").map_err(db_err)?)),
             requested: parse_opt(get("requested_trigger")?),
-            in_flight: row.try_get::<Option<i64>, _>("lease_until").map_err(db_err)?.is_some_and(|t| t > now),
+            in_flight: row
+                .try_get::<Option<i64>, _>("lease_until")
+                .map_err(db_err)?
+                .is_some_and(|t| t > now),
         }))
     }
 
@@ -495,7 +569,8 @@ impl Store for SqliteStore {
         if let Some(before) = query.before {
             qb.push(" AND id < ").push_bind(before);
         }
-        qb.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit.max(1) as i64);
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(query.limit.max(1) as i64);
         let rows = qb.build().fetch_all(&self.reader).await.map_err(db_err)?;
         rows.iter().map(history_from_row).collect()
     }
@@ -515,13 +590,17 @@ fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HistoryEntry> 
         container_name: text("container_name")?,
         report: CheckReport {
             source_id: int("source_id")?,
-            trigger: trigger.parse().map_err(|_| bad("trigger", trigger.clone()))?,
+            trigger: trigger
+                .parse()
+                .map_err(|_| bad("trigger", trigger.clone()))?,
             started_at: from_ms(int("started_at")?),
             finished_at: from_ms(int("finished_at")?),
             commit: get("commit_sha")?,
             desired_image: get("desired_image")?,
             running_image: get("running_image")?,
-            outcome: outcome.parse().map_err(|_| bad("outcome", outcome.clone()))?,
+            outcome: outcome
+                .parse()
+                .map_err(|_| bad("outcome", outcome.clone()))?,
             stage: parse_opt(get("stage")?),
             message: get("message")?,
             objects: serde_json::from_str(&text("objects")?).unwrap_or_default(),

@@ -19,16 +19,11 @@ pub struct Chump {
 }
 
 /// Options for starting chump.
+#[derive(Default)]
 pub struct ChumpOptions {
     /// Directory for the database and the git cache (a new temp dir if None).
     pub dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
-}
-
-impl Default for ChumpOptions {
-    fn default() -> Self {
-        Self { dir: None, env: Vec::new() }
-    }
 }
 
 impl ChumpOptions {
@@ -51,7 +46,12 @@ pub fn chump_bin() -> &'static str {
 pub fn chump_command() -> Command {
     let mut cmd = Command::new(chump_bin());
     for (key, _) in std::env::vars() {
-        if key.starts_with("CHUMP_") || key.starts_with("RDB_") || key == "DB_NAME" || key == "TABLE_NAME" || key == "KUBECONFIG" {
+        if key.starts_with("CHUMP_")
+            || key.starts_with("RDB_")
+            || key == "DB_NAME"
+            || key == "TABLE_NAME"
+            || key == "KUBECONFIG"
+        {
             cmd.env_remove(key);
         }
     }
@@ -77,7 +77,10 @@ impl Chump {
         let mut cmd = chump_command();
         cmd.arg("serve")
             .env("CHUMP_BIND", "127.0.0.1:0")
-            .env("CHUMP_DATABASE", format!("sqlite://{}", dir.join("chump.db").display()))
+            .env(
+                "CHUMP_DATABASE",
+                format!("sqlite://{}", dir.join("chump.db").display()),
+            )
             .env("CHUMP_WORKDIR", dir.join("work"))
             .env("CHUMP_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,chump=debug,chump_jobs=debug")
@@ -99,7 +102,10 @@ impl Chump {
                     let Ok(line) = line else { break };
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                         if v["message"] == "chump listening" {
-                            if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()) {
+                            if let Some(addr) = v["addr"]
+                                .as_str()
+                                .and_then(|a| a.parse::<SocketAddr>().ok())
+                            {
                                 if let Some(tx) = tx.take() {
                                     let _ = tx.send(addr);
                                 }
@@ -119,14 +125,26 @@ impl Chump {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("chump exited with {status} before listening:\n{}", logs.lock().unwrap());
+                panic!(
+                    "chump exited with {status} before listening:\n{}",
+                    logs.lock().unwrap()
+                );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("chump did not listen within 30 s:\n{}", logs.lock().unwrap());
+                panic!(
+                    "chump did not listen within 30 s:\n{}",
+                    logs.lock().unwrap()
+                );
             }
         };
-        Chump { child, addr, logs, dir, _tmp: tmp }
+        Chump {
+            child,
+            addr,
+            logs,
+            dir,
+            _tmp: tmp,
+        }
     }
 
     /// `http://127.0.0.1:PORT{path}`

@@ -194,6 +194,8 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     addr: SocketAddr,
+    /// Added before answering each request (a slow API server).
+    delay: Mutex<Duration>,
 }
 
 struct Running {
@@ -339,6 +341,7 @@ impl KubeApi {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             addr,
+            delay: Mutex::new(Duration::ZERO),
             inner: Mutex::new(Inner {
                 kinds: KINDS.to_vec(),
                 objects: BTreeMap::new(),
@@ -413,6 +416,11 @@ impl KubeApi {
     /// Stop for good.
     pub async fn shutdown(self) {
         self.stop().await;
+    }
+
+    /// Answer every request only after `delay` (a slow API server).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.shared.delay.lock().unwrap() = delay;
     }
 
     /// Write a kubeconfig for this server into `dir` (plain http, no
@@ -691,6 +699,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
     tracing::debug!(method = %rec.method, path = %rec.path, query = %rec.query, "kube stand-in request");
+    let delay = *shared.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let query: HashMap<String, String> = url::form_urlencoded::parse(rec.query.as_bytes())
         .into_owned()
         .collect();

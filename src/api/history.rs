@@ -1,0 +1,140 @@
+//! What chump did: history entries (deploys and failures) and each source's
+//! status (its last check and its place in the schedule).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chump_jobs::history::Outcome;
+use chump_jobs::source::parse_source_id;
+use chump_jobs::store::HistoryQuery;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Default and largest page size.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+/// Parses the paging and filter parameters; `allowed` lists the filters the
+/// route takes beyond `limit` and `before`.
+fn parse_query(
+    params: &HashMap<String, String>,
+    allowed: &[&str],
+) -> Result<HistoryQuery, ApiError> {
+    let mut q = HistoryQuery {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    let bad = |name: &str, why: &str| {
+        ApiError::bad_request(format!("[WARN] Invalid query parameter '{name}': {why}"))
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "limit" => {
+                q.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        bad(key, &format!("must be an integer from 1 to {MAX_LIMIT}"))
+                    })?;
+            }
+            "before" => {
+                q.before = Some(
+                    value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| bad(key, "must be a history entry id"))?,
+                );
+            }
+            "outcome" if allowed.contains(&"outcome") => {
+                q.outcome = Some(
+                    value
+                        .parse::<Outcome>()
+                        .map_err(|_| bad(key, "must be deployed, up_to_date or failed"))?,
+                );
+            }
+            "namespace" if allowed.contains(&"namespace") => {
+                chump_jobs::source::validate_dns_label(value).map_err(|e| bad(key, &e))?;
+                q.namespace = Some(value.clone());
+            }
+            "source_id" if allowed.contains(&"source_id") => {
+                q.source_id =
+                    Some(parse_source_id(value).map_err(|_| bad(key, "must be a source id"))?);
+            }
+            "since" if allowed.contains(&"since") => {
+                q.since = Some(OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+                    bad(key, "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
+                })?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "[WARN] Unknown query parameter '{other}': this route takes limit, before, {}",
+                    allowed.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(q)
+}
+
+async fn page(state: &AppState, q: &HistoryQuery) -> Result<Json<Value>, ApiError> {
+    let entries = state.store.history(q).await?;
+    let next_before = (entries.len() as u32 == q.limit)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(
+        json!({ "history": entries, "next_before": next_before }),
+    ))
+}
+
+/// `GET /api/history`: every source's history, newest first.
+pub async fn all(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_query(&params, &["outcome", "namespace", "source_id", "since"])?;
+    page(&state, &q).await
+}
+
+/// `GET /api/sources/{id}/history`: one source's history, newest first. The
+/// history of a deleted source stays readable.
+pub async fn of_source(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_source_id(&id).map_err(ApiError::bad_request)?;
+    let mut q = parse_query(&params, &["outcome"])?;
+    q.source_id = Some(id);
+    let resp = page(&state, &q).await?;
+    let empty = resp.0["history"].as_array().is_none_or(Vec::is_empty);
+    if empty && q.before.is_none() && state.store.get_source(id).await?.is_none() {
+        // Never existed (or deleted and never checked).
+        return Err(ApiError::not_found());
+    }
+    Ok(resp)
+}
+
+/// `GET /api/sources/{id}/status`: the last check and the next one.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_source_id(&id).map_err(ApiError::bad_request)?;
+    let source = state
+        .store
+        .get_source(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let status = state.store.status(id).await?.unwrap_or_default();
+    let mut v = serde_json::to_value(&status).unwrap_or_else(|_| json!({}));
+    v["source_id"] = json!(id);
+    v["suspended"] = json!(source.spec.suspended);
+    Ok(Json(v))
+}
