@@ -167,6 +167,9 @@ pub trait Store: Send + Sync + 'static {
     // --- facts ---
 
     async fn status(&self, id: SourceId) -> StoreResult<Option<SourceStatus>>;
+    /// Every source's status, keyed by source id (for listings and metrics).
+    async fn list_statuses(&self)
+        -> StoreResult<std::collections::HashMap<SourceId, SourceStatus>>;
     /// History entries matching `query`, newest first.
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>>;
 }

@@ -55,7 +55,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => Self::not_found(),
             StoreError::Duplicate(_) => Self::new(StatusCode::CONFLICT, MSG_DUPLICATE),
             StoreError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "store unavailable");
+                // Logged once per outage by the scheduler; not per request.
+                tracing::debug!(error = %detail, "store unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "[ERROR] The database is unavailable, try again later",

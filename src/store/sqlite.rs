@@ -525,31 +525,24 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(db_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let now = ms(OffsetDateTime::now_utc());
-        let get = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
-        Ok(Some(SourceStatus {
-            last_checked_at: row
-                .try_get::<Option<i64>, _>("last_checked_at")
-                .map_err(db_err)?
-                .map(from_ms),
-            last_commit: get("last_commit")?,
-            last_outcome: parse_opt(get("last_outcome")?),
-            last_stage: parse_opt(get("last_stage")?),
-            last_message: get("last_message")?,
-            desired_image: get("desired_image")?,
-            running_image: get("running_image")?,
-            consecutive_failures: row
-                .try_get::<i64, _>("consecutive_failures")
-                .map_err(db_err)?
-                .max(0) as u32,
-            next_check_at: Some(from_ms(row.try_get("next_check_at").map_err(db_err)?)),
-            requested: parse_opt(get("requested_trigger")?),
-            in_flight: row
-                .try_get::<Option<i64>, _>("lease_until")
-                .map_err(db_err)?
-                .is_some_and(|t| t > now),
-        }))
+        row.as_ref().map(status_from_row).transpose()
+    }
+
+    async fn list_statuses(
+        &self,
+    ) -> StoreResult<std::collections::HashMap<SourceId, SourceStatus>> {
+        let rows = sqlx::query("SELECT * FROM source_status")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("source_id").map_err(db_err)?,
+                    status_from_row(r)?,
+                ))
+            })
+            .collect()
     }
 
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>> {
@@ -574,6 +567,33 @@ impl Store for SqliteStore {
         let rows = qb.build().fetch_all(&self.reader).await.map_err(db_err)?;
         rows.iter().map(history_from_row).collect()
     }
+}
+
+fn status_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SourceStatus> {
+    let now = ms(OffsetDateTime::now_utc());
+    let get = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
+    Ok(SourceStatus {
+        last_checked_at: row
+            .try_get::<Option<i64>, _>("last_checked_at")
+            .map_err(db_err)?
+            .map(from_ms),
+        last_commit: get("last_commit")?,
+        last_outcome: parse_opt(get("last_outcome")?),
+        last_stage: parse_opt(get("last_stage")?),
+        last_message: get("last_message")?,
+        desired_image: get("desired_image")?,
+        running_image: get("running_image")?,
+        consecutive_failures: row
+            .try_get::<i64, _>("consecutive_failures")
+            .map_err(db_err)?
+            .max(0) as u32,
+        next_check_at: Some(from_ms(row.try_get("next_check_at").map_err(db_err)?)),
+        requested: parse_opt(get("requested_trigger")?),
+        in_flight: row
+            .try_get::<Option<i64>, _>("lease_until")
+            .map_err(db_err)?
+            .is_some_and(|t| t > now),
+    })
 }
 
 fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HistoryEntry> {

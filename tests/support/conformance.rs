@@ -169,6 +169,12 @@ pub async fn new_sources_are_due_at_once(store: Arc<dyn Store>) {
     assert_eq!(st.next_check_at, Some(t(0)));
     assert_eq!(st.last_checked_at, None);
     assert!(!st.in_flight);
+    let b = store.create_source(&spec("b"), t(1)).await.unwrap();
+    let all = store.list_statuses().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[&a.id], st);
+    assert_eq!(all[&b.id].next_check_at, Some(t(1)));
+    store.delete_source(b.id).await.unwrap();
     assert_eq!(store.next_due().await.unwrap(), Some(t(0)));
     assert!(store
         .claim_due(t(-1), 10, "p1", LEASE)
