@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: REST API, scheduler and workers.
     Serve(ServeArgs),
+    /// Commands that talk to a running chump server.
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Options of `chump serve`. All are also environment variables.
@@ -55,6 +58,10 @@ pub struct ServeArgs {
     /// Bearer token every API request must carry (unset: no authentication).
     #[arg(long, env = "CHUMP_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Shared secret of webhooks: GitHub/Gitea/generic HMAC signatures and
+    /// GitLab's token are checked against it (unset: webhooks follow the API token).
+    #[arg(long, env = "CHUMP_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Accept file:// URLs and local paths as git_url (for local testing).
     #[arg(long, env = "CHUMP_ALLOW_FILE_URLS", default_value = "false")]
     pub allow_file_urls: String,
@@ -140,6 +147,7 @@ pub struct Config {
     pub rollout_timeout: Duration,
     pub workdir: PathBuf,
     pub api_token: Option<String>,
+    pub webhook_secret: Option<String>,
     pub allow_file_urls: bool,
     pub kustomize: Option<String>,
     pub kustomize_allow_remote: bool,
@@ -160,6 +168,10 @@ impl std::fmt::Debug for Config {
             .field("rollout_timeout", &self.rollout_timeout)
             .field("workdir", &self.workdir)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "***"),
+            )
             .field("allow_file_urls", &self.allow_file_urls)
             .field("kustomize", &self.kustomize)
             .field("kustomize_allow_remote", &self.kustomize_allow_remote)
@@ -429,7 +441,19 @@ impl Config {
             }
             Some(t) => Some(t.to_string()),
         };
+        let webhook_secret = match args.webhook_secret.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) if s.len() < 8 => {
+                return Err(invalid(
+                    "CHUMP_WEBHOOK_SECRET",
+                    "webhook-secret",
+                    "must be at least 8 characters",
+                ))
+            }
+            Some(s) => Some(s.to_string()),
+        };
         Ok(Config {
+            webhook_secret,
             bind,
             database,
             workers,

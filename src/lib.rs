@@ -3,6 +3,7 @@
 //! `chump_jobs`. See ARCHITECTURE.md at the repository root.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod server;

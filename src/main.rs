@@ -37,5 +37,18 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Client(command) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("chump: cannot start the async runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(chump::cli::run(command))
+        }
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use chump_jobs::check::{Checker, ClusterConfig};
 use chump_jobs::git::{GitCache, GitOptions};
 use chump_jobs::kustomize::{Kustomize, KustomizeOptions};
+use chump_jobs::metrics::Metrics;
 use chump_jobs::pipeline::{Pipeline, PipelineConfig};
 
 use crate::api::{self, AppState};
@@ -32,9 +33,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     std::fs::create_dir_all(&config.workdir)
         .with_context(|| format!("cannot create CHUMP_WORKDIR {}", config.workdir.display()))?;
     let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::new());
     let pipeline = Pipeline::start(
         store.clone(),
-        Arc::new(checker(&config)),
+        Arc::new(checker(&config, metrics.clone())),
         PipelineConfig {
             workers: config.workers,
             interval: config.interval,
@@ -52,7 +54,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             allow_file_urls: config.allow_file_urls,
         },
         api_token: config.api_token.as_deref().map(Arc::from),
+        webhook_secret: config.webhook_secret.as_deref().map(Arc::from),
         schedule_changed: wake,
+        metrics,
+        pipeline: Some(pipeline.probe()),
     };
     tracing::info!(%addr, workers = config.workers, interval = ?config.interval, "chump listening");
     let served = axum::serve(listener, api::router(state))
@@ -67,7 +72,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// The check runner from the configuration.
-fn checker(config: &Config) -> Checker {
+fn checker(config: &Config, metrics: Arc<Metrics>) -> Checker {
     let git = GitCache::new(
         config.workdir.clone(),
         GitOptions {
@@ -97,6 +102,7 @@ fn checker(config: &Config) -> Checker {
         cluster,
         config.rollout_timeout,
         config.restrict_namespace,
+        metrics,
     )
 }
 

@@ -19,6 +19,7 @@ use crate::history::{CheckReport, Outcome, Stage, Trigger};
 use crate::image::same_image;
 use crate::kustomize::Kustomize;
 use crate::manifest::desired_image_from_file;
+use crate::metrics::Metrics;
 use crate::redact::{redact_secrets, url_secrets};
 use crate::source::Source;
 
@@ -42,6 +43,7 @@ pub struct Checker {
     pub rollout_timeout: Duration,
     /// Refuse objects outside the source's namespace.
     pub restrict_namespace: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What a check has learnt so far; read when the check is cut short
@@ -81,6 +83,7 @@ impl Checker {
         cluster_config: ClusterConfig,
         rollout_timeout: Duration,
         restrict_namespace: bool,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             git,
@@ -89,6 +92,7 @@ impl Checker {
             cluster: OnceCell::new(),
             rollout_timeout,
             restrict_namespace,
+            metrics,
         }
     }
 
@@ -189,6 +193,7 @@ impl Checker {
             .map_err(|e| fail(Stage::Git, format!("git task failed: {e}")))?
             .map_err(|e| fail(Stage::Git, e.to_string()))?;
         times.git = t.elapsed();
+        self.metrics.record_git_sync(checkout.fetched);
         tracing::debug!(commit = %checkout.commit, fetched = checkout.fetched, "git synced");
         let commit = checkout.commit.clone();
         set(&|p| p.commit = Some(commit.clone()));

@@ -33,6 +33,30 @@ pub struct PipelineConfig {
     pub max_sleep: Duration,
 }
 
+/// Live counters of a running pipeline (cheap to clone).
+#[derive(Clone)]
+pub struct PipelineProbe {
+    load: Arc<Load>,
+    scheduler_alive: Arc<AtomicI64>,
+}
+
+impl PipelineProbe {
+    /// Checks running now.
+    pub fn running(&self) -> usize {
+        self.load.running.load(Ordering::Relaxed)
+    }
+
+    /// Checks claimed and waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.load.queued.load(Ordering::Relaxed)
+    }
+
+    /// Unix time of the scheduler's last loop (0 before the first).
+    pub fn scheduler_heartbeat(&self) -> i64 {
+        self.scheduler_alive.load(Ordering::Relaxed)
+    }
+}
+
 /// A running pipeline.
 pub struct Pipeline {
     task: JoinHandle<()>,
@@ -118,19 +142,12 @@ impl Pipeline {
         }
     }
 
-    /// Checks running now.
-    pub fn running(&self) -> usize {
-        self.load.running.load(Ordering::Relaxed)
-    }
-
-    /// Checks claimed and waiting for a worker.
-    pub fn queued(&self) -> usize {
-        self.load.queued.load(Ordering::Relaxed)
-    }
-
-    /// Unix time of the scheduler's last loop (0 before the first).
-    pub fn scheduler_heartbeat(&self) -> i64 {
-        self.scheduler_alive.load(Ordering::Relaxed)
+    /// A handle on the pipeline's live counters, for health and metrics.
+    pub fn probe(&self) -> PipelineProbe {
+        PipelineProbe {
+            load: self.load.clone(),
+            scheduler_alive: self.scheduler_alive.clone(),
+        }
     }
 
     /// Waits until the pipeline has stopped (after the shutdown token).

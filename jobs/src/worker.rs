@@ -94,6 +94,7 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
             "check cut short at shutdown",
         ),
     };
+    ctx.checker.metrics.record_check(&report);
     record(&ctx, &claim, &report).await;
 
     let running = ctx.load.running.fetch_sub(1, Ordering::SeqCst) - 1;

@@ -1,24 +1,31 @@
-//! The REST API (axum): the original tool's routes for git sources, health,
-//! and JSON answers for every error, unknown route and wrong method.
+//! The REST API (axum): the original tool's routes for git sources, the
+//! history and status of what chump did, manual checks and webhooks,
+//! health and metrics — with JSON answers for every error, unknown route
+//! and wrong method.
 
+mod actions;
 mod auth;
 pub mod body;
 pub mod error;
 mod history;
+pub mod openapi;
 mod sources;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::{header, StatusCode, Uri};
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use chump_jobs::metrics::{Metrics, StateLabels};
+use chump_jobs::pipeline::PipelineProbe;
 use chump_jobs::source::ValidationRules;
 use chump_jobs::store::Store;
 use serde_json::{json, Value};
+use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -31,9 +38,13 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub rules: ValidationRules,
     pub api_token: Option<Arc<str>>,
-    /// Woken when intent changes (a source created or updated), so the
-    /// scheduler looks at the schedule at once instead of at its next tick.
+    pub webhook_secret: Option<Arc<str>>,
+    /// Woken when intent changes (a source created or updated, a check
+    /// requested), so the scheduler looks at the schedule at once.
     pub schedule_changed: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+    /// The pipeline's live counters (None when no pipeline runs).
+    pub pipeline: Option<PipelineProbe>,
 }
 
 impl AppState {
@@ -42,23 +53,28 @@ impl AppState {
     }
 }
 
-/// Every route, for `GET /api`.
-const ENDPOINTS: &[&str] = &[
+/// Every route, for `GET /api` (and checked against the router and the
+/// OpenAPI document by the tests).
+pub const ENDPOINTS: &[&str] = &[
     "GET /api",
     "GET /api/health",
+    "GET /api/openapi.json",
     "GET /api/sources",
     "POST /api/sources",
     "POST /api/sources/create",
     "GET /api/sources/{id}",
     "PATCH /api/sources/{id}",
     "PUT /api/sources/{id}",
+    "DELETE /api/sources/{id}",
     "PATCH /api/sources/{id}/update",
     "PUT /api/sources/{id}/update",
-    "DELETE /api/sources/{id}",
     "DELETE /api/sources/{id}/delete",
     "GET /api/sources/{id}/status",
     "GET /api/sources/{id}/history",
+    "POST /api/sources/{id}/check",
     "GET /api/history",
+    "POST /api/webhooks/{provider}",
+    "GET /metrics",
     "GET /healthz",
     "GET /readyz",
 ];
@@ -69,9 +85,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api", get(endpoints))
         .route("/api/", get(endpoints))
         .route("/api/health", get(health))
+        .route("/api/openapi.json", get(openapi::document))
         .route("/api/sources", get(sources::list).post(sources::create))
         .route("/api/sources/", get(sources::list).post(sources::create))
-        .route("/api/sources/create", axum::routing::post(sources::create))
+        .route("/api/sources/create", post(sources::create))
         .route(
             "/api/sources/{id}",
             get(sources::get)
@@ -90,7 +107,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/sources/{id}/status", get(history::status))
         .route("/api/sources/{id}/history", get(history::of_source))
+        .route("/api/sources/{id}/check", post(actions::check))
         .route("/api/history", get(history::all))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -98,6 +117,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Webhooks authenticate themselves (signature, else the API token).
+        .route("/api/webhooks/{provider}", post(actions::webhook))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -122,15 +143,70 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "alive" }))
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers and the scheduler loops.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match state.store.ping().await {
-        Ok(()) => Ok(Json(json!({ "status": "ready" }))),
-        Err(e) => Err(ApiError::new(
+    let not_ready = |why: String| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("[ERROR] Not ready: {e}"),
-        )),
+            format!("[ERROR] Not ready: {why}"),
+        )
+    };
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| not_ready(e.to_string()))?;
+    if let Some(probe) = &state.pipeline {
+        let beat = probe.scheduler_heartbeat();
+        let age = OffsetDateTime::now_utc().unix_timestamp() - beat;
+        if beat == 0 || age > 30 {
+            return Err(not_ready(format!("the scheduler has not run for {age} s")));
+        }
     }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+/// Prometheus metrics, text format.
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let m = &state.metrics;
+    if let Some(p) = &state.pipeline {
+        m.queue_depth.set(p.queued() as i64);
+        m.busy_workers.set(p.running() as i64);
+    }
+    let sources = state.store.list_sources().await?;
+    let statuses = state.store.list_statuses().await?;
+    let mut counts = std::collections::BTreeMap::from([
+        ("up_to_date", 0i64),
+        ("deployed", 0),
+        ("failed", 0),
+        ("never_checked", 0),
+        ("suspended", 0),
+    ]);
+    for s in &sources {
+        let state = if s.spec.suspended {
+            "suspended"
+        } else {
+            match statuses.get(&s.id).and_then(|st| st.last_outcome) {
+                Some(o) => o.as_str(),
+                None => "never_checked",
+            }
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    for (state, n) in counts {
+        m.sources
+            .get_or_create(&StateLabels {
+                state: state.to_string(),
+            })
+            .set(n);
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    ))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

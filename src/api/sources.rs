@@ -21,9 +21,18 @@ fn source_id(raw: &str) -> Result<SourceId, ApiError> {
 /// `GET /api/sources`: every source, sorted by id.
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let sources = state.store.list_sources().await?;
+    let statuses = state.store.list_statuses().await?;
     let sources: Vec<Value> = sources
         .iter()
-        .map(|s| Value::Object(s.to_public_json()))
+        .map(|s| {
+            let mut v = s.to_public_json();
+            let status = statuses.get(&s.id).cloned().unwrap_or_default();
+            v.insert(
+                "status".into(),
+                serde_json::to_value(status).unwrap_or(Value::Null),
+            );
+            Value::Object(v)
+        })
         .collect();
     Ok(Json(json!({ "sources": sources })))
 }

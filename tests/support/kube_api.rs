@@ -19,7 +19,11 @@
 //!   (bumped when `spec` changes) and a minimal `managedFields`;
 //! - a Deployment "controller" whose behaviour the test steers with
 //!   [`RolloutMode`] (globally or per Deployment);
-//! - a log of every request, so a test can assert that nothing was written.
+//! - a log of every request, so a test can assert that nothing was written;
+//! - [`KubeApi::start_tls`]: the same server behind TLS (a CA and a server
+//!   certificate for `127.0.0.1` and `localhost`, made with rcgen) that also
+//!   demands a bearer token (401 without it), as a pod's service account
+//!   meets the real API server.
 //!
 //! Kinds live in a table ([`KINDS`]): adding a kind is one entry. Creating a
 //! CustomResourceDefinition adds its kinds while it exists.
@@ -28,7 +32,8 @@
 //! applied configuration into the object (maps merge, lists of objects that
 //! all carry `name` merge by name, other lists are replaced) and never reports
 //! field-manager conflicts (as if every apply were forced); fields a manager
-//! stops applying are not removed. No watch, no protobuf, no authentication.
+//! stops applying are not removed. No watch, no protobuf; no authentication
+//! unless started with [`KubeApi::start_tls`] (one bearer token, no RBAC).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -194,6 +199,12 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     addr: SocketAddr,
+    /// Set by [`KubeApi::start_tls`]: the server's TLS and the CA that signed it.
+    tls: Option<TlsSetup>,
+    /// Set by [`KubeApi::start_tls`]: every request needs `Authorization: Bearer <token>`.
+    token: Option<String>,
+    /// Requests answered 401 (no or a wrong token).
+    unauthorized: std::sync::atomic::AtomicUsize,
     /// Added before answering each request (a slow API server).
     delay: Mutex<Duration>,
 }
@@ -335,12 +346,28 @@ fn split_group_version(gv: &str) -> (&str, &str) {
 impl KubeApi {
     /// Start on 127.0.0.1 with a free port.
     pub async fn start() -> KubeApi {
+        Self::start_with(None, None).await
+    }
+
+    /// Start on 127.0.0.1 with a free port, over TLS (a fresh CA and a server
+    /// certificate for `127.0.0.1` and `localhost`; [`Self::ca_pem`]), and
+    /// answer 401 to every request without `Authorization: Bearer <token>`.
+    /// [`Self::url`] is `https://…` and [`Self::kubeconfig`] carries the CA
+    /// and the token.
+    pub async fn start_tls(token: &str) -> KubeApi {
+        Self::start_with(Some(TlsSetup::generate()), Some(token.to_string())).await
+    }
+
+    async fn start_with(tls: Option<TlsSetup>, token: Option<String>) -> KubeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             addr,
+            tls,
+            token,
+            unauthorized: Default::default(),
             delay: Mutex::new(Duration::ZERO),
             inner: Mutex::new(Inner {
                 kinds: KINDS.to_vec(),
@@ -369,14 +396,42 @@ impl KubeApi {
         let app = Router::new()
             .fallback(handle)
             .with_state(self.shared.clone());
+        let tls = self.shared.tls.as_ref().map(|t| t.server.clone());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
+            let stopped = async move {
+                let _ = stopped.await;
+            };
+            match tls {
+                None => {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                }
+                Some(config) => {
+                    let _ = axum::serve(TlsListener::new(listener, config), app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                }
+            }
         });
         *self.running.lock().unwrap() = Some(Running { stop, task });
+    }
+
+    /// The PEM of the CA that signed the server certificate (TLS only).
+    pub fn ca_pem(&self) -> Option<String> {
+        self.shared.tls.as_ref().map(|t| t.ca_pem.clone())
+    }
+
+    /// The bearer token the server demands (TLS only).
+    pub fn token(&self) -> Option<String> {
+        self.shared.token.clone()
+    }
+
+    /// How many requests were answered 401 (no or a wrong token).
+    pub fn unauthorized(&self) -> usize {
+        self.shared
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The address it listens on.
@@ -384,9 +439,14 @@ impl KubeApi {
         self.shared.addr
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when started with [`Self::start_tls`])
     pub fn url(&self) -> String {
-        format!("http://{}", self.shared.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.shared.addr)
     }
 
     /// Stop listening (objects are kept); connections are closed once their
@@ -424,13 +484,24 @@ impl KubeApi {
     }
 
     /// Write a kubeconfig for this server into `dir` (plain http, no
-    /// credentials) and return its path.
+    /// credentials; under [`Self::start_tls`], the CA in `dir/stand-in-ca.crt`
+    /// and the token) and return its path.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
         let path = dir.join("kubeconfig");
+        let mut ca = String::new();
+        if let Some(pem) = self.ca_pem() {
+            let ca_path = dir.join("stand-in-ca.crt");
+            std::fs::write(&ca_path, pem).expect("write the CA");
+            ca = format!("    certificate-authority: {}\n", ca_path.display());
+        }
+        let user = match &self.shared.token {
+            Some(token) => format!("\n    token: {token}"),
+            None => " {}".to_string(),
+        };
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\n{ca}\
              contexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: stand-in\n    namespace: default\n\
-             current-context: stand-in\nusers:\n- name: stand-in\n  user: {{}}\n",
+             current-context: stand-in\nusers:\n- name: stand-in\n  user:{user}\n",
             self.url()
         );
         std::fs::write(&path, text).expect("write kubeconfig");
@@ -703,6 +774,24 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if let Some(token) = &shared.token {
+        let expected = format!("Bearer {token}");
+        if parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(expected.as_str())
+        {
+            shared
+                .unauthorized
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            shared.inner.lock().unwrap().requests.push(rec);
+            return json_response(
+                401,
+                &status_body(&failure(401, "Unauthorized", "Unauthorized")),
+            );
+        }
+    }
     let query: HashMap<String, String> = url::form_urlencoded::parse(rec.query.as_bytes())
         .into_owned()
         .collect();
@@ -716,6 +805,145 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     };
     start_timers(&shared);
     resp
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+
+/// The stand-in's TLS: a CA, and a server certificate it signed for
+/// `127.0.0.1` and `localhost`.
+struct TlsSetup {
+    ca_pem: String,
+    server: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+impl TlsSetup {
+    fn generate() -> TlsSetup {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name
+            .push(DnType::CommonName, "chump test API server CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+            .expect("self-sign the CA");
+
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("server params");
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver stand-in");
+        server.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = KeyPair::generate().expect("server key");
+        let server_cert = server
+            .signed_by(&server_key, &ca)
+            .expect("sign the server certificate");
+
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![
+                    CertificateDer::from(server_cert.der().to_vec()),
+                    CertificateDer::from(ca.der().to_vec()),
+                ],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+            )
+            .expect("server certificate and key");
+        // HTTP/1.1 only: the stand-in's axum serves no HTTP/2.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsSetup {
+            ca_pem: ca.pem(),
+            server: Arc::new(config),
+        }
+    }
+}
+
+/// An [`axum::serve::Listener`] that hands axum TLS streams: a task accepts
+/// TCP connections and runs each handshake on its own task (a client that
+/// fails its handshake only loses its own connection).
+struct TlsListener {
+    addr: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    acceptor: JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(
+        listener: tokio::net::TcpListener,
+        config: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> TlsListener {
+        let addr = listener.local_addr().expect("local address");
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let tls = tokio_rustls::TlsAcceptor::from(config);
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "kube stand-in: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!("kube stand-in: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener {
+            addr,
+            ready,
+            acceptor,
+        }
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The acceptor task is gone (it never ends on its own).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
 }
 
 enum Target {

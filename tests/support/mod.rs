@@ -3,5 +3,6 @@
 
 pub mod chump;
 pub mod conformance;
+pub mod env;
 pub mod git_server;
 pub mod kube_api;

@@ -1,0 +1,153 @@
+//! Prometheus metrics of the pipeline (prometheus-client).
+//!
+//! Labels are bounded: outcomes, stages, fetch kinds and source states —
+//! never a source id, so the series count does not grow with the number of
+//! sources.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::history::CheckReport;
+
+/// Labels of `chump_checks_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub outcome: String,
+    /// The failing stage, or `none`.
+    pub stage: String,
+}
+
+/// Labels of `chump_git_syncs_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GitLabels {
+    /// `fetch` (objects were fetched) or `refs_only` (the head was unchanged).
+    pub kind: String,
+}
+
+/// Labels of `chump_sources`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `up_to_date`, `deployed`, `failed`, `never_checked` or `suspended`.
+    pub state: String,
+}
+
+/// Every metric chump exports.
+pub struct Metrics {
+    registry: Registry,
+    pub checks: Family<CheckLabels, Counter>,
+    pub check_duration: Histogram,
+    pub deploys: Counter,
+    pub git_syncs: Family<GitLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub busy_workers: Gauge,
+    pub sources: Family<StateLabels, Gauge>,
+    pub webhooks: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("chump");
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "checks",
+            "Checks finished, by outcome and failing stage",
+            checks.clone(),
+        );
+        let check_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        registry.register(
+            "check_duration_seconds",
+            "Time one check took",
+            check_duration.clone(),
+        );
+        let deploys = Counter::default();
+        registry.register("deploys", "Deploys applied and rolled out", deploys.clone());
+        let git_syncs = Family::<GitLabels, Counter>::default();
+        registry.register(
+            "git_syncs",
+            "Git syncs: fetches of new commits vs ref-only checks of an unchanged head",
+            git_syncs.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Checks claimed and waiting for a worker",
+            queue_depth.clone(),
+        );
+        let busy_workers = Gauge::default();
+        registry.register(
+            "busy_workers",
+            "Workers running a check",
+            busy_workers.clone(),
+        );
+        let sources = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "sources",
+            "Sources by the state of their last check",
+            sources.clone(),
+        );
+        let webhooks = Counter::default();
+        registry.register(
+            "webhook_triggers",
+            "Checks triggered by webhooks",
+            webhooks.clone(),
+        );
+        Metrics {
+            registry,
+            checks,
+            check_duration,
+            deploys,
+            git_syncs,
+            queue_depth,
+            busy_workers,
+            sources,
+            webhooks,
+        }
+    }
+
+    /// Counts a finished check.
+    pub fn record_check(&self, report: &CheckReport) {
+        self.checks
+            .get_or_create(&CheckLabels {
+                outcome: report.outcome.as_str().to_string(),
+                stage: report.stage.map_or("none", |s| s.as_str()).to_string(),
+            })
+            .inc();
+        let took = (report.finished_at - report.started_at)
+            .as_seconds_f64()
+            .max(0.0);
+        self.check_duration.observe(took);
+        if report.outcome == crate::history::Outcome::Deployed {
+            self.deploys.inc();
+        }
+    }
+
+    /// Counts a git sync.
+    pub fn record_git_sync(&self, fetched: bool) {
+        let kind = if fetched { "fetch" } else { "refs_only" };
+        self.git_syncs
+            .get_or_create(&GitLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

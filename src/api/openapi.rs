@@ -1,0 +1,236 @@
+//! The OpenAPI 3 document of the API, generated with utoipa from one
+//! `#[utoipa::path]` declaration per route (module `doc`) and the schemas
+//! below (the JSON the handlers read and write). A test keeps it true:
+//! every route the router serves must appear here.
+
+use axum::Json;
+use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
+
+/// The fields a client sends for a source (POST and PUT need the seven
+/// strings; PATCH takes any subset).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SourceBody {
+    /// Kubernetes namespace (DNS-1123 label).
+    namespace: String,
+    /// Deployment name (DNS-1123 subdomain).
+    deployment_name: String,
+    /// https, http, ssh, git or scp-like `user@host:path`.
+    git_url: String,
+    branch: String,
+    /// The kustomize directory inside the repository, or a file in it.
+    deploy_path: String,
+    container_name: String,
+    /// A workload manifest or a kustomization with `images:`.
+    image_version_file: String,
+    /// Overrides CHUMP_INTERVAL (5 to 604800 seconds).
+    interval_seconds: Option<u32>,
+    /// Not checked by the schedule or webhooks while true.
+    suspended: Option<bool>,
+}
+
+/// A source as the API shows it (credentials in `git_url` masked as `***`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Source {
+    id: i64,
+    namespace: String,
+    deployment_name: String,
+    git_url: String,
+    branch: String,
+    deploy_path: String,
+    container_name: String,
+    image_version_file: String,
+    interval_seconds: Option<u32>,
+    suspended: bool,
+    created_at: String,
+    updated_at: String,
+    /// In listings: the source's status.
+    status: Option<Status>,
+}
+
+/// A source's last check and its place in the schedule.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Status {
+    last_checked_at: Option<String>,
+    last_commit: Option<String>,
+    /// deployed, up_to_date or failed.
+    last_outcome: Option<String>,
+    /// git, manifest, cluster, build, apply, rollout or timeout.
+    last_stage: Option<String>,
+    last_message: Option<String>,
+    desired_image: Option<String>,
+    running_image: Option<String>,
+    consecutive_failures: u32,
+    next_check_at: Option<String>,
+    /// manual or webhook: a requested check not yet started.
+    requested: Option<String>,
+    /// A check of this source is queued or running.
+    in_flight: bool,
+    suspended: Option<bool>,
+}
+
+/// A deploy or a failure.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct HistoryEntry {
+    id: i64,
+    source_id: i64,
+    namespace: String,
+    deployment_name: String,
+    container_name: String,
+    /// schedule, manual or webhook.
+    trigger: String,
+    started_at: String,
+    finished_at: String,
+    commit: Option<String>,
+    desired_image: Option<String>,
+    /// The image running before the check.
+    running_image: Option<String>,
+    /// deployed or failed.
+    outcome: String,
+    stage: Option<String>,
+    message: Option<String>,
+    objects: Vec<AppliedObject>,
+}
+
+/// One object a deploy applied.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AppliedObject {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    /// created, configured or unchanged.
+    action: String,
+}
+
+/// A page of history, newest first; pass `next_before` as `before` for the next.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct HistoryPage {
+    history: Vec<HistoryEntry>,
+    next_before: Option<i64>,
+}
+
+/// Every error: a message, and for validation the bad fields.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Error {
+    msg: String,
+    errors: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A message with the source it concerns.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SourceMessage {
+    msg: String,
+    source: Source,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "chump", description = "GitOps deployer for Kubernetes: git sources, deploy history, triggers."),
+    paths(
+        doc::index, doc::health, doc::openapi, doc::list, doc::create, doc::create_legacy, doc::get,
+        doc::patch, doc::put, doc::delete, doc::patch_legacy, doc::put_legacy, doc::delete_legacy,
+        doc::status, doc::history_of_source, doc::check, doc::history, doc::webhook, doc::metrics,
+        doc::healthz, doc::readyz
+    ),
+    components(schemas(SourceBody, Source, Status, HistoryEntry, AppliedObject, HistoryPage, Error, SourceMessage)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /api/openapi.json`
+pub async fn document() -> Json<Value> {
+    Json(serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null))
+}
+
+/// One item per route: the operations the router serves. The handlers live
+/// in their modules; these declarations carry their documentation.
+#[allow(dead_code)]
+mod doc {
+    use super::*;
+
+    #[utoipa::path(get, path = "/api", responses((status = 200, description = "`{\"endpoints\": [...]}`")))]
+    pub fn index() {}
+    #[utoipa::path(get, path = "/api/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`")))]
+    pub fn health() {}
+    #[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "This document")))]
+    pub fn openapi() {}
+    #[utoipa::path(get, path = "/api/sources", responses((status = 200, description = "`{\"sources\": [Source...]}` sorted by id, each with its status")))]
+    pub fn list() {}
+    #[utoipa::path(post, path = "/api/sources", request_body = SourceBody, responses(
+        (status = 201, body = SourceMessage), (status = 400, body = Error), (status = 409, body = Error, description = "[WARN] Source already exist!"),
+        (status = 413, body = Error), (status = 415, body = Error)))]
+    pub fn create() {}
+    #[utoipa::path(post, path = "/api/sources/create", request_body = SourceBody, responses(
+        (status = 201, body = SourceMessage), (status = 400, body = Error), (status = 409, body = Error)))]
+    pub fn create_legacy() {}
+    #[utoipa::path(get, path = "/api/sources/{id}", params(("id" = i64, Path)), responses(
+        (status = 200, body = Source), (status = 400, body = Error), (status = 404, body = Error, description = "[WARN] Source doesn't exist!")))]
+    pub fn get() {}
+    #[utoipa::path(patch, path = "/api/sources/{id}", params(("id" = i64, Path)), request_body = SourceBody, responses(
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+    pub fn patch() {}
+    #[utoipa::path(put, path = "/api/sources/{id}", params(("id" = i64, Path)), request_body = SourceBody, responses(
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+    pub fn put() {}
+    #[utoipa::path(delete, path = "/api/sources/{id}", params(("id" = i64, Path)), responses(
+        (status = 200, description = "[INFO] Source has been deleted!"), (status = 404, body = Error)))]
+    pub fn delete() {}
+    #[utoipa::path(patch, path = "/api/sources/{id}/update", params(("id" = i64, Path)), request_body = SourceBody, responses(
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+    pub fn patch_legacy() {}
+    #[utoipa::path(put, path = "/api/sources/{id}/update", params(("id" = i64, Path)), request_body = SourceBody, responses(
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+    pub fn put_legacy() {}
+    #[utoipa::path(delete, path = "/api/sources/{id}/delete", params(("id" = i64, Path)), responses(
+        (status = 200, description = "[INFO] Source has been deleted!"), (status = 404, body = Error)))]
+    pub fn delete_legacy() {}
+    #[utoipa::path(get, path = "/api/sources/{id}/status", params(("id" = i64, Path)), responses(
+        (status = 200, body = Status), (status = 404, body = Error)))]
+    pub fn status() {}
+    #[utoipa::path(get, path = "/api/sources/{id}/history", params(("id" = i64, Path),
+        ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("before" = Option<i64>, Query, description = "paging cursor: entries with a smaller id"),
+        ("outcome" = Option<String>, Query, description = "deployed, failed")), responses(
+        (status = 200, body = HistoryPage), (status = 400, body = Error), (status = 404, body = Error)))]
+    pub fn history_of_source() {}
+    #[utoipa::path(post, path = "/api/sources/{id}/check", params(("id" = i64, Path)), responses(
+        (status = 202, description = "`{\"msg\", \"result\": queued|already_queued|already_running|queued_after_running, \"queued_at\"}`"),
+        (status = 404, body = Error)))]
+    pub fn check() {}
+    #[utoipa::path(get, path = "/api/history", params(
+        ("limit" = Option<u32>, Query), ("before" = Option<i64>, Query), ("outcome" = Option<String>, Query),
+        ("namespace" = Option<String>, Query), ("source_id" = Option<i64>, Query), ("since" = Option<String>, Query, description = "RFC 3339")),
+        responses((status = 200, body = HistoryPage), (status = 400, body = Error)))]
+    pub fn history() {}
+    #[utoipa::path(post, path = "/api/webhooks/{provider}", params(("provider" = String, Path, description = "github, gitlab, gitea or generic")),
+        responses((status = 202, description = "`{\"msg\", \"triggered\": [ids]}`; non-push events are ignored"),
+        (status = 400, body = Error), (status = 401, body = Error, description = "wrong or missing signature")))]
+    pub fn webhook() {}
+    #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+    pub fn metrics() {}
+    #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "the process is alive")))]
+    pub fn healthz() {}
+    #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = Error)))]
+    pub fn readyz() {}
+}
