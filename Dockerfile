@@ -36,8 +36,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN_RELEASE}-slim AS kustomize
 
 ARG KUSTOMIZE_VERSION=5.5.0
-# Set by BuildKit for the platform being built (amd64, arm64).
-ARG TARGETARCH=amd64
+# Set by BuildKit for the platform being built (amd64, arm64); amd64 for
+# the legacy builder.
+ARG TARGETARCH
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
@@ -46,7 +47,7 @@ WORKDIR /tmp/kustomize
 # The official release, checked against the release's checksums.txt.
 RUN set -eu; \
     base="https://github.com/kubernetes-sigs/kustomize/releases/download/kustomize%2Fv${KUSTOMIZE_VERSION}"; \
-    file="kustomize_v${KUSTOMIZE_VERSION}_linux_${TARGETARCH}.tar.gz"; \
+    file="kustomize_v${KUSTOMIZE_VERSION}_linux_${TARGETARCH:-amd64}.tar.gz"; \
     curl -fsSLo "$file" "$base/$file"; \
     curl -fsSLo checksums.txt "$base/checksums.txt"; \
     grep " $file\$" checksums.txt | sha256sum -c -; \

@@ -58,6 +58,19 @@ pub struct ServeArgs {
     /// Bearer token every API request must carry (unset: no authentication).
     #[arg(long, env = "CHUMP_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// File holding the API token (instead of CHUMP_API_TOKEN).
+    #[arg(long, env = "CHUMP_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// A second token that may read (GET) but not change anything (403).
+    #[arg(long, env = "CHUMP_API_READ_TOKEN", hide_env_values = true)]
+    pub api_read_token: Option<String>,
+    /// Listen on a non-loopback address without an API token (anyone who
+    /// reaches the port can then deploy to your cluster).
+    #[arg(long, env = "CHUMP_INSECURE_NO_AUTH", default_value = "false")]
+    pub insecure_no_auth: String,
+    /// A client must send its request headers within this time.
+    #[arg(long, env = "CHUMP_HEADER_TIMEOUT", default_value = "10")]
+    pub header_timeout: String,
     /// Shared secret of webhooks: GitHub/Gitea/generic HMAC signatures and
     /// GitLab's token are checked against it (unset: webhooks follow the API token).
     #[arg(long, env = "CHUMP_WEBHOOK_SECRET", hide_env_values = true)]
@@ -147,7 +160,9 @@ pub struct Config {
     pub rollout_timeout: Duration,
     pub workdir: PathBuf,
     pub api_token: Option<String>,
+    pub api_read_token: Option<String>,
     pub webhook_secret: Option<String>,
+    pub header_timeout: Duration,
     pub allow_file_urls: bool,
     pub kustomize: Option<String>,
     pub kustomize_allow_remote: bool,
@@ -168,6 +183,11 @@ impl std::fmt::Debug for Config {
             .field("rollout_timeout", &self.rollout_timeout)
             .field("workdir", &self.workdir)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
+            .field(
+                "api_read_token",
+                &self.api_read_token.as_ref().map(|_| "***"),
+            )
+            .field("header_timeout", &self.header_timeout)
             .field(
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "***"),
@@ -430,17 +450,96 @@ impl Config {
         if args.workdir.as_os_str().is_empty() {
             return Err(invalid("CHUMP_WORKDIR", "workdir", "must not be empty"));
         }
-        let api_token = match args.api_token.as_deref().map(str::trim) {
+        let from_file = match &args.api_token_file {
+            Some(path) if !path.as_os_str().is_empty() => {
+                if args
+                    .api_token
+                    .as_deref()
+                    .is_some_and(|t| !t.trim().is_empty())
+                {
+                    return Err(invalid(
+                        "CHUMP_API_TOKEN_FILE",
+                        "api-token-file",
+                        "set either CHUMP_API_TOKEN or CHUMP_API_TOKEN_FILE, not both",
+                    ));
+                }
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "CHUMP_API_TOKEN_FILE",
+                        "api-token-file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text)
+            }
+            _ => None,
+        };
+        let token_var = if from_file.is_some() {
+            ("CHUMP_API_TOKEN_FILE", "api-token-file")
+        } else {
+            ("CHUMP_API_TOKEN", "api-token")
+        };
+        let api_token = match from_file
+            .as_deref()
+            .or(args.api_token.as_deref())
+            .map(str::trim)
+        {
             None | Some("") => None,
             Some(t) if t.len() < 16 => {
                 return Err(invalid(
-                    "CHUMP_API_TOKEN",
-                    "api-token",
-                    "must be at least 16 characters",
+                    token_var.0,
+                    token_var.1,
+                    "the token must be at least 16 characters",
                 ))
             }
             Some(t) => Some(t.to_string()),
         };
+        let api_read_token = match args.api_read_token.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(_) if api_token.is_none() => {
+                return Err(invalid(
+                    "CHUMP_API_READ_TOKEN",
+                    "api-read-token",
+                    "needs CHUMP_API_TOKEN too (without it the API is open to all)",
+                ))
+            }
+            Some(t) if t.len() < 16 => {
+                return Err(invalid(
+                    "CHUMP_API_READ_TOKEN",
+                    "api-read-token",
+                    "must be at least 16 characters",
+                ))
+            }
+            Some(t) if Some(t) == api_token.as_deref() => {
+                return Err(invalid(
+                    "CHUMP_API_READ_TOKEN",
+                    "api-read-token",
+                    "must differ from the API token",
+                ))
+            }
+            Some(t) => Some(t.to_string()),
+        };
+        let insecure_no_auth = boolean(
+            "CHUMP_INSECURE_NO_AUTH",
+            "insecure-no-auth",
+            &args.insecure_no_auth,
+        )?;
+        if api_token.is_none() && !bind.ip().is_loopback() && !insecure_no_auth {
+            return Err(invalid(
+                "CHUMP_API_TOKEN",
+                "api-token",
+                format!(
+                    "refusing to listen on {bind} without a token: anyone who can reach it could deploy to your cluster. \
+                     Set CHUMP_API_TOKEN (or CHUMP_API_TOKEN_FILE), or pass --insecure-no-auth (CHUMP_INSECURE_NO_AUTH=true)"
+                ),
+            ));
+        }
+        let header_timeout = duration(
+            "CHUMP_HEADER_TIMEOUT",
+            "header-timeout",
+            &args.header_timeout,
+            Duration::from_secs(1),
+        )?;
         let webhook_secret = match args.webhook_secret.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(s) if s.len() < 8 => {
@@ -462,6 +561,8 @@ impl Config {
             rollout_timeout,
             workdir: args.workdir.clone(),
             api_token,
+            api_read_token,
+            header_timeout,
             allow_file_urls: boolean(
                 "CHUMP_ALLOW_FILE_URLS",
                 "allow-file-urls",

@@ -54,21 +54,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             allow_file_urls: config.allow_file_urls,
         },
         api_token: config.api_token.as_deref().map(Arc::from),
+        api_read_token: config.api_read_token.as_deref().map(Arc::from),
         webhook_secret: config.webhook_secret.as_deref().map(Arc::from),
         schedule_changed: wake,
         metrics,
         pipeline: Some(pipeline.probe()),
     };
+    if config.api_token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the API has no token and listens beyond loopback (--insecure-no-auth)");
+    }
     tracing::info!(%addr, workers = config.workers, interval = ?config.interval, "chump listening");
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("the HTTP server failed");
+    crate::http::serve(
+        listener,
+        api::router(state),
+        crate::http::HttpLimits {
+            header_timeout: config.header_timeout,
+            max_connections: 1024,
+        },
+        shutdown.clone(),
+    )
+    .await;
     // However the server ended, the pipeline stops too.
     shutdown.cancel();
     pipeline.stopped().await;
     tracing::info!("chump stopped");
-    served
+    Ok(())
 }
 
 /// The check runner from the configuration.

@@ -225,6 +225,36 @@ fn assert_chump_deployment(objects: &[Value], replicas: i64) {
     );
 }
 
+/// Every pod template meets the "restricted" Pod Security Standard the
+/// `chump` namespace enforces.
+fn assert_restricted(objects: &[Value]) {
+    for w in objects
+        .iter()
+        .filter(|o| o["spec"]["template"]["spec"].is_object())
+    {
+        let pod = &w["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().unwrap() {
+            let what = format!(
+                "{} {} container {}",
+                w["kind"], w["metadata"]["name"], c["name"]
+            );
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{what}");
+            assert!(
+                sc["runAsNonRoot"] == true || pod["securityContext"]["runAsNonRoot"] == true,
+                "{what}"
+            );
+            assert!(
+                sc["seccompProfile"]["type"] == "RuntimeDefault"
+                    || pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault",
+                "{what}"
+            );
+            assert!(c["resources"]["limits"]["memory"].is_string(), "{what}");
+        }
+    }
+}
+
 /// Every rule grants only get/list/create/patch.
 fn assert_least_privilege(role: &Value) {
     for rule in role["rules"].as_array().unwrap() {
@@ -275,6 +305,7 @@ fn grants_apply(role: &Value, o: &Value) -> bool {
 #[test]
 fn base_renders_with_kubectl_kustomize() {
     let (_, objects) = render("base");
+    assert_restricted(&objects);
     assert_eq!(
         kinds(&objects),
         [
@@ -296,6 +327,11 @@ fn base_renders_with_kubectl_kustomize() {
             assert_eq!(o["metadata"]["namespace"], "chump", "{o}");
         }
     }
+    assert_eq!(
+        find(&objects, "Namespace", "chump")["metadata"]["labels"]
+            ["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
     let d = find(&objects, "Deployment", "chump");
     assert_eq!(
         d["spec"]["strategy"]["type"], "Recreate",
@@ -344,6 +380,7 @@ fn base_renders_with_kubectl_kustomize() {
 #[test]
 fn rethinkdb_overlay_renders_with_kubectl_kustomize() {
     let (_, objects) = render("overlays/rethinkdb");
+    assert_restricted(&objects);
     let ks = kinds(&objects);
     for kind in [
         "Namespace",
@@ -423,6 +460,7 @@ fn rethinkdb_overlay_renders_with_kubectl_kustomize() {
 #[test]
 fn namespaced_overlay_renders_with_kubectl_kustomize() {
     let (_, objects) = render("overlays/namespaced");
+    assert_restricted(&objects);
     let ks = kinds(&objects);
     assert!(
         !ks.contains("ClusterRole") && !ks.contains("ClusterRoleBinding"),
@@ -786,18 +824,17 @@ async fn tls_stand_in_demands_the_token() {
     let (with, without) = tokio::task::spawn_blocking(move || {
         let with = kubectl(Some(&kc), &h, &["get", "namespaces", "-o", "name"], None);
         let text = std::fs::read_to_string(&kc).unwrap();
-        let anonymous = h.join("anonymous");
+        let wrong = h.join("wrong-token");
         std::fs::write(
-            &anonymous,
-            text.replace("    token: stand-in-token-0123456789abcdef", "    {}"),
+            &wrong,
+            // A wrong token (with none, kubectl would prompt for a password).
+            text.replace(
+                "stand-in-token-0123456789abcdef",
+                "wrong-token-0123456789abcdef",
+            ),
         )
         .unwrap();
-        let without = kubectl(
-            Some(&anonymous),
-            &h,
-            &["get", "namespaces", "-o", "name", "-v=8"],
-            None,
-        );
+        let without = kubectl(Some(&wrong), &h, &["get", "namespaces", "-o", "name"], None);
         (with, without)
     })
     .await
@@ -810,6 +847,7 @@ async fn tls_stand_in_demands_the_token() {
         stderr.contains("Unauthorized") || stderr.contains("401"),
         "{stderr}"
     );
+    assert!(kube.unauthorized() > 0);
 }
 
 /// A `chump serve` child process with its log.

@@ -38,6 +38,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub rules: ValidationRules,
     pub api_token: Option<Arc<str>>,
+    /// May read but not write.
+    pub api_read_token: Option<Arc<str>>,
     pub webhook_secret: Option<Arc<str>>,
     /// Woken when intent changes (a source created or updated, a check
     /// requested), so the scheduler looks at the schedule at once.

@@ -3,6 +3,7 @@
 //! The [`Store`] trait itself lives in `chump_jobs::store` (what the pipeline
 //! needs); this module picks and opens a backend from the configuration.
 
+pub mod rethinkdb;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -15,11 +16,6 @@ use crate::config::DatabaseConfig;
 pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Arc<dyn Store>> {
     match config {
         DatabaseConfig::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
-        DatabaseConfig::RethinkDb(rc) => anyhow::bail!(
-            "RethinkDB ({}:{}/{}) is not supported by this build yet; use sqlite://",
-            rc.host,
-            rc.port,
-            rc.db
-        ),
+        DatabaseConfig::RethinkDb(rc) => Ok(Arc::new(rethinkdb::RethinkStore::open(rc).await?)),
     }
 }

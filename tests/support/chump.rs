@@ -152,6 +152,11 @@ impl Chump {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The process id of the running `chump serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything chump logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()

@@ -1,0 +1,1647 @@
+//! The shared store: RethinkDB through the `reql` crate, for replicas that
+//! share one database, and for taking over the original Python tool's data.
+//!
+//! # Layout
+//!
+//! Everything lives in one database (`git-sources` by default):
+//!
+//! | table | primary key | holds |
+//! |---|---|---|
+//! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them) |
+//! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, and copies of the source's `suspended` and `revision` |
+//! | `chump_history` | `id` (integer, from a counter) | deploys and failures; they outlive their source |
+//! | `chump_counters` | `id` (`"sources"`, `"history"`) | `value`: the last id handed out |
+//! | `chump_targets` | `id` = `namespace/deployment/container` | `source_id` (null while its create is in flight), `token`, `at`: who owns a target |
+//!
+//! Secondary indexes: `chump_status.next_check_at`;
+//! `chump_history.source_id_id` = `[source_id, id]` and
+//! `chump_history.namespace_id` = `[namespace, id]`. Times are Unix
+//! milliseconds (numbers), as in the SQLite store. Ids stay below 2^53, so
+//! RethinkDB's doubles hold them exactly.
+//!
+//! # Concurrency
+//!
+//! RethinkDB has no multi-document transactions, but a write to one document
+//! is atomic, so every rule that must hold across processes is a
+//! single-document write:
+//!
+//! - **ids**: `counters.get(name).update(|c| {value: c.value + 1},
+//!   return_changes: true)`, reading `changes[0].new_val.value`. Never
+//!   `max + 1`. `open` raises the counter to the highest existing id (an
+//!   atomic `update` with `r.branch`), so ids continue above the Python tool's.
+//! - **one source per target**: before a create (or an update that moves a
+//!   source), the target's key document is inserted with the key as primary
+//!   key; a second insert of the same key fails (`errors: 1`, "Duplicate
+//!   primary key") and becomes [`StoreError::Duplicate`]. The key is taken
+//!   before the id, so a refused duplicate spends no id. A key left behind by
+//!   a crash (its source missing or aiming elsewhere) is reclaimed with a
+//!   conditional `replace` once it is older than [`STALE_TARGET`].
+//! - **leases**: `claim_due` reads due candidates through the `next_check_at`
+//!   index, then takes each with `status.get(id).update(|st|
+//!   r.branch(<due, unleased, runnable>, {lease_owner, lease_until,
+//!   requested_trigger: null}, {}), return_changes: true)`; a candidate is
+//!   ours only if the update changed it. `finish_check` and `release_claims`
+//!   write only while the lease is still the caller's (again a branch inside
+//!   one update).
+//! - **changes during a check**: `update_source` writes the new revision into
+//!   the status document too, so `finish_check` compares revisions inside its
+//!   own atomic update.
+//!
+//! # Faults
+//!
+//! Connections sit in a small pool of slots; a slot whose connection fails
+//! (I/O error, broken, timed out) is emptied and reconnected on its next use.
+//! Connection failures become [`StoreError::Unavailable`]; the outage is
+//! logged once when it starts and once when it ends. Every query runs in its
+//! own task with a deadline, so a caller that gives up never leaves a
+//! connection half-read. The password is only ever handed to `r.connect`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
+use chump_jobs::source::{Source, SourceId, SourceSpec};
+use chump_jobs::store::{
+    Claim, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
+};
+use futures::TryStreamExt;
+use ql2::term::TermType;
+use reql::cmd::{self, between, table_create, update, ReturnChanges};
+use reql::{r, Command, Func, Session};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::config::RethinkConfig;
+
+/// Table of per-source schedule, lease and status documents.
+pub const STATUS_TABLE: &str = "chump_status";
+/// Table of history entries.
+pub const HISTORY_TABLE: &str = "chump_history";
+/// Table of id counters.
+pub const COUNTERS_TABLE: &str = "chump_counters";
+/// Table of target key documents (the duplicate rule).
+pub const TARGETS_TABLE: &str = "chump_targets";
+
+const SOURCES_COUNTER: &str = "sources";
+const HISTORY_COUNTER: &str = "history";
+const INDEX_DUE: &str = "next_check_at";
+const INDEX_HISTORY_SOURCE: &str = "source_id_id";
+const INDEX_HISTORY_NAMESPACE: &str = "namespace_id";
+
+/// How many connections the store keeps (queries on one connection run one
+/// at a time).
+const POOL_SIZE: usize = 4;
+/// How long one query may take before its connection is given up.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed connect, calls fail at once for this long.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// A target key whose create or update never finished (a crash) is reclaimed
+/// after this long.
+const STALE_TARGET: Duration = Duration::from_secs(60);
+/// The lowest bound used for numeric index ranges.
+const MIN_NUMBER: i64 = -(1 << 53);
+/// The widest id window a history query scans at once (keeps in-memory
+/// sorting far below RethinkDB's array limit).
+const MAX_HISTORY_WINDOW: i64 = 1 << 16;
+
+// ---------------------------------------------------------------------------
+// Terms
+//
+// The typed reql API covers the commands that take options (update, between,
+// table_create, index_create); every other term is built directly from its
+// `TermType`, with the arguments in the order the ReQL wire protocol gives.
+
+fn term<const N: usize>(typ: TermType, args: [Command; N]) -> Command {
+    args.into_iter()
+        .fold(Command::new(typ), |cmd, arg| cmd.with_arg(arg))
+}
+
+/// A literal value (arrays and objects become literal terms).
+fn lit<T: serde::Serialize>(value: T) -> Command {
+    r.expr(value)
+}
+
+fn null() -> Command {
+    lit(Value::Null)
+}
+
+fn field(doc: &Command, name: &str) -> Command {
+    term(TermType::GetField, [doc.clone(), lit(name)])
+}
+
+/// `doc(name).default(fallback)`: a missing field reads as `fallback`.
+fn field_or(doc: &Command, name: &str, fallback: Command) -> Command {
+    term(TermType::Default, [field(doc, name), fallback])
+}
+
+fn eq(a: Command, b: Command) -> Command {
+    term(TermType::Eq, [a, b])
+}
+fn ne(a: Command, b: Command) -> Command {
+    term(TermType::Ne, [a, b])
+}
+fn le(a: Command, b: Command) -> Command {
+    term(TermType::Le, [a, b])
+}
+fn gt(a: Command, b: Command) -> Command {
+    term(TermType::Gt, [a, b])
+}
+fn lt(a: Command, b: Command) -> Command {
+    term(TermType::Lt, [a, b])
+}
+fn ge(a: Command, b: Command) -> Command {
+    term(TermType::Ge, [a, b])
+}
+fn and(a: Command, b: Command) -> Command {
+    term(TermType::And, [a, b])
+}
+fn or(a: Command, b: Command) -> Command {
+    term(TermType::Or, [a, b])
+}
+fn add(a: Command, b: Command) -> Command {
+    term(TermType::Add, [a, b])
+}
+fn branch(test: Command, then: Command, otherwise: Command) -> Command {
+    term(TermType::Branch, [test, then, otherwise])
+}
+
+/// `r.object(k1, v1, k2, v2, …)`.
+fn object<K: AsRef<str>>(pairs: Vec<(K, Command)>) -> Command {
+    pairs
+        .into_iter()
+        .fold(Command::new(TermType::Object), |cmd, (k, v)| {
+            cmd.with_arg(lit(k.as_ref())).with_arg(v)
+        })
+}
+
+/// A one-argument ReQL function, as a term.
+fn lambda(body: impl FnOnce(Command) -> Command) -> Command {
+    let id = reql::var_counter();
+    let body = body(Command::var(id));
+    term(TermType::Func, [lit(vec![id]), body])
+}
+
+/// A one-argument ReQL function for the typed commands that want a [`Func`].
+fn func(body: impl FnOnce(Command) -> Command) -> Func {
+    let id = reql::var_counter();
+    Func::new(vec![id], body(Command::var(id)))
+}
+
+fn min_term(a: Command, b: Command) -> Command {
+    branch(lt(a.clone(), b.clone()), a, b)
+}
+
+// ---------------------------------------------------------------------------
+// Values
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(v: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(v as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn wall_ms() -> i64 {
+    ms(OffsetDateTime::now_utc())
+}
+
+/// An integer from a JSON number (RethinkDB numbers are doubles).
+fn as_int(v: &Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    (f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64).then_some(f as i64)
+}
+
+fn opt_str(doc: &Value, name: &str) -> Option<String> {
+    doc.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+fn opt_int(doc: &Value, name: &str) -> Option<i64> {
+    doc.get(name).and_then(as_int)
+}
+
+fn parse_opt<T: std::str::FromStr>(v: Option<String>) -> Option<T> {
+    v.and_then(|s| s.parse().ok())
+}
+
+fn target_key(spec: &SourceSpec) -> String {
+    format!(
+        "{}/{}/{}",
+        spec.namespace, spec.deployment_name, spec.container_name
+    )
+}
+
+fn duplicate(spec: &SourceSpec) -> StoreError {
+    StoreError::Duplicate(format!(
+        "{}/{} container {}",
+        spec.namespace, spec.deployment_name, spec.container_name
+    ))
+}
+
+fn bad_doc(what: &str, id: &Value, why: &str) -> StoreError {
+    StoreError::Backend(format!("{what} document {id} {why}"))
+}
+
+/// A source document (chump's or the Python tool's) as a [`Source`].
+fn source_from_doc(doc: &Value) -> StoreResult<Source> {
+    let raw_id = doc.get("id").cloned().unwrap_or(Value::Null);
+    let id = as_int(&raw_id)
+        .filter(|id| *id >= 1)
+        .ok_or_else(|| bad_doc("source", &raw_id, "has no integer id"))?;
+    let text = |name: &str| {
+        opt_str(doc, name).ok_or_else(|| bad_doc("source", &raw_id, &format!("has no text {name}")))
+    };
+    let interval_seconds = match doc.get("interval_seconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            as_int(v)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad_doc("source", &raw_id, "has a bad interval_seconds"))?,
+        ),
+    };
+    let created_at = opt_int(doc, "created_at").map_or(OffsetDateTime::UNIX_EPOCH, from_ms);
+    Ok(Source {
+        id,
+        spec: SourceSpec {
+            namespace: text("namespace")?,
+            deployment_name: text("deployment_name")?,
+            git_url: text("git_url")?,
+            branch: text("branch")?,
+            deploy_path: text("deploy_path")?,
+            container_name: text("container_name")?,
+            image_version_file: text("image_version_file")?,
+            interval_seconds,
+            suspended: doc
+                .get("suspended")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        },
+        revision: opt_int(doc, "revision").unwrap_or(1),
+        created_at,
+        updated_at: opt_int(doc, "updated_at").map_or(created_at, from_ms),
+    })
+}
+
+fn spec_fields(spec: &SourceSpec) -> serde_json::Map<String, Value> {
+    let v = json!({
+        "namespace": spec.namespace,
+        "deployment_name": spec.deployment_name,
+        "git_url": spec.git_url,
+        "branch": spec.branch,
+        "deploy_path": spec.deploy_path,
+        "container_name": spec.container_name,
+        "image_version_file": spec.image_version_file,
+        "interval_seconds": spec.interval_seconds,
+        "suspended": spec.suspended,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// A fresh status document: due at `next_check_at`, no lease, no check yet.
+fn new_status(id: SourceId, next_check_at: i64, suspended: bool, revision: i64) -> Value {
+    json!({
+        "source_id": id,
+        "next_check_at": next_check_at,
+        "requested_trigger": null,
+        "lease_owner": null,
+        "lease_until": null,
+        "last_checked_at": null,
+        "last_commit": null,
+        "last_outcome": null,
+        "last_stage": null,
+        "last_message": null,
+        "desired_image": null,
+        "running_image": null,
+        "consecutive_failures": 0,
+        "suspended": suspended,
+        "revision": revision,
+    })
+}
+
+fn status_from_doc(doc: &Value) -> StoreResult<(SourceId, SourceStatus)> {
+    let raw_id = doc.get("source_id").cloned().unwrap_or(Value::Null);
+    let id = as_int(&raw_id).ok_or_else(|| bad_doc("status", &raw_id, "has no source_id"))?;
+    let now = wall_ms();
+    Ok((
+        id,
+        SourceStatus {
+            last_checked_at: opt_int(doc, "last_checked_at").map(from_ms),
+            last_commit: opt_str(doc, "last_commit"),
+            last_outcome: parse_opt(opt_str(doc, "last_outcome")),
+            last_stage: parse_opt(opt_str(doc, "last_stage")),
+            last_message: opt_str(doc, "last_message"),
+            desired_image: opt_str(doc, "desired_image"),
+            running_image: opt_str(doc, "running_image"),
+            consecutive_failures: opt_int(doc, "consecutive_failures")
+                .unwrap_or(0)
+                .clamp(0, u32::MAX as i64) as u32,
+            next_check_at: opt_int(doc, "next_check_at").map(from_ms),
+            requested: parse_opt(opt_str(doc, "requested_trigger")),
+            in_flight: opt_int(doc, "lease_until").is_some_and(|t| t > now),
+        },
+    ))
+}
+
+fn history_from_doc(doc: &Value) -> StoreResult<HistoryEntry> {
+    let raw_id = doc.get("id").cloned().unwrap_or(Value::Null);
+    let bad = |why: &str| bad_doc("history", &raw_id, why);
+    let text = |name: &str| opt_str(doc, name).ok_or_else(|| bad(&format!("has no {name}")));
+    let int = |name: &str| opt_int(doc, name).ok_or_else(|| bad(&format!("has no {name}")));
+    let trigger = text("trigger")?;
+    let outcome = text("outcome")?;
+    Ok(HistoryEntry {
+        id: int("id")?,
+        namespace: text("namespace")?,
+        deployment_name: text("deployment_name")?,
+        container_name: text("container_name")?,
+        report: CheckReport {
+            source_id: int("source_id")?,
+            trigger: trigger
+                .parse()
+                .map_err(|_| bad(&format!("has trigger '{trigger}'")))?,
+            started_at: from_ms(int("started_at")?),
+            finished_at: from_ms(int("finished_at")?),
+            commit: opt_str(doc, "commit"),
+            desired_image: opt_str(doc, "desired_image"),
+            running_image: opt_str(doc, "running_image"),
+            outcome: outcome
+                .parse()
+                .map_err(|_| bad(&format!("has outcome '{outcome}'")))?,
+            stage: parse_opt(opt_str(doc, "stage")),
+            message: opt_str(doc, "message"),
+            objects: doc
+                .get("objects")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+        },
+    })
+}
+
+/// A write result's counter (`inserted`, `replaced`, `skipped`, …).
+fn count(result: &Value, name: &str) -> i64 {
+    result.get(name).and_then(as_int).unwrap_or(0)
+}
+
+/// The first `new_val` / `old_val` of a write with `return_changes`.
+fn change<'a>(result: &'a Value, which: &str) -> Option<&'a Value> {
+    result
+        .get("changes")?
+        .as_array()?
+        .first()?
+        .get(which)
+        .filter(|v| !v.is_null())
+}
+
+/// What an insert with the default `conflict: "error"` did.
+enum Inserted {
+    Yes,
+    Conflict,
+}
+
+fn inserted(result: &Value, what: &str) -> StoreResult<Inserted> {
+    if count(result, "inserted") >= 1 {
+        return Ok(Inserted::Yes);
+    }
+    let first = result
+        .get("first_error")
+        .and_then(Value::as_str)
+        .unwrap_or("no document inserted");
+    if first.contains("Duplicate primary key") {
+        Ok(Inserted::Conflict)
+    } else {
+        Err(StoreError::Backend(format!("inserting {what}: {first}")))
+    }
+}
+
+fn is_already_exists(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend(m) | StoreError::Unavailable(m) if m.contains("already exists"))
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+
+#[derive(Default)]
+struct Slot {
+    /// The connection and its generation (to replace only the one that failed).
+    session: Option<(u64, Session)>,
+    last_failure: Option<Instant>,
+}
+
+struct Pool {
+    config: RethinkConfig,
+    slots: Vec<tokio::sync::Mutex<Slot>>,
+    next_slot: AtomicUsize,
+    generation: AtomicU64,
+    /// True while the server is unreachable (for logging once per outage).
+    down: AtomicBool,
+}
+
+/// Why a query failed, as far as the connection is concerned.
+enum Failure {
+    /// The connection is unusable: drop it and report the store unavailable.
+    Connection(String),
+    /// The server is there but cannot serve this now.
+    Unavailable(String),
+    /// Anything else.
+    Query(String),
+}
+
+fn classify(e: &reql::Error) -> Failure {
+    match e {
+        reql::Error::Driver(reql::Driver::Io(_, _) | reql::Driver::ConnectionBroken) => {
+            Failure::Connection(e.to_string())
+        }
+        reql::Error::Driver(reql::Driver::Auth(_)) => Failure::Connection(e.to_string()),
+        reql::Error::Runtime(reql::Runtime::Availability(_)) => {
+            let m = e.to_string();
+            // "already exists" is an op-failed error too; it is no outage.
+            if m.contains("already exists") {
+                Failure::Query(m)
+            } else {
+                Failure::Unavailable(m)
+            }
+        }
+        _ => Failure::Query(e.to_string()),
+    }
+}
+
+impl Pool {
+    fn new(config: RethinkConfig) -> Self {
+        Self {
+            config,
+            slots: (0..POOL_SIZE).map(|_| Default::default()).collect(),
+            next_slot: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    fn where_(&self) -> String {
+        format!("{}:{}", self.config.host, self.config.port)
+    }
+
+    async fn connect(&self) -> Result<Session, String> {
+        let c = &self.config;
+        let mut options = cmd::connect::Options::new()
+            .host(c.host.clone())
+            .port(c.port)
+            .db(c.db.clone());
+        if let Some(user) = &c.user {
+            options = options.user(user.clone());
+        }
+        if let Some(password) = &c.password {
+            options = options.password(password.clone());
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, r.connect(options)).await {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => Err(format!(
+                "cannot connect to RethinkDB at {}: {e}",
+                self.where_()
+            )),
+            Err(_) => Err(format!(
+                "cannot connect to RethinkDB at {}: timed out after {}s",
+                self.where_(),
+                CONNECT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// A connection from the next slot, connecting it if needed.
+    async fn session(&self) -> StoreResult<(usize, u64, Session)> {
+        let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[index].lock().await;
+        if let Some((generation, session)) = &slot.session {
+            if !session.is_broken() {
+                return Ok((index, *generation, session.clone()));
+            }
+            slot.session = None;
+        }
+        if let Some(at) = slot.last_failure {
+            if at.elapsed() < RECONNECT_PAUSE {
+                return Err(StoreError::Unavailable(format!(
+                    "RethinkDB at {} is unreachable",
+                    self.where_()
+                )));
+            }
+        }
+        match self.connect().await {
+            Ok(session) => {
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                slot.session = Some((generation, session.clone()));
+                slot.last_failure = None;
+                Ok((index, generation, session))
+            }
+            Err(message) => {
+                slot.last_failure = Some(Instant::now());
+                self.outage(&message);
+                Err(StoreError::Unavailable(message))
+            }
+        }
+    }
+
+    /// Forgets a slot's connection if it is still the one that failed.
+    async fn discard(&self, index: usize, generation: u64) {
+        let mut slot = self.slots[index].lock().await;
+        if matches!(&slot.session, Some((g, _)) if *g == generation) {
+            slot.session = None;
+        }
+    }
+
+    fn outage(&self, message: &str) {
+        if !self.down.swap(true, Ordering::SeqCst) {
+            tracing::warn!(error = %message, "RethinkDB is unavailable; retrying on later calls");
+        }
+    }
+
+    fn reachable(&self) {
+        if self.down.swap(false, Ordering::SeqCst) {
+            tracing::info!(server = %self.where_(), "RethinkDB is reachable again");
+        }
+    }
+
+    /// Runs `query` and returns every value it yields, arrays flattened
+    /// (a sorted sequence comes back as one array).
+    async fn run(&self, query: Command) -> StoreResult<Vec<Value>> {
+        let (index, generation, session) = self.session().await?;
+        // In its own task: a caller that gives up never leaves the
+        // connection between a request and its response.
+        let task = tokio::spawn(async move {
+            query
+                .run::<_, Value>(&session)
+                .try_collect::<Vec<Value>>()
+                .await
+        });
+        let failure = match tokio::time::timeout(QUERY_TIMEOUT, task).await {
+            Ok(Ok(Ok(values))) => {
+                self.reachable();
+                let mut out = Vec::with_capacity(values.len());
+                for v in values {
+                    match v {
+                        Value::Array(items) => out.extend(items),
+                        other => out.push(other),
+                    }
+                }
+                return Ok(out);
+            }
+            Ok(Ok(Err(e))) => classify(&e),
+            Ok(Err(join)) => Failure::Query(format!("query task failed: {join}")),
+            Err(_) => Failure::Connection(format!(
+                "no answer from RethinkDB at {} within {}s",
+                self.where_(),
+                QUERY_TIMEOUT.as_secs()
+            )),
+        };
+        match failure {
+            Failure::Connection(message) => {
+                self.discard(index, generation).await;
+                self.outage(&message);
+                Err(StoreError::Unavailable(message))
+            }
+            Failure::Unavailable(message) => {
+                self.outage(&message);
+                Err(StoreError::Unavailable(message))
+            }
+            Failure::Query(message) => {
+                self.reachable();
+                Err(StoreError::Backend(message))
+            }
+        }
+    }
+
+    /// Runs a query that answers with one value (a document, a write result).
+    async fn one(&self, query: Command) -> StoreResult<Value> {
+        let mut values = self.run(query).await?;
+        Ok(if values.is_empty() {
+            Value::Null
+        } else {
+            values.swap_remove(0)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The store
+
+/// A [`Store`] on a RethinkDB database, shared safely by several processes.
+#[derive(Clone)]
+pub struct RethinkStore {
+    pool: Arc<Pool>,
+    db: String,
+    sources_table: String,
+}
+
+impl RethinkStore {
+    /// Connects, creates the database, tables and indexes that are missing
+    /// (what exists already is fine: replicas may start at once), and takes
+    /// over the sources already in the table.
+    pub async fn open(config: &RethinkConfig) -> StoreResult<Self> {
+        let store = Self {
+            pool: Arc::new(Pool::new(config.clone())),
+            db: config.db.clone(),
+            sources_table: config.table.clone(),
+        };
+        store.ensure_schema().await?;
+        store.adopt_existing(OffsetDateTime::now_utc()).await?;
+        tracing::info!(
+            server = %store.pool.where_(),
+            db = %store.db,
+            table = %store.sources_table,
+            "RethinkDB store open"
+        );
+        Ok(store)
+    }
+
+    fn table(&self, name: &str) -> Command {
+        r.db(self.db.clone()).table(name.to_string())
+    }
+    fn sources(&self) -> Command {
+        self.table(&self.sources_table)
+    }
+    fn statuses(&self) -> Command {
+        self.table(STATUS_TABLE)
+    }
+    fn history_table(&self) -> Command {
+        self.table(HISTORY_TABLE)
+    }
+    fn counters(&self) -> Command {
+        self.table(COUNTERS_TABLE)
+    }
+    fn targets(&self) -> Command {
+        self.table(TARGETS_TABLE)
+    }
+
+    /// Runs a create command, treating "already exists" as done.
+    async fn create_if_missing(&self, query: Command) -> StoreResult<()> {
+        match self.pool.run(query).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_already_exists(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn ensure_schema(&self) -> StoreResult<()> {
+        self.create_if_missing(r.db_create(self.db.clone())).await?;
+        let tables: [(&str, &str); 5] = [
+            (&self.sources_table, "id"),
+            (STATUS_TABLE, "source_id"),
+            (HISTORY_TABLE, "id"),
+            (COUNTERS_TABLE, "id"),
+            (TARGETS_TABLE, "id"),
+        ];
+        for (name, key) in tables {
+            let options = table_create::Options::new().primary_key(key.to_string());
+            self.create_if_missing(
+                r.db(self.db.clone())
+                    .table_create(r.args((name.to_string(), options))),
+            )
+            .await?;
+        }
+        for (name, _) in tables {
+            // Until a new table is ready for reads and writes on every replica.
+            self.pool
+                .run(term(TermType::Wait, [self.table(name)]))
+                .await?;
+        }
+        self.create_if_missing(
+            self.statuses()
+                .index_create(r.args((INDEX_DUE, func(|st| field(&st, "next_check_at"))))),
+        )
+        .await?;
+        self.create_if_missing(self.history_table().index_create(r.args((
+            INDEX_HISTORY_SOURCE,
+            func(|h| {
+                term(
+                    TermType::MakeArray,
+                    [field(&h, "source_id"), field(&h, "id")],
+                )
+            }),
+        ))))
+        .await?;
+        self.create_if_missing(self.history_table().index_create(r.args((
+            INDEX_HISTORY_NAMESPACE,
+            func(|h| {
+                term(
+                    TermType::MakeArray,
+                    [field(&h, "namespace"), field(&h, "id")],
+                )
+            }),
+        ))))
+        .await?;
+        for name in [STATUS_TABLE, HISTORY_TABLE] {
+            self.pool
+                .run(term(TermType::IndexWait, [self.table(name)]))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Raises counter `name` to at least `floor` (creating it when missing).
+    async fn raise_counter(&self, name: &str, floor: i64) -> StoreResult<()> {
+        // Conflict (another replica made it first) is fine: raised below.
+        let result = self
+            .pool
+            .one(term(
+                TermType::Insert,
+                [self.counters(), lit(json!({"id": name, "value": floor}))],
+            ))
+            .await?;
+        inserted(&result, "a counter")?;
+        let raise = lambda(|c| {
+            object(vec![(
+                "value",
+                branch(
+                    lt(field(&c, "value"), lit(floor)),
+                    lit(floor),
+                    field(&c, "value"),
+                ),
+            )])
+        });
+        self.pool
+            .one(self.counters().get(name).update(raise))
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the next id from counter `name`, atomically.
+    async fn next_id(&self, name: &str) -> StoreResult<i64> {
+        let bump = lambda(|c| object(vec![("value", add(field(&c, "value"), lit(1)))]));
+        let result = self
+            .pool
+            .one(self.counters().get(name).update(r.args((
+                bump,
+                update::Options::new().return_changes(ReturnChanges::Bool(true)),
+            ))))
+            .await?;
+        change(&result, "new_val")
+            .and_then(|v| v.get("value"))
+            .and_then(as_int)
+            .filter(|id| *id >= 1 && *id <= chump_jobs::source::MAX_SOURCE_ID)
+            .ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "counter {name} gave no id (is {COUNTERS_TABLE} intact?): {result}"
+                ))
+            })
+    }
+
+    /// Makes existing data usable: counters above the highest ids, a status
+    /// (due at once) and a target key for every source that lacks them.
+    async fn adopt_existing(&self, now: OffsetDateTime) -> StoreResult<()> {
+        let docs = self.pool.run(self.sources()).await?;
+        let mut sources = Vec::with_capacity(docs.len());
+        for doc in &docs {
+            match source_from_doc(doc) {
+                Ok(s) => sources.push(s),
+                Err(e) => tracing::warn!(error = %e, "a source document chump cannot read"),
+            }
+        }
+        let max_source = docs
+            .iter()
+            .filter_map(|d| d.get("id").and_then(as_int))
+            .max()
+            .unwrap_or(0);
+        self.raise_counter(SOURCES_COUNTER, max_source).await?;
+        let max_history = self
+            .pool
+            .run(term(
+                TermType::Map,
+                [self.history_table(), lambda(|h| field(&h, "id"))],
+            ))
+            .await?
+            .iter()
+            .filter_map(as_int)
+            .max()
+            .unwrap_or(0);
+        self.raise_counter(HISTORY_COUNTER, max_history).await?;
+
+        let with_status: HashSet<i64> = self
+            .pool
+            .run(term(
+                TermType::Map,
+                [self.statuses(), lambda(|st| field(&st, "source_id"))],
+            ))
+            .await?
+            .iter()
+            .filter_map(as_int)
+            .collect();
+        let missing: Vec<Value> = sources
+            .iter()
+            .filter(|s| !with_status.contains(&s.id))
+            .map(|s| new_status(s.id, ms(now), s.spec.suspended, s.revision))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(count = missing.len(), "scheduling existing sources");
+            // Conflicts: another replica adopted them first.
+            self.pool
+                .one(term(TermType::Insert, [self.statuses(), lit(missing)]))
+                .await?;
+        }
+
+        let keys: HashMap<String, Option<i64>> = self
+            .pool
+            .run(self.targets())
+            .await?
+            .iter()
+            .filter_map(|d| Some((opt_str(d, "id")?, opt_int(d, "source_id"))))
+            .collect();
+        for s in &sources {
+            let key = target_key(&s.spec);
+            match keys.get(&key) {
+                Some(Some(owner)) if *owner == s.id => continue,
+                Some(Some(owner)) => {
+                    tracing::warn!(
+                        source = s.id,
+                        other = owner,
+                        target = %key,
+                        "two existing sources share one target"
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            let doc = json!({"id": key, "source_id": s.id, "token": "adopted", "at": wall_ms()});
+            let result = self
+                .pool
+                .one(term(TermType::Insert, [self.targets(), lit(doc)]))
+                .await?;
+            if let Inserted::Conflict = inserted(&result, "a target key")? {
+                // Another replica's adoption, or a create in flight: leave it.
+                tracing::debug!(target = %key, "target key exists already");
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes target `key` for `source_id` (None: a create, id not known
+    /// yet). Returns the token that proves ownership.
+    async fn take_target(
+        &self,
+        key: &str,
+        source_id: Option<SourceId>,
+        spec: &SourceSpec,
+    ) -> StoreResult<String> {
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        for attempt in 0..2 {
+            let doc = json!({"id": key, "source_id": source_id, "token": token, "at": wall_ms()});
+            let result = self
+                .pool
+                .one(term(TermType::Insert, [self.targets(), lit(doc)]))
+                .await?;
+            match inserted(&result, "a target key")? {
+                Inserted::Yes => return Ok(token),
+                Inserted::Conflict if attempt == 0 && self.reclaim_stale(key).await? => continue,
+                Inserted::Conflict => return Err(duplicate(spec)),
+            }
+        }
+        Err(duplicate(spec))
+    }
+
+    /// Deletes target `key` if it is left over from a crash: old, and its
+    /// source missing or aimed elsewhere. True if it was deleted.
+    async fn reclaim_stale(&self, key: &str) -> StoreResult<bool> {
+        let doc = self.pool.one(self.targets().get(key)).await?;
+        if doc.is_null() {
+            return Ok(true);
+        }
+        let at = opt_int(&doc, "at").unwrap_or(0);
+        if wall_ms() - at < STALE_TARGET.as_millis() as i64 {
+            return Ok(false);
+        }
+        if let Some(owner) = opt_int(&doc, "source_id") {
+            let source = self.pool.one(self.sources().get(owner)).await?;
+            if !source.is_null() {
+                match source_from_doc(&source) {
+                    Ok(s) if target_key(&s.spec) == key => return Ok(false),
+                    Ok(_) => {}
+                    Err(_) => return Ok(false),
+                }
+            }
+        }
+        let token = doc.get("token").cloned().unwrap_or(Value::Null);
+        tracing::info!(target = %key, "reclaiming a target key left by an unfinished write");
+        self.delete_target_if(key, |d| eq(field_or(&d, "token", null()), lit(token)))
+            .await?;
+        Ok(true)
+    }
+
+    /// Deletes target `key` if `test(doc)` holds, in one atomic replace.
+    async fn delete_target_if(
+        &self,
+        key: &str,
+        test: impl FnOnce(Command) -> Command,
+    ) -> StoreResult<()> {
+        let f = lambda(|d| branch(test(d.clone()), null(), d));
+        self.pool
+            .one(term(TermType::Replace, [self.targets().get(key), f]))
+            .await?;
+        Ok(())
+    }
+
+    /// Inserts a status for a source that has none (adopting a source written
+    /// by another tool after `open`). False if the source doesn't exist.
+    async fn ensure_status(&self, id: SourceId, now: OffsetDateTime) -> StoreResult<bool> {
+        let doc = self.pool.one(self.sources().get(id)).await?;
+        if doc.is_null() {
+            return Ok(false);
+        }
+        let source = source_from_doc(&doc)?;
+        let status = new_status(id, ms(now), source.spec.suspended, source.revision);
+        self.pool
+            .one(term(TermType::Insert, [self.statuses(), lit(status)]))
+            .await?;
+        Ok(true)
+    }
+
+    /// Updates status `id` with `f`, returning the write result (with changes).
+    async fn update_status(&self, id: SourceId, f: Command) -> StoreResult<Value> {
+        self.pool
+            .one(self.statuses().get(id).update(r.args((
+                f,
+                update::Options::new().return_changes(ReturnChanges::Bool(true)),
+            ))))
+            .await
+    }
+
+    async fn history_window(
+        &self,
+        query: &HistoryQuery,
+        lo: i64,
+        hi: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Value>> {
+        let (index, lo_key, hi_key) = if let Some(id) = query.source_id {
+            (INDEX_HISTORY_SOURCE, json!([id, lo]), json!([id, hi]))
+        } else if let Some(ns) = &query.namespace {
+            (INDEX_HISTORY_NAMESPACE, json!([ns, lo]), json!([ns, hi]))
+        } else {
+            ("id", json!(lo), json!(hi))
+        };
+        // [lo, hi): left bound closed, right bound open (the defaults).
+        let mut q = self.history_table().between(r.args((
+            lo_key,
+            hi_key,
+            between::Options::new().index(index),
+        )));
+        let mut tests = Vec::new();
+        if let Some(outcome) = query.outcome {
+            tests.push(("outcome", lit(outcome.as_str())));
+        }
+        if let (Some(_), Some(ns)) = (query.source_id, &query.namespace) {
+            tests.push(("namespace", lit(ns.as_str())));
+        }
+        let since = query.since.map(ms);
+        if !tests.is_empty() || since.is_some() {
+            let f = lambda(|h| {
+                let mut test = lit(true);
+                for (name, value) in tests {
+                    test = and(test, eq(field(&h, name), value));
+                }
+                if let Some(since) = since {
+                    test = and(test, ge(field(&h, "started_at"), lit(since)));
+                }
+                test
+            });
+            q = term(TermType::Filter, [q, f]);
+        }
+        let q = term(TermType::Limit, [q.order_by(r.desc("id")), lit(limit)]);
+        self.pool.run(q).await
+    }
+}
+
+#[async_trait]
+impl Store for RethinkStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.pool.run(lit(1)).await?;
+        Ok(())
+    }
+
+    async fn create_source(&self, spec: &SourceSpec, now: OffsetDateTime) -> StoreResult<Source> {
+        let key = target_key(spec);
+        // The target first: a refused duplicate spends no id.
+        let token = self.take_target(&key, None, spec).await?;
+        let give_back = |token: String| {
+            let key = key.clone();
+            async move {
+                let _ = self
+                    .delete_target_if(&key, |d| eq(field_or(&d, "token", null()), lit(token)))
+                    .await;
+            }
+        };
+        let id = match self.next_id(SOURCES_COUNTER).await {
+            Ok(id) => id,
+            Err(e) => {
+                give_back(token).await;
+                return Err(e);
+            }
+        };
+        let mut doc = spec_fields(spec);
+        doc.insert("id".into(), id.into());
+        doc.insert("revision".into(), 1.into());
+        doc.insert("created_at".into(), ms(now).into());
+        doc.insert("updated_at".into(), ms(now).into());
+        let doc = Value::Object(doc);
+        let written = async {
+            let result = self
+                .pool
+                .one(term(TermType::Insert, [self.sources(), lit(&doc)]))
+                .await?;
+            if let Inserted::Conflict = inserted(&result, "a source")? {
+                return Err(StoreError::Backend(format!(
+                    "source id {id} is taken although the counter handed it out; \
+                     is another tool writing ids to the sources table?"
+                )));
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if let Err(e) = written {
+            give_back(token).await;
+            return Err(e);
+        }
+        let status = new_status(id, ms(now), spec.suspended, 1);
+        self.pool
+            .one(term(TermType::Insert, [self.statuses(), lit(status)]))
+            .await?;
+        let owned = lambda(|d| {
+            branch(
+                eq(field_or(&d, "token", null()), lit(&token)),
+                object(vec![("source_id", lit(id))]),
+                lit(json!({})),
+            )
+        });
+        self.pool
+            .one(self.targets().get(&key).update(owned))
+            .await?;
+        source_from_doc(&doc)
+    }
+
+    async fn get_source(&self, id: SourceId) -> StoreResult<Option<Source>> {
+        let doc = self.pool.one(self.sources().get(id)).await?;
+        if doc.is_null() {
+            return Ok(None);
+        }
+        source_from_doc(&doc).map(Some)
+    }
+
+    async fn list_sources(&self) -> StoreResult<Vec<Source>> {
+        let docs = self.pool.run(self.sources()).await?;
+        let mut sources = docs
+            .iter()
+            .map(source_from_doc)
+            .collect::<StoreResult<Vec<_>>>()?;
+        sources.sort_by_key(|s| s.id);
+        Ok(sources)
+    }
+
+    async fn update_source(
+        &self,
+        id: SourceId,
+        spec: &SourceSpec,
+        now: OffsetDateTime,
+    ) -> StoreResult<Source> {
+        let Some(old) = self.get_source(id).await? else {
+            return Err(StoreError::NotFound(id));
+        };
+        let old_key = target_key(&old.spec);
+        let new_key = target_key(spec);
+        let moved = old_key != new_key;
+        let token = if moved {
+            Some(self.take_target(&new_key, Some(id), spec).await?)
+        } else {
+            None
+        };
+        let mut fields: Vec<(String, Command)> = spec_fields(spec)
+            .into_iter()
+            .map(|(k, v)| (k, lit(v)))
+            .collect();
+        fields.push(("updated_at".into(), lit(ms(now))));
+        let f = lambda(move |d| {
+            let mut fields = fields;
+            fields.push((
+                "revision".into(),
+                add(field_or(&d, "revision", lit(1)), lit(1)),
+            ));
+            object(fields)
+        });
+        let result = self
+            .pool
+            .one(self.sources().get(id).update(r.args((
+                f,
+                update::Options::new().return_changes(ReturnChanges::Bool(true)),
+            ))))
+            .await;
+        let result = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(token) = token {
+                    let _ = self
+                        .delete_target_if(&new_key, |d| {
+                            eq(field_or(&d, "token", null()), lit(token))
+                        })
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        let Some(new_doc) = change(&result, "new_val").cloned() else {
+            // Deleted meanwhile (or unchanged, which a revision bump rules out).
+            if let Some(token) = token {
+                let _ = self
+                    .delete_target_if(&new_key, |d| eq(field_or(&d, "token", null()), lit(token)))
+                    .await;
+            }
+            return if count(&result, "skipped") > 0 {
+                Err(StoreError::NotFound(id))
+            } else {
+                Err(StoreError::Backend(format!(
+                    "updating source {id} changed nothing: {result}"
+                )))
+            };
+        };
+        let source = source_from_doc(&new_doc)?;
+        let now_ms = ms(now);
+        let revision = source.revision;
+        let suspended = spec.suspended;
+        let status = lambda(|st| {
+            object(vec![
+                (
+                    "next_check_at",
+                    min_term(field_or(&st, "next_check_at", lit(now_ms)), lit(now_ms)),
+                ),
+                ("suspended", lit(suspended)),
+                ("revision", lit(revision)),
+            ])
+        });
+        let result = self
+            .pool
+            .one(self.statuses().get(id).update(status))
+            .await?;
+        if count(&result, "skipped") > 0 {
+            self.ensure_status(id, now).await?;
+        }
+        if moved {
+            self.delete_target_if(&old_key, |d| eq(field_or(&d, "source_id", null()), lit(id)))
+                .await?;
+        }
+        Ok(source)
+    }
+
+    async fn delete_source(&self, id: SourceId) -> StoreResult<()> {
+        let doc = self.pool.one(self.sources().get(id)).await?;
+        if doc.is_null() {
+            return Err(StoreError::NotFound(id));
+        }
+        // The source first: a status without its source is cleaned up by
+        // `claim_due`, a source without status would never be checked.
+        let result = self
+            .pool
+            .one(term(TermType::Delete, [self.sources().get(id)]))
+            .await?;
+        if count(&result, "deleted") == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        self.pool
+            .one(term(TermType::Delete, [self.statuses().get(id)]))
+            .await?;
+        if let Ok(source) = source_from_doc(&doc) {
+            self.delete_target_if(&target_key(&source.spec), |d| {
+                eq(field_or(&d, "source_id", null()), lit(id))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn request_check(
+        &self,
+        id: SourceId,
+        trigger: Trigger,
+        now: OffsetDateTime,
+    ) -> StoreResult<RequestResult> {
+        let now_ms = ms(now);
+        let manual = trigger == Trigger::Manual;
+        let make_update = || {
+            lambda(|st| {
+                let requested = field_or(&st, "requested_trigger", null());
+                let lease = field_or(&st, "lease_until", null());
+                let running = and(ne(lease.clone(), null()), gt(lease, lit(now_ms)));
+                branch(
+                    ne(requested, null()),
+                    lit(json!({})),
+                    branch(
+                        and(lit(manual), running),
+                        lit(json!({})),
+                        object(vec![
+                            ("requested_trigger", lit(trigger.as_str())),
+                            (
+                                "next_check_at",
+                                min_term(field_or(&st, "next_check_at", lit(now_ms)), lit(now_ms)),
+                            ),
+                        ]),
+                    ),
+                )
+            })
+        };
+        let mut result = self.update_status(id, make_update()).await?;
+        if count(&result, "skipped") > 0 {
+            if !self.ensure_status(id, now).await? {
+                return Err(StoreError::NotFound(id));
+            }
+            result = self.update_status(id, make_update()).await?;
+        }
+        if let Some(old) = change(&result, "old_val") {
+            let running = opt_int(old, "lease_until").is_some_and(|t| t > now_ms);
+            return Ok(if running {
+                RequestResult::QueuedAfterRunning
+            } else {
+                RequestResult::Queued
+            });
+        }
+        // Nothing changed: say why, from the document as it is now.
+        let doc = self.pool.one(self.statuses().get(id)).await?;
+        if doc.is_null() {
+            return Err(StoreError::NotFound(id));
+        }
+        let requested = opt_str(&doc, "requested_trigger").is_some();
+        let running = opt_int(&doc, "lease_until").is_some_and(|t| t > now_ms);
+        Ok(if !requested && running {
+            RequestResult::AlreadyRunning
+        } else {
+            RequestResult::AlreadyQueued
+        })
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+    ) -> StoreResult<Vec<Claim>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now_ms = ms(now);
+        let lease_until = now + lease;
+        let until_ms = ms(lease_until);
+        // Due, unleased, and runnable (not suspended, or asked for by hand).
+        let claimable = move |st: &Command| {
+            let lease = field_or(st, "lease_until", null());
+            and(
+                or(eq(lease.clone(), null()), le(lease, lit(now_ms))),
+                or(
+                    ne(field_or(st, "suspended", lit(false)), lit(true)),
+                    eq(
+                        field_or(st, "requested_trigger", null()),
+                        lit(Trigger::Manual.as_str()),
+                    ),
+                ),
+            )
+        };
+        let candidates = self.statuses().between(
+            r.args((
+                MIN_NUMBER,
+                now_ms,
+                between::Options::new()
+                    .index(INDEX_DUE)
+                    .right_bound(between::Status::Closed),
+            )),
+        );
+        let candidates = term(TermType::Filter, [candidates, lambda(|st| claimable(&st))]);
+        let candidates = term(
+            TermType::OrderBy,
+            [candidates, lit("next_check_at"), lit("source_id")],
+        );
+        let candidates = term(
+            TermType::Limit,
+            [candidates, lit(limit.saturating_mul(2).saturating_add(16))],
+        );
+        let docs = self.pool.run(candidates).await?;
+
+        let mut claims = Vec::new();
+        for doc in docs {
+            if claims.len() >= limit {
+                break;
+            }
+            let Some(id) = opt_int(&doc, "source_id") else {
+                continue;
+            };
+            let take = lambda(|st| {
+                branch(
+                    and(
+                        le(field_or(&st, "next_check_at", lit(now_ms)), lit(now_ms)),
+                        claimable(&st),
+                    ),
+                    object(vec![
+                        ("lease_owner", lit(owner)),
+                        ("lease_until", lit(until_ms)),
+                        ("requested_trigger", null()),
+                    ]),
+                    lit(json!({})),
+                )
+            });
+            let result = self.update_status(id, take).await?;
+            let (Some(old), Some(new)) = (change(&result, "old_val"), change(&result, "new_val"))
+            else {
+                continue; // someone else took it first
+            };
+            if opt_str(new, "lease_owner").as_deref() != Some(owner)
+                || opt_int(new, "lease_until") != Some(until_ms)
+            {
+                continue;
+            }
+            let trigger = parse_opt(opt_str(old, "requested_trigger")).unwrap_or(Trigger::Schedule);
+            let consecutive_failures = opt_int(old, "consecutive_failures")
+                .unwrap_or(0)
+                .clamp(0, u32::MAX as i64) as u32;
+            let source = match self.get_source(id).await {
+                Ok(Some(source)) => source,
+                Ok(None) => {
+                    // Its source is gone (a delete cut short): drop the status.
+                    self.pool
+                        .one(term(TermType::Delete, [self.statuses().get(id)]))
+                        .await?;
+                    continue;
+                }
+                Err(e) => {
+                    let _ = self.release_claims(owner, &[id]).await;
+                    if matches!(e, StoreError::Unavailable(_)) {
+                        return Err(e);
+                    }
+                    tracing::warn!(source = id, error = %e, "cannot read a due source; skipped");
+                    continue;
+                }
+            };
+            if source.spec.suspended && trigger != Trigger::Manual {
+                self.release_claims(owner, &[id]).await?;
+                continue;
+            }
+            claims.push(Claim {
+                source,
+                trigger,
+                consecutive_failures,
+                owner: owner.to_string(),
+                lease_until,
+            });
+        }
+        Ok(claims)
+    }
+
+    async fn finish_check(
+        &self,
+        claim: &Claim,
+        report: &CheckReport,
+        next_check_at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let source = &claim.source;
+        if report.outcome != Outcome::UpToDate {
+            let id = self.next_id(HISTORY_COUNTER).await?;
+            let doc = json!({
+                "id": id,
+                "source_id": source.id,
+                "namespace": source.spec.namespace,
+                "deployment_name": source.spec.deployment_name,
+                "container_name": source.spec.container_name,
+                "trigger": report.trigger.as_str(),
+                "started_at": ms(report.started_at),
+                "finished_at": ms(report.finished_at),
+                "commit": report.commit,
+                "desired_image": report.desired_image,
+                "running_image": report.running_image,
+                "outcome": report.outcome.as_str(),
+                "stage": report.stage.map(Stage::as_str),
+                "message": report.message,
+                "objects": serde_json::to_value(&report.objects)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?,
+            });
+            let result = self
+                .pool
+                .one(term(TermType::Insert, [self.history_table(), lit(doc)]))
+                .await?;
+            if let Inserted::Conflict = inserted(&result, "a history entry")? {
+                return Err(StoreError::Backend(format!(
+                    "history id {id} is taken although the counter handed it out"
+                )));
+            }
+        }
+        let failed = report.outcome == Outcome::Failed;
+        let finished = ms(report.finished_at);
+        let next = ms(next_check_at);
+        let owner = claim.owner.clone();
+        let revision = source.revision;
+        let running_image = if report.outcome == Outcome::Deployed {
+            report.desired_image.clone()
+        } else {
+            report.running_image.clone()
+        };
+        let keep_or = |st: &Command, name: &str, v: &Option<String>| match v {
+            Some(v) => lit(v),
+            None => field_or(st, name, null()),
+        };
+        let f = lambda(|st| {
+            let lease_owner = field_or(&st, "lease_owner", null());
+            let ours = or(
+                eq(lease_owner.clone(), null()),
+                eq(lease_owner, lit(&owner)),
+            );
+            let changed = or(
+                ne(field_or(&st, "requested_trigger", null()), null()),
+                ne(field_or(&st, "revision", lit(1)), lit(revision)),
+            );
+            let failures = if failed {
+                add(field_or(&st, "consecutive_failures", lit(0)), lit(1))
+            } else {
+                lit(0)
+            };
+            branch(
+                ours,
+                object(vec![
+                    ("last_checked_at", lit(finished)),
+                    ("last_commit", keep_or(&st, "last_commit", &report.commit)),
+                    ("last_outcome", lit(report.outcome.as_str())),
+                    ("last_stage", lit(report.stage.map(Stage::as_str))),
+                    ("last_message", lit(&report.message)),
+                    (
+                        "desired_image",
+                        keep_or(&st, "desired_image", &report.desired_image),
+                    ),
+                    (
+                        "running_image",
+                        keep_or(&st, "running_image", &running_image),
+                    ),
+                    ("consecutive_failures", failures),
+                    ("next_check_at", branch(changed, lit(finished), lit(next))),
+                    ("lease_owner", null()),
+                    ("lease_until", null()),
+                ]),
+                lit(json!({})),
+            )
+        });
+        // A deleted source has no status: the update skips it.
+        self.pool
+            .one(self.statuses().get(source.id).update(f))
+            .await?;
+        Ok(())
+    }
+
+    async fn release_claims(&self, owner: &str, ids: &[SourceId]) -> StoreResult<()> {
+        for id in ids {
+            let f = lambda(|st| {
+                branch(
+                    eq(field_or(&st, "lease_owner", null()), lit(owner)),
+                    object(vec![("lease_owner", null()), ("lease_until", null())]),
+                    lit(json!({})),
+                )
+            });
+            self.pool.one(self.statuses().get(*id).update(f)).await?;
+        }
+        Ok(())
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>> {
+        let runnable = lambda(|st| {
+            or(
+                ne(field_or(&st, "suspended", lit(false)), lit(true)),
+                eq(
+                    field_or(&st, "requested_trigger", null()),
+                    lit(Trigger::Manual.as_str()),
+                ),
+            )
+        });
+        let due_at = lambda(|st| {
+            let lease = field_or(&st, "lease_until", null());
+            let next = field(&st, "next_check_at");
+            branch(
+                and(ne(lease.clone(), null()), gt(lease.clone(), next.clone())),
+                lease,
+                next,
+            )
+        });
+        let q = term(TermType::Filter, [self.statuses(), runnable]);
+        let q = term(TermType::Map, [q, due_at]);
+        // `min` of an empty sequence is a non-existence error: none due.
+        let q = term(TermType::Default, [term(TermType::Min, [q]), null()]);
+        let v = self.pool.one(q).await?;
+        Ok(as_int(&v).map(from_ms))
+    }
+
+    async fn status(&self, id: SourceId) -> StoreResult<Option<SourceStatus>> {
+        let doc = self.pool.one(self.statuses().get(id)).await?;
+        if doc.is_null() {
+            return Ok(None);
+        }
+        Ok(Some(status_from_doc(&doc)?.1))
+    }
+
+    async fn list_statuses(&self) -> StoreResult<HashMap<SourceId, SourceStatus>> {
+        self.pool
+            .run(self.statuses())
+            .await?
+            .iter()
+            .map(status_from_doc)
+            .collect()
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>> {
+        let limit = query.limit.max(1) as usize;
+        let counter = self.pool.one(self.counters().get(HISTORY_COUNTER)).await?;
+        let last = opt_int(&counter, "value").unwrap_or(0);
+        // Ids below `hi`, newest first, one id window at a time (each sorted
+        // in memory, so each stays small), widening while they come back thin.
+        let mut hi = query.before.unwrap_or(last + 1).min(last + 1);
+        let mut window = (limit as i64).clamp(256, MAX_HISTORY_WINDOW);
+        let mut entries = Vec::new();
+        while hi > 1 && entries.len() < limit {
+            let lo = (hi - window).max(1);
+            let docs = self
+                .history_window(query, lo, hi, (limit - entries.len()) as i64)
+                .await?;
+            for doc in &docs {
+                entries.push(history_from_doc(doc)?);
+            }
+            hi = lo;
+            window = (window * 2).min(MAX_HISTORY_WINDOW);
+        }
+        entries.truncate(limit);
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_from_rethinkdb_read_as_integers() {
+        assert_eq!(as_int(&json!(3)), Some(3));
+        assert_eq!(as_int(&json!(3.0)), Some(3));
+        assert_eq!(as_int(&json!(3.5)), None);
+        assert_eq!(as_int(&json!("3")), None);
+        assert_eq!(as_int(&json!(9007199254740991.0)), Some(9007199254740991));
+    }
+
+    #[test]
+    fn python_documents_read_with_defaults() {
+        let doc = json!({
+            "id": 7.0,
+            "namespace": "production",
+            "deployment_name": "web",
+            "git_url": "https://example.com/r.git",
+            "branch": "master",
+            "deploy_path": "./deploy",
+            "container_name": "app",
+            "image_version_file": "./deploy/deployment.yaml",
+        });
+        let s = source_from_doc(&doc).unwrap();
+        assert_eq!(s.id, 7);
+        assert_eq!(s.revision, 1);
+        assert!(!s.spec.suspended);
+        assert_eq!(s.spec.interval_seconds, None);
+        let mut odd = doc.clone();
+        odd.as_object_mut().unwrap().remove("branch");
+        let e = source_from_doc(&odd).unwrap_err().to_string();
+        assert!(e.contains("7") && e.contains("branch"), "{e}");
+        let mut odd = doc;
+        odd["id"] = json!("abc");
+        assert!(source_from_doc(&odd).is_err());
+    }
+
+    #[test]
+    fn write_results_are_read() {
+        let dup = json!({"inserted": 0, "errors": 1,
+            "first_error": "Duplicate primary key `id`:\n{...}"});
+        assert!(matches!(inserted(&dup, "x"), Ok(Inserted::Conflict)));
+        assert!(matches!(
+            inserted(&json!({"inserted": 1, "errors": 0}), "x"),
+            Ok(Inserted::Yes)
+        ));
+        assert!(inserted(
+            &json!({"inserted": 0, "errors": 1, "first_error": "boom"}),
+            "x"
+        )
+        .is_err());
+        let changed =
+            json!({"replaced": 1, "changes": [{"old_val": {"value": 1}, "new_val": {"value": 2}}]});
+        assert_eq!(change(&changed, "new_val").unwrap()["value"], 2);
+        assert!(change(&json!({"unchanged": 1, "changes": []}), "new_val").is_none());
+    }
+
+    #[test]
+    fn times_round_trip_through_milliseconds() {
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+            + Duration::from_millis(123);
+        assert_eq!(from_ms(ms(t)), t);
+    }
+}

@@ -1,0 +1,329 @@
+//! The store conformance suite on RethinkDB, plus what only a shared,
+//! pre-existing database has: taking over the Python tool's data, two
+//! processes racing for ids, targets and leases, and `chump serve` on it.
+//!
+//! Needs a server: `CHUMP_TEST_RETHINKDB=host:port` (e.g. `127.0.0.1:28015`,
+//! user `admin` with no password). Every test works in its own new database
+//! (random name), so the tests run in parallel; without the variable each
+//! test says it was skipped and passes.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chump::config::RethinkConfig;
+use chump::store::rethinkdb::RethinkStore;
+use chump_jobs::history::Outcome;
+use chump_jobs::store::{Store, StoreError};
+use futures::TryStreamExt;
+use reql::r;
+use serde_json::{json, Value};
+use support::conformance::{report, spec};
+use time::OffsetDateTime;
+
+const SKIPPED: &str = "skipped: CHUMP_TEST_RETHINKDB is not set (no RethinkDB server)";
+
+/// The server under test, or None (and a note) when there is none.
+fn server() -> Option<(String, u16)> {
+    let Ok(addr) = std::env::var("CHUMP_TEST_RETHINKDB") else {
+        eprintln!("{SKIPPED}");
+        return None;
+    };
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse().expect("CHUMP_TEST_RETHINKDB=host:port"),
+        ),
+        None => (addr, 28015),
+    };
+    Some((host, port))
+}
+
+/// A config for a new database with a random name on the test server.
+fn fresh_config() -> Option<RethinkConfig> {
+    let (host, port) = server()?;
+    Some(RethinkConfig {
+        host,
+        port,
+        db: format!("chump_test_{:016x}", fastrand::u64(..)),
+        table: "sources".into(),
+        user: None,
+        password: None,
+    })
+}
+
+async fn fresh() -> Option<Arc<dyn Store>> {
+    let config = fresh_config()?;
+    Some(Arc::new(RethinkStore::open(&config).await.unwrap()))
+}
+
+conformance_tests!(fresh());
+
+fn t(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+}
+
+/// A raw reql session to the test server (for writing the original layout).
+async fn raw_session(config: &RethinkConfig) -> reql::Session {
+    r.connect(
+        reql::cmd::connect::Options::new()
+            .host(config.host.clone())
+            .port(config.port),
+    )
+    .await
+    .expect("connect to CHUMP_TEST_RETHINKDB")
+}
+
+async fn raw_run(session: &reql::Session, query: reql::Command) -> Value {
+    query
+        .run::<_, Value>(session)
+        .try_next()
+        .await
+        .expect("query")
+        .unwrap_or(Value::Null)
+}
+
+/// A source document exactly as the Python tool wrote it: seven fields and
+/// an integer id, nothing else.
+fn python_doc(id: i64, name: &str) -> Value {
+    json!({
+        "id": id,
+        "namespace": "production",
+        "deployment_name": name,
+        "git_url": "https://github.com/stvnorg/helloworld.git",
+        "branch": "master",
+        "deploy_path": "./deploy/helloworld/deployment.yaml",
+        "container_name": "app",
+        "image_version_file": "./deploy/helloworld/deployment.yaml",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_over_a_database_in_the_original_layout() {
+    let Some(config) = fresh_config() else { return };
+    let session = raw_session(&config).await;
+    raw_run(&session, r.db_create(config.db.clone())).await;
+    raw_run(&session, r.db(config.db.clone()).table_create("sources")).await;
+    let docs = vec![python_doc(3, "a"), python_doc(7, "b"), python_doc(12, "c")];
+    let result = raw_run(
+        &session,
+        r.db(config.db.clone()).table("sources").insert(docs),
+    )
+    .await;
+    assert_eq!(result["inserted"], 3, "{result}");
+
+    let store = RethinkStore::open(&config).await.unwrap();
+    let listed = store.list_sources().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![3, 7, 12]
+    );
+    assert_eq!(listed[1].spec, spec("b"));
+    assert_eq!(listed[1].revision, 1);
+    // Each is scheduled, due at once.
+    let statuses = store.list_statuses().await.unwrap();
+    assert_eq!(statuses.len(), 3);
+    let now = OffsetDateTime::now_utc() + Duration::from_secs(5);
+    let claims = store
+        .claim_due(now, 10, "p1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 3);
+    // New ids continue above the highest existing one.
+    let d = store.create_source(&spec("d"), now).await.unwrap();
+    assert_eq!(d.id, 13);
+    // Their targets are taken.
+    assert!(matches!(
+        store.create_source(&spec("a"), now).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    // Updating an original document keeps the fields the Python tool reads.
+    let mut changed = spec("a");
+    changed.branch = "main".into();
+    store.update_source(3, &changed, now).await.unwrap();
+    let raw = raw_run(&session, r.db(config.db.clone()).table("sources").get(3)).await;
+    assert_eq!(raw["branch"], "main");
+    assert_eq!(raw["deployment_name"], "a");
+    assert_eq!(raw["id"], 3);
+
+    // A second replica opening the same database changes nothing.
+    let again = RethinkStore::open(&config).await.unwrap();
+    assert_eq!(again.list_sources().await.unwrap().len(), 4);
+    assert_eq!(again.create_source(&spec("e"), now).await.unwrap().id, 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_documents_are_errors_not_panics() {
+    let Some(config) = fresh_config() else { return };
+    let store = RethinkStore::open(&config).await.unwrap();
+    let session = raw_session(&config).await;
+    let mut doc = python_doc(40, "odd");
+    doc.as_object_mut().unwrap().remove("branch");
+    raw_run(
+        &session,
+        r.db(config.db.clone()).table("sources").insert(doc),
+    )
+    .await;
+    match store.get_source(40).await {
+        Err(StoreError::Backend(m)) => assert!(m.contains("40") && m.contains("branch"), "{m}"),
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_race_for_ids_and_targets() {
+    let Some(config) = fresh_config() else { return };
+    // Two stores, each with its own connections: two chump processes.
+    let (a, b) = tokio::join!(RethinkStore::open(&config), RethinkStore::open(&config));
+    let stores: [Arc<dyn Store>; 2] = [Arc::new(a.unwrap()), Arc::new(b.unwrap())];
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = stores[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_source(&spec(&format!("app-{i}")), t(0))
+                .await
+                .unwrap()
+                .id
+        }));
+    }
+    let mut dups = Vec::new();
+    for i in 0..10 {
+        let store = stores[i % 2].clone();
+        dups.push(tokio::spawn(async move {
+            store.create_source(&spec("same"), t(0)).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    let mut wins = 0;
+    for d in dups {
+        match d.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::Duplicate(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 64);
+    assert_eq!(stores[0].list_sources().await.unwrap().len(), 65);
+    assert_eq!(stores[1].list_sources().await.unwrap().len(), 65);
+
+    // Both claim at once: every source exactly once.
+    let lease = Duration::from_secs(60);
+    let (s0, s1) = (stores[0].clone(), stores[1].clone());
+    let p0 = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            got.extend(s0.claim_due(t(1), 4, "p0", lease).await.unwrap());
+        }
+        got
+    });
+    let p1 = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            got.extend(s1.claim_due(t(1), 4, "p1", lease).await.unwrap());
+        }
+        got
+    });
+    let mut all: Vec<i64> = p0
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(p1.await.unwrap())
+        .map(|c| c.source.id)
+        .collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a source was claimed by both processes");
+    assert_eq!(n, 65);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_across_processes() {
+    let Some(config) = fresh_config() else { return };
+    let a = RethinkStore::open(&config).await.unwrap();
+    let b = RethinkStore::open(&config).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let s = a.create_source(&spec("a"), t(0)).await.unwrap();
+    let first = a.claim_due(t(1), 10, "a", lease).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Held: the other process sees nothing due until the lease ends.
+    assert!(b.claim_due(t(30), 10, "b", lease).await.unwrap().is_empty());
+    assert_eq!(b.next_due().await.unwrap(), Some(t(61)));
+    // Process a dies; its lease expires and b takes the source.
+    let taken = b.claim_due(t(62), 10, "b", lease).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].source.id, s.id);
+    // a's late report neither records status nor frees b's lease.
+    a.finish_check(
+        &first[0],
+        &report(&first[0], Outcome::Failed, t(63)),
+        t(500),
+    )
+    .await
+    .unwrap();
+    let st = b.status(s.id).await.unwrap().unwrap();
+    assert!(st.in_flight);
+    assert_eq!(st.last_outcome, None);
+    b.finish_check(
+        &taken[0],
+        &report(&taken[0], Outcome::UpToDate, t(64)),
+        t(300),
+    )
+    .await
+    .unwrap();
+    let st = a.status(s.id).await.unwrap().unwrap();
+    assert!(!st.in_flight);
+    assert_eq!(st.next_check_at, Some(t(300)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_rethinkdb_over_http() {
+    let Some(config) = fresh_config() else { return };
+    let url = format!("rethinkdb://{}:{}/{}", config.host, config.port, config.db);
+    let mut chump = support::chump::Chump::start_with(
+        support::chump::ChumpOptions::default().env("CHUMP_DATABASE", url),
+    );
+    let client = reqwest::Client::new();
+    let mut seed = python_doc(0, "web");
+    seed.as_object_mut().unwrap().remove("id");
+    let created = client
+        .post(chump.url("/api/sources"))
+        .json(&seed)
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{}", chump.logs());
+    let body: Value = created.json().await.unwrap();
+    let id = body["id"]
+        .as_i64()
+        .or_else(|| body["source"]["id"].as_i64());
+    assert_eq!(id, Some(1), "{body}");
+    let dup = client
+        .post(chump.url("/api/sources"))
+        .json(&seed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status().as_u16(), 409);
+    let listed: Value = client
+        .get(chump.url("/api/sources"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed.to_string().contains("\"web\""), "{listed}");
+    assert!(chump.terminate(Duration::from_secs(20)));
+    // The data is in RethinkDB: a store opened afterwards sees it.
+    let store = RethinkStore::open(&config).await.unwrap();
+    assert_eq!(store.list_sources().await.unwrap().len(), 1);
+}
