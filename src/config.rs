@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: REST API, scheduler and workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Commands that talk to a running chump server.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
