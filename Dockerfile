@@ -21,12 +21,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY jobs ./jobs
-COPY migrations ./migrations
-COPY src ./src
-# tests/ and benches are not copied (see .dockerignore): cargo discovers
-# them only when present, and the binary does not need them.
+# The whole workspace (see .dockerignore): cargo loads every target the
+# manifests declare, tests and benches included, even to build one binary.
+COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin chump \

@@ -154,7 +154,10 @@ impl Client {
 fn check_loopback(raw: &str) -> anyhow::Result<String> {
     let url = url::Url::parse(raw).with_context(|| format!("--url {raw:?} is not a URL"))?;
     if url.scheme() != "http" {
-        bail!("--url must be http:// (a local chump), not {}", url.scheme());
+        bail!(
+            "--url must be http:// (a local chump), not {}",
+            url.scheme()
+        );
     }
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -244,22 +247,67 @@ async fn worker(
         let roll = rng.u32(..100);
         match roll {
             0..=14 => {
-                timed(&client, &mut stats, Kind::List, Method::GET, "/api/sources", None, StatusCode::OK).await;
+                timed(
+                    &client,
+                    &mut stats,
+                    Kind::List,
+                    Method::GET,
+                    "/api/sources",
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
             }
             15..=39 => {
                 let path = format!("/api/sources/{id}");
-                timed(&client, &mut stats, Kind::Get, Method::GET, &path, None, StatusCode::OK).await;
+                timed(
+                    &client,
+                    &mut stats,
+                    Kind::Get,
+                    Method::GET,
+                    &path,
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
             }
             40..=64 => {
                 let path = format!("/api/sources/{id}/status");
-                timed(&client, &mut stats, Kind::Status, Method::GET, &path, None, StatusCode::OK).await;
+                timed(
+                    &client,
+                    &mut stats,
+                    Kind::Status,
+                    Method::GET,
+                    &path,
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
             }
             65..=79 => {
-                timed(&client, &mut stats, Kind::History, Method::GET, "/api/history?limit=50", None, StatusCode::OK).await;
+                timed(
+                    &client,
+                    &mut stats,
+                    Kind::History,
+                    Method::GET,
+                    "/api/history?limit=50",
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
             }
             80..=89 => {
                 let path = format!("/api/sources/{id}/check");
-                timed(&client, &mut stats, Kind::Check, Method::POST, &path, None, StatusCode::ACCEPTED).await;
+                timed(
+                    &client,
+                    &mut stats,
+                    Kind::Check,
+                    Method::POST,
+                    &path,
+                    None,
+                    StatusCode::ACCEPTED,
+                )
+                .await;
             }
             _ => {
                 // Throwaway source, suspended so it never reaches a worker.
@@ -267,12 +315,39 @@ async fn worker(
                 let name = format!("throwaway-{worker_no}-{n}");
                 let mut body = source_body(&name, &unreachable_git_url(n), None);
                 body["suspended"] = json!(true);
-                let created = timed(&client, &mut stats, Kind::Create, Method::POST, "/api/sources", Some(&body), StatusCode::CREATED).await;
+                let created = timed(
+                    &client,
+                    &mut stats,
+                    Kind::Create,
+                    Method::POST,
+                    "/api/sources",
+                    Some(&body),
+                    StatusCode::CREATED,
+                )
+                .await;
                 if let Some(new_id) = created.as_ref().and_then(created_id) {
                     let path = format!("/api/sources/{new_id}");
                     let patch = json!({ "branch": "load-test", "interval_seconds": 60 });
-                    timed(&client, &mut stats, Kind::Patch, Method::PATCH, &path, Some(&patch), StatusCode::OK).await;
-                    timed(&client, &mut stats, Kind::Delete, Method::DELETE, &path, None, StatusCode::OK).await;
+                    timed(
+                        &client,
+                        &mut stats,
+                        Kind::Patch,
+                        Method::PATCH,
+                        &path,
+                        Some(&patch),
+                        StatusCode::OK,
+                    )
+                    .await;
+                    timed(
+                        &client,
+                        &mut stats,
+                        Kind::Delete,
+                        Method::DELETE,
+                        &path,
+                        None,
+                        StatusCode::OK,
+                    )
+                    .await;
                 }
             }
         }
@@ -401,7 +476,12 @@ async fn main() -> anyhow::Result<()> {
                 Some(args.setup_interval),
             );
             let created = client
-                .send(Method::POST, "/api/sources", Some(&body), StatusCode::CREATED)
+                .send(
+                    Method::POST,
+                    "/api/sources",
+                    Some(&body),
+                    StatusCode::CREATED,
+                )
                 .await
                 .map_err(|e| anyhow::anyhow!("creating setup source {i}: {e}"))?;
             setup_ids.push(created_id(&created).context("create answered without an id")?);
@@ -434,7 +514,12 @@ async fn main() -> anyhow::Result<()> {
             let mut body = source_body(&format!("read-{i}"), &unreachable_git_url(i), None);
             body["suspended"] = json!(true);
             let created = client
-                .send(Method::POST, "/api/sources", Some(&body), StatusCode::CREATED)
+                .send(
+                    Method::POST,
+                    "/api/sources",
+                    Some(&body),
+                    StatusCode::CREATED,
+                )
                 .await
                 .map_err(|e| anyhow::anyhow!("creating a source to read: {e}"))?;
             own_ids.push(created_id(&created).context("create answered without an id")?);

@@ -6,6 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use reqwest::Client;
 use serde_json::{json, Value};
 use support::chump::wait_for;
 use support::env::*;
@@ -434,4 +435,63 @@ async fn a_restart_mid_cycle_checks_every_source() {
     let mut s = specs[0].clone();
     s["container_name"] = json!("sidecar");
     assert_eq!(create(&c, &s).await, 13, "ids stay unique across the crash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_sharing_a_repository_share_its_ref_queries() {
+    let env = Env::new().await;
+    let specs = env.monorepo("apps", 12);
+    let c = env.chump_with(
+        env.options()
+            .env("CHUMP_WORKERS", "4")
+            .env("CHUMP_INTERVAL", "6"),
+    );
+    let mut ids = Vec::new();
+    for s in &specs {
+        ids.push(create(&c, s).await);
+    }
+    wait_for(
+        "every source deployed",
+        Duration::from_secs(120),
+        || async {
+            let h = get(&c, "/api/history?outcome=deployed&limit=500").await;
+            (h["history"].as_array().unwrap().len() >= 12).then_some(())
+        },
+    )
+    .await;
+    let ls_refs = || {
+        env.git
+            .upload_pack_commands()
+            .iter()
+            .filter(|c| *c == "ls-refs")
+            .count()
+    };
+    let checks = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("\"check finished\""))
+            .count()
+    };
+    let (refs_before, checks_before) = (ls_refs(), checks(&c.logs()));
+    // Two more scheduled cycles of all twelve, nothing changed.
+    wait_for("two more cycles", Duration::from_secs(60), || async {
+        (checks(&c.logs()) >= checks_before + 24).then_some(())
+    })
+    .await;
+    let (refs, done) = (ls_refs() - refs_before, checks(&c.logs()) - checks_before);
+    assert!(
+        refs * 3 <= done,
+        "{refs} ref queries for {done} checks of one repository: not shared"
+    );
+    let metrics = Client::new()
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("chump_git_syncs_total{kind=\"shared\"}"),
+        "{metrics}"
+    );
 }

@@ -110,17 +110,21 @@ impl Checker {
 
     /// Runs one check to the end and reports it. `progress` is updated as
     /// the check goes, so a caller that cuts it short knows how far it got.
+    /// `fresh_since`: a git head read by a sync that started at or after
+    /// this instant is fresh enough for this check (see
+    /// [`GitCache::sync_since`]).
     pub async fn check(
         &self,
         source: &Source,
         trigger: Trigger,
+        fresh_since: Instant,
         progress: &ProgressCell,
     ) -> CheckReport {
         let started_at = OffsetDateTime::now_utc();
         let mut times = StageTimes::default();
         let span = tracing::info_span!("check", source_id = source.id, %trigger);
         let result = self
-            .run(source, progress, &mut times)
+            .run(source, fresh_since, progress, &mut times)
             .instrument(span.clone())
             .await;
         let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
@@ -169,6 +173,7 @@ impl Checker {
     async fn run(
         &self,
         source: &Source,
+        fresh_since: Instant,
         progress: &ProgressCell,
         times: &mut StageTimes,
     ) -> Result<
@@ -188,13 +193,15 @@ impl Checker {
         let t = Instant::now();
         let git = self.git.clone();
         let (url, branch) = (spec.git_url.clone(), spec.branch.clone());
-        let checkout = tokio::task::spawn_blocking(move || git.sync(&url, &branch))
-            .await
-            .map_err(|e| fail(Stage::Git, format!("git task failed: {e}")))?
-            .map_err(|e| fail(Stage::Git, e.to_string()))?;
+        let checkout =
+            tokio::task::spawn_blocking(move || git.sync_since(&url, &branch, fresh_since))
+                .await
+                .map_err(|e| fail(Stage::Git, format!("git task failed: {e}")))?
+                .map_err(|e| fail(Stage::Git, e.to_string()))?;
         times.git = t.elapsed();
-        self.metrics.record_git_sync(checkout.fetched);
-        tracing::debug!(commit = %checkout.commit, fetched = checkout.fetched, "git synced");
+        self.metrics
+            .record_git_sync(checkout.fetched, checkout.shared);
+        tracing::debug!(commit = %checkout.commit, fetched = checkout.fetched, shared = checkout.shared, "git synced");
         let commit = checkout.commit.clone();
         set(&|p| p.commit = Some(commit.clone()));
 

@@ -39,7 +39,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gix::bstr::{BString, ByteSlice};
 use gix::protocol::transport::client::blocking_io::Transport;
@@ -132,8 +132,9 @@ struct Inner {
 
 #[derive(Default)]
 struct KeyState {
-    /// Serializes syncs of one key.
-    lock: Mutex<()>,
+    /// Serializes syncs of one key, and holds the last one: when it started
+    /// and what it found (see [`GitCache::sync_since`]).
+    lock: Mutex<Option<(Instant, Checkout)>>,
     /// Trees handed out in a [`Checkout`], by commit.
     pins: Mutex<HashMap<String, Weak<Pin>>>,
 }
@@ -161,6 +162,9 @@ pub struct Checkout {
     /// repositories, wrote a new tree). `false` means the cached state was
     /// reused and only the refs were asked for.
     pub fetched: bool,
+    /// Whether this is the result of another check's sync (no ref query of
+    /// its own; see [`GitCache::sync_since`]).
+    pub shared: bool,
     pin: Arc<Pin>,
 }
 
@@ -284,11 +288,38 @@ impl GitCache {
     /// tree as plain files. Syncs of the same (url, branch) are serialized;
     /// others run in parallel. Blocking.
     pub fn sync(&self, url: &str, branch: &str) -> Result<Checkout, GitError> {
+        self.sync_since(url, branch, Instant::now())
+    }
+
+    /// Like [`GitCache::sync`], but a sync of the same (url, branch) that
+    /// *started* at or after `not_before` is as good as a new one: its result
+    /// is returned without asking the remote again. Sources that share a
+    /// repository and are due together thus cost one ref query between them
+    /// (the head they get was read after they became due).
+    pub fn sync_since(
+        &self,
+        url: &str,
+        branch: &str,
+        not_before: Instant,
+    ) -> Result<Checkout, GitError> {
         let target = self.target(url)?;
         check_branch(branch)?;
         let key = cache_key(&target.url, branch);
         let state = self.key_state(&key);
-        let _guard = state.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = state.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((started, checkout)) = last.as_ref() {
+            if *started >= not_before {
+                debug!(commit = %checkout.commit, "head read by a sync that started after this check was due: shared");
+                return Ok(Checkout {
+                    fetched: false,
+                    shared: true,
+                    ..checkout.clone()
+                });
+            }
+        }
+        // The previous result no longer pins its tree: an old tree can go.
+        *last = None;
+        let started = Instant::now();
         let _span =
             tracing::debug_span!("git.sync", url = %target.shown, branch, key = %key).entered();
 
@@ -305,6 +336,7 @@ impl GitCache {
         let checkout = pin(&state, &hex, trees.join(&hex), fetched);
         remove_unpinned_trees(&state, &trees, &hex);
         debug!(commit = %hex, fetched, dir = %checkout.dir().display(), "synced");
+        *last = Some((started, checkout.clone()));
         Ok(checkout)
     }
 
@@ -934,6 +966,7 @@ fn pin(state: &KeyState, commit: &str, dir: PathBuf, fetched: bool) -> Checkout 
     Checkout {
         commit: commit.to_string(),
         fetched,
+        shared: false,
         pin,
     }
 }

@@ -26,7 +26,8 @@ pub struct CheckLabels {
 /// Labels of `chump_git_syncs_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GitLabels {
-    /// `fetch` (objects were fetched) or `refs_only` (the head was unchanged).
+    /// `fetch` (objects were fetched), `refs_only` (the head was unchanged:
+    /// one ref query) or `shared` (another check's fresh ref query served).
     pub kind: String,
 }
 
@@ -135,8 +136,12 @@ impl Metrics {
     }
 
     /// Counts a git sync.
-    pub fn record_git_sync(&self, fetched: bool) {
-        let kind = if fetched { "fetch" } else { "refs_only" };
+    pub fn record_git_sync(&self, fetched: bool, shared: bool) {
+        let kind = match (fetched, shared) {
+            (true, _) => "fetch",
+            (false, true) => "shared",
+            (false, false) => "refs_only",
+        };
         self.git_syncs
             .get_or_create(&GitLabels {
                 kind: kind.to_string(),

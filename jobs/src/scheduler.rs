@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::history::{CheckReport, Outcome};
 use crate::source::SourceId;
 use crate::store::{Claim, Store};
+use crate::worker::CheckJob;
 
 /// How the scheduler behaves.
 #[derive(Debug, Clone)]
@@ -57,8 +58,11 @@ impl Load {
 /// When a source is due next, after a check that ended in `report`.
 ///
 /// Successes come back after the interval, failures after a doubling delay
-/// (interval × 2^(failures − 1), at most 8 × interval). Either way ±10 %
-/// jitter spreads sources that were checked together.
+/// (interval × 2^(failures − 1), at most 8 × interval). Either way a ±10 %
+/// jitter spreads the load. The jitter is the same for every source of one
+/// repository and branch within one interval-long window, so sources that
+/// share a repository stay due together and share its ref query, while
+/// different repositories spread out.
 pub fn next_check_at(
     claim: &Claim,
     report: &CheckReport,
@@ -76,8 +80,22 @@ pub fn next_check_at(
     } else {
         interval
     };
-    let jitter = 0.9 + fastrand::f64() * 0.2;
+    let window = report.finished_at.unix_timestamp() / interval.as_secs().max(1) as i64;
+    let jitter = 0.9
+        + unit_hash(
+            &claim.source.spec.git_url,
+            &claim.source.spec.branch,
+            window,
+        ) * 0.2;
     report.finished_at + delay.mul_f64(jitter)
+}
+
+/// A number in [0, 1) from a repository, branch and time window.
+fn unit_hash(url: &str, branch: &str, window: i64) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (url, branch, window).hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Runs the scheduler until `shutdown`: claims due sources and sends them to
@@ -86,7 +104,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     config: SchedulerConfig,
     load: Arc<Load>,
-    queue: mpsc::Sender<Claim>,
+    queue: mpsc::Sender<CheckJob>,
     wake: Arc<Notify>,
     alive: Arc<std::sync::atomic::AtomicI64>,
     shutdown: CancellationToken,
@@ -131,7 +149,7 @@ async fn tick(
     store: &dyn Store,
     config: &SchedulerConfig,
     load: &Load,
-    queue: &mpsc::Sender<Claim>,
+    queue: &mpsc::Sender<CheckJob>,
 ) -> Result<Duration, crate::store::StoreError> {
     let free = config.workers.saturating_sub(load.in_flight());
     if free > 0 {
@@ -145,7 +163,11 @@ async fn tick(
                 c.insert(id);
             }
             load.queued.fetch_add(1, Ordering::Relaxed);
-            if queue.send(claim).await.is_err() {
+            let job = CheckJob {
+                claim,
+                claimed_at: std::time::Instant::now(),
+            };
+            if queue.send(job).await.is_err() {
                 // The workers are gone (shutdown): give the lease back.
                 load.queued.fetch_sub(1, Ordering::Relaxed);
                 if let Ok(mut c) = load.claimed.lock() {

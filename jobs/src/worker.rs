@@ -35,20 +35,24 @@ pub struct WorkerContext {
     pub cut: CancellationToken,
 }
 
-/// A job: a claimed check. (apalis needs `Clone`; the claim is small.)
+/// A job: a claimed check, and when the scheduler claimed it. (apalis
+/// needs `Clone`; the claim is small.)
 #[derive(Debug, Clone)]
-pub struct CheckJob(pub Claim);
+pub struct CheckJob {
+    pub claim: Claim,
+    pub claimed_at: std::time::Instant,
+}
 
 /// Builds the worker over `queue` and runs it until `stop` is cancelled,
 /// then waits for running checks (which `ctx.cut` ends).
 pub async fn run(
     ctx: Arc<WorkerContext>,
     workers: usize,
-    queue: mpsc::Receiver<Claim>,
+    queue: mpsc::Receiver<CheckJob>,
     stop: CancellationToken,
 ) {
     let backend = ReceiverStream::new(queue)
-        .map(|claim| Ok::<_, std::convert::Infallible>(CheckJob(claim)))
+        .map(Ok::<_, std::convert::Infallible>)
         .boxed();
     let worker = WorkerBuilder::new("chump-checks")
         .backend(backend)
@@ -67,7 +71,7 @@ pub async fn run(
 }
 
 async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxDynError> {
-    let claim = job.0;
+    let CheckJob { claim, claimed_at } = job;
     let ctx: Arc<WorkerContext> = (*ctx).clone();
     ctx.load.queued.fetch_sub(1, Ordering::Relaxed);
     let running = ctx.load.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -75,8 +79,9 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
 
     let started_at = OffsetDateTime::now_utc();
     let progress = ProgressCell::default();
+    let fresh_since = fresh_since(&claim, claimed_at, ctx.interval);
     let report = tokio::select! {
-        r = tokio::time::timeout(ctx.check_timeout, ctx.checker.check(&claim.source, claim.trigger, &progress)) => match r {
+        r = tokio::time::timeout(ctx.check_timeout, ctx.checker.check(&claim.source, claim.trigger, fresh_since, &progress)) => match r {
             Ok(report) => report,
             Err(_) => cut_report(
                 &claim.source,
@@ -104,6 +109,29 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     tracing::debug!(source_id = claim.source.id, running, outcome = %report.outcome, "check done");
     ctx.wake.notify_one();
     Ok(())
+}
+
+/// How recent a git head must be for this check. Scheduled checks accept a
+/// head read up to a tenth of their interval (at most 30 s) before they
+/// were claimed — so sources sharing a repository and due together share
+/// one ref query; a requested check (manual, webhook) wants a head read
+/// after it was claimed, which is after the request.
+fn fresh_since(
+    claim: &Claim,
+    claimed_at: std::time::Instant,
+    default_interval: Duration,
+) -> std::time::Instant {
+    if claim.trigger != crate::history::Trigger::Schedule {
+        return claimed_at;
+    }
+    let interval = claim
+        .source
+        .spec
+        .interval_seconds
+        .map(|s| Duration::from_secs(s.into()))
+        .unwrap_or(default_interval);
+    let tolerance = (interval / 10).min(Duration::from_secs(30));
+    claimed_at.checked_sub(tolerance).unwrap_or(claimed_at)
 }
 
 /// Writes the report, retrying while the store is unavailable (up to the

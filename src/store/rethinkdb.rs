@@ -813,17 +813,23 @@ impl RethinkStore {
             .max()
             .unwrap_or(0);
         self.raise_counter(SOURCES_COUNTER, max_source).await?;
-        let max_history = self
-            .pool
-            .run(term(
-                TermType::Map,
-                [self.history_table(), lambda(|h| field(&h, "id"))],
-            ))
-            .await?
-            .iter()
-            .filter_map(as_int)
-            .max()
-            .unwrap_or(0);
+        // History ids only ever come from the counter; scan the table only
+        // when the counter is missing (a new database, or a lost counter).
+        let counter = self.pool.one(self.counters().get(HISTORY_COUNTER)).await?;
+        let max_history = if counter.is_null() {
+            self.pool
+                .run(term(
+                    TermType::Map,
+                    [self.history_table(), lambda(|h| field(&h, "id"))],
+                ))
+                .await?
+                .iter()
+                .filter_map(as_int)
+                .max()
+                .unwrap_or(0)
+        } else {
+            0
+        };
         self.raise_counter(HISTORY_COUNTER, max_history).await?;
 
         let with_status: HashSet<i64> = self
