@@ -22,9 +22,11 @@ pub struct Cli {
 
 /// What to do.
 #[derive(Debug, Subcommand)]
+// Parsed once at startup: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the service: REST API, scheduler and workers.
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Commands that talk to a running chump server.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
