@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::cluster::Cluster;
 use crate::git::GitCache;
-use crate::history::{CheckReport, Outcome, Stage, Trigger};
+use crate::history::{AppliedObject, CheckReport, Outcome, Stage, Trigger};
 use crate::image::same_image;
 use crate::kustomize::Kustomize;
 use crate::manifest::desired_image_from_file;
@@ -155,19 +155,9 @@ impl Checker {
                 "check finished"
             )
         });
-        CheckReport {
-            source_id: source.id,
-            trigger,
-            started_at,
-            finished_at: OffsetDateTime::now_utc(),
-            commit: p.commit,
-            desired_image: p.desired_image,
-            running_image: p.running_image,
-            outcome,
-            stage,
-            message,
-            objects,
-        }
+        p.into_report(
+            source, trigger, started_at, outcome, stage, message, objects,
+        )
     }
 
     async fn run(
@@ -176,10 +166,7 @@ impl Checker {
         fresh_since: Instant,
         progress: &ProgressCell,
         times: &mut StageTimes,
-    ) -> Result<
-        (Outcome, Vec<crate::history::AppliedObject>),
-        (Failure, Vec<crate::history::AppliedObject>),
-    > {
+    ) -> Result<(Outcome, Vec<AppliedObject>), (Failure, Vec<AppliedObject>)> {
         let spec = &source.spec;
         let set = |f: &dyn Fn(&mut Progress)| {
             if let Ok(mut p) = progress.lock() {
@@ -304,17 +291,43 @@ pub fn cut_report(
         .stage
         .map(|s| format!(" during stage {s}"))
         .unwrap_or_default();
-    CheckReport {
-        source_id: source.id,
+    let message = Some(format!("{why}{during}"));
+    p.into_report(
+        source,
         trigger,
         started_at,
-        finished_at: OffsetDateTime::now_utc(),
-        commit: p.commit,
-        desired_image: p.desired_image,
-        running_image: p.running_image,
-        outcome: Outcome::Failed,
-        stage: Some(Stage::Timeout),
-        message: Some(format!("{why}{during}")),
-        objects: Vec::new(),
+        Outcome::Failed,
+        Some(Stage::Timeout),
+        message,
+        Vec::new(),
+    )
+}
+
+impl Progress {
+    /// The report of a check that got this far and ended now.
+    #[allow(clippy::too_many_arguments)]
+    fn into_report(
+        self,
+        source: &Source,
+        trigger: Trigger,
+        started_at: OffsetDateTime,
+        outcome: Outcome,
+        stage: Option<Stage>,
+        message: Option<String>,
+        objects: Vec<AppliedObject>,
+    ) -> CheckReport {
+        CheckReport {
+            source_id: source.id,
+            trigger,
+            started_at,
+            finished_at: OffsetDateTime::now_utc(),
+            commit: self.commit,
+            desired_image: self.desired_image,
+            running_image: self.running_image,
+            outcome,
+            stage,
+            message,
+            objects,
+        }
     }
 }
