@@ -142,7 +142,7 @@ impl Checker {
             tracing::info!(
                 outcome = %outcome,
                 stage = stage.map(|s| s.as_str()),
-                message = message.as_deref(),
+                error = message.as_deref(),
                 commit = p.commit.as_deref(),
                 desired = p.desired_image.as_deref(),
                 running = p.running_image.as_deref(),
