@@ -24,10 +24,21 @@ fuzz_target!(|data: &[u8]| {
             // to itself: a lower-cased registry like `abc` no longer looks
             // like a registry; normalized() is for comparing only.)
             let norm = parsed.normalized();
-            assert_eq!(norm.normalized(), norm, "normalized() of {s:?} is not idempotent");
-            assert!(same_image(s, &shown), "{s:?} is not the same image as its display");
+            assert_eq!(
+                norm.normalized(),
+                norm,
+                "normalized() of {s:?} is not idempotent"
+            );
+            assert!(
+                same_image(s, &shown),
+                "{s:?} is not the same image as its display"
+            );
         }
         assert!(same_image(s, s), "same_image is not reflexive for {s:?}");
     }
-    assert_eq!(same_image(a, b), same_image(b, a), "same_image is not symmetric for {a:?} / {b:?}");
+    assert_eq!(
+        same_image(a, b),
+        same_image(b, a),
+        "same_image is not symmetric for {a:?} / {b:?}"
+    );
 });

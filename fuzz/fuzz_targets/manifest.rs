@@ -27,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(docs.len() <= limits.max_documents);
     }
     if let Ok(image) = desired_image(text, container) {
-        assert!(!image.is_empty(), "an accepted desired image is never empty");
+        assert!(
+            !image.is_empty(),
+            "an accepted desired image is never empty"
+        );
     }
 });

@@ -4,8 +4,8 @@
 #![no_main]
 
 use chump_jobs::source::{
-    parse_source_id, validate_branch, validate_dns_label, validate_dns_subdomain,
-    validate_git_url, validate_repo_path, Merge, SourceSpec, ValidationRules, MAX_SOURCE_ID,
+    parse_source_id, validate_branch, validate_dns_label, validate_dns_subdomain, validate_git_url,
+    validate_repo_path, Merge, SourceSpec, ValidationRules, MAX_SOURCE_ID,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -48,10 +48,14 @@ fn check_branch(s: &str) {
         assert!(!s.is_empty());
         assert!(!s.contains(".."), "accepted branch {s:?} with '..'");
         assert!(!s.contains("@{"), "accepted branch {s:?} with '@{{'");
-        assert!(!s.starts_with('-') && !s.starts_with('/'), "accepted branch {s:?}");
         assert!(
-            !s.chars().any(|c| c.is_control()
-                || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')),
+            !s.starts_with('-') && !s.starts_with('/'),
+            "accepted branch {s:?}"
+        );
+        assert!(
+            !s.chars()
+                .any(|c| c.is_control()
+                    || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')),
             "accepted branch {s:?} with a forbidden character"
         );
     }
@@ -79,7 +83,13 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(spec) = SourceSpec::from_json(&body, Merge::Patch(&base), rules) {
             check_spec(&spec);
         }
-        let _ = SourceSpec::from_json(&body, Merge::Full, ValidationRules { allow_file_urls: true });
+        let _ = SourceSpec::from_json(
+            &body,
+            Merge::Full,
+            ValidationRules {
+                allow_file_urls: true,
+            },
+        );
     }
 
     let Ok(text) = std::str::from_utf8(data) else {
@@ -91,7 +101,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = validate_dns_subdomain(text);
     if validate_git_url(text, ValidationRules::default()).is_ok() {
         assert!(
-            validate_git_url(text, ValidationRules { allow_file_urls: true }).is_ok(),
+            validate_git_url(
+                text,
+                ValidationRules {
+                    allow_file_urls: true
+                }
+            )
+            .is_ok(),
             "allowing file URLs rejected {text:?}"
         );
         assert!(!text.chars().any(|c| c.is_whitespace() || c.is_control()));

@@ -25,10 +25,12 @@ pub fn redact_url(url: &str) -> String {
         }
         return url.to_string();
     }
-    // scp-like: [user[:password]@]host:path
-    if let Some(at) = url.find('@') {
+    // scp-like: [user[:password]@]host:path — the userinfo ends at the last
+    // '@' before the path.
+    let head = url.split('/').next().unwrap_or(url);
+    if let Some(at) = head.rfind('@') {
         let userinfo = &url[..at];
-        if userinfo.contains(':') && !userinfo.contains('/') {
+        if userinfo.contains([':', '@']) {
             return format!("{}@{}", MASK, &url[at + 1..]);
         }
     }
@@ -148,5 +150,15 @@ mod tests {
         let text = "fatal: could not read from bob:p%40ss and p@ss";
         let out = redact_secrets(text, &secrets);
         assert!(!out.contains("p%40ss") && !out.contains("p@ss"), "{out}");
+    }
+
+    /// An scp-like address whose password holds a raw `@`: the URL form
+    /// masks up to the last `@` of the authority, the scp-like form must not
+    /// stop at the first one and show the rest of the password.
+    #[test]
+    fn scp_like_password_with_an_at_sign_is_masked_whole() {
+        let out = redact_url("me:p@ss@example.com:org/a.git");
+        assert!(!out.contains("ss@"), "{out}");
+        assert_eq!(out, "***@example.com:org/a.git");
     }
 }

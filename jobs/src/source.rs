@@ -389,11 +389,23 @@ pub fn classify_git_url(s: &str) -> Result<GitUrlKind, String> {
     if s.starts_with('/') || s.starts_with('.') {
         return Ok(GitUrlKind::File);
     }
-    // scp-like: [user@]host:path, where the host part holds no '/'.
-    if let Some((authority, path)) = s.split_once(':') {
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // scp-like: [user@]host:path, where the host part holds no '/'. The
+    // user ends at the last '@' before the path; it cannot hold a password
+    // (ssh takes none there), so a ':' or '@' in it is refused.
+    let head = s.split('/').next().unwrap_or(s);
+    let (user, rest) = match head.rfind('@') {
+        Some(i) => (Some(&s[..i]), &s[i + 1..]),
+        None => (None, s),
+    };
+    if user.is_some_and(|u| u.is_empty() || u.contains([':', '@'])) {
+        return Err(
+            "user@host:path addresses cannot carry a password; use https://user:token@host/path"
+                .into(),
+        );
+    }
+    if let Some((host, path)) = rest.split_once(':') {
         let host_ok = !host.is_empty()
-            && !authority.contains('/')
+            && !host.contains('/')
             && host.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']')
             });
@@ -418,6 +430,9 @@ pub fn validate_git_url(s: &str, rules: ValidationRules) -> Result<(), String> {
 /// A valid git branch name (the rules of `git check-ref-format --branch`).
 pub fn validate_branch(s: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("is not a valid git branch name: {why}"));
+    if s.is_empty() {
+        return bad("empty");
+    }
     if s.len() > 255 {
         return bad("longer than 255 characters");
     }
@@ -489,12 +504,13 @@ pub fn validate_repo_path(s: &str) -> Result<(), String> {
 /// Parses an id from a URL path segment: an integer from 1 to
 /// [`MAX_SOURCE_ID`].
 pub fn parse_source_id(raw: &str) -> Result<SourceId, String> {
-    match raw.parse::<i128>() {
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    match raw.parse::<i128>().ok().filter(|_| digits).ok_or(()) {
         Ok(n) if n >= 1 && n <= MAX_SOURCE_ID as i128 => Ok(n as SourceId),
         Ok(_) => Err(format!(
             "[WARN] Invalid source id '{raw}': must be an integer from 1 to {MAX_SOURCE_ID}"
         )),
-        Err(_) => Err(format!(
+        Err(()) => Err(format!(
             "[WARN] Invalid source id '{}': must be an integer",
             raw.chars().take(64).collect::<String>()
         )),
@@ -581,6 +597,9 @@ mod tests {
         ] {
             assert!(validate_git_url(bad, r).is_err(), "{bad}");
         }
+        assert!(validate_git_url("me:p@ss@example.com:org/a.git", r)
+            .unwrap_err()
+            .contains("password"));
         let allow = ValidationRules {
             allow_file_urls: true,
         };
@@ -631,5 +650,13 @@ mod tests {
         ] {
             assert!(parse_source_id(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by the `source` fuzz target: `git check-ref-format --branch ''`
+    /// fails, so the validator must refuse an empty name on its own (not only
+    /// because `from_json` screens out empty strings first).
+    #[test]
+    fn empty_branch_is_rejected() {
+        assert!(validate_branch("").is_err());
     }
 }
