@@ -43,19 +43,20 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-mod support {
-    #![allow(dead_code)]
-    #[path = "../../tests/support/chump.rs"]
-    pub mod chump;
-    #[path = "../../tests/support/git_server.rs"]
-    pub mod git_server;
-    #[path = "../../tests/support/kube_api.rs"]
-    pub mod kube_api;
-}
+// The test fixtures, reused as they are.
+#[allow(dead_code)]
+#[path = "../tests/support/chump.rs"]
+mod chump_process;
+#[allow(dead_code)]
+#[path = "../tests/support/git_server.rs"]
+mod git_server;
+#[allow(dead_code)]
+#[path = "../tests/support/kube_api.rs"]
+mod kube_api;
 
-use support::chump::{Chump, ChumpOptions};
-use support::git_server::GitServer;
-use support::kube_api::KubeApi;
+use chump_process::{Chump, ChumpOptions};
+use git_server::GitServer;
+use kube_api::KubeApi;
 
 const NAMESPACE: &str = "bench";
 const BRANCH: &str = "main";
@@ -192,6 +193,8 @@ struct FloorResult {
     v0_advertisement: Stats,
     /// Protocol v2: connect, capabilities, `ls-refs` of the branch.
     v2_ls_refs: Stats,
+    /// Its part without the ref queries: the N GETs alone.
+    get_only: Stats,
 }
 
 impl FloorResult {
@@ -397,16 +400,16 @@ impl Fixture {
         let next = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
-                s.spawn(|| loop {
-                    let Some(&j) = repos.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        break;
-                    };
-                    let files = self.repo_files(j, generation);
-                    if create {
-                        self.git.create_repo(&self.repos[j], BRANCH, files);
-                    } else {
-                        let message = format!("images v{generation}");
-                        self.git.commit_files(&self.repos[j], BRANCH, files, &message);
+                s.spawn(|| {
+                    while let Some(&j) = repos.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let files = self.repo_files(j, generation);
+                        if create {
+                            self.git.create_repo(&self.repos[j], BRANCH, files);
+                        } else {
+                            let message = format!("images v{generation}");
+                            self.git
+                                .commit_files(&self.repos[j], BRANCH, files, &message);
+                        }
                     }
                 });
             }
@@ -459,8 +462,10 @@ impl Fixture {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// How many `ls-refs` and `fetch` commands git daemon served so far.
+    /// How many `ls-refs` and `fetch` commands git daemon served so far
+    /// (after a moment, for the packet trace of the last ones). Blocking.
     fn served(&self) -> (usize, usize) {
+        std::thread::sleep(Duration::from_millis(200));
         let commands = self.git.upload_pack_commands();
         let ls_refs = commands.iter().filter(|c| *c == "ls-refs").count();
         let fetches = commands.iter().filter(|c| *c == "fetch").count();
@@ -559,13 +564,13 @@ async fn ref_query(port: u16, repo: &str, proto: Proto) -> std::io::Result<()> {
 }
 
 /// The floor at `concurrency`: for every source one GET of its Deployment,
-/// and for every repository one ref query.
-async fn floor_once(fx: &Fixture, concurrency: usize, proto: Proto) -> Duration {
+/// and for every repository one ref query (none without `proto`).
+async fn floor_once(fx: &Fixture, concurrency: usize, proto: Option<Proto>) -> Duration {
     let next = AtomicUsize::new(0);
     let (next, port) = (&next, fx.git.port());
     let worker = move || async move {
         while let Some(app) = fx.apps.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if app.first_of_repo {
+            if let (true, Some(proto)) = (app.first_of_repo, proto) {
                 ref_query(port, &fx.repos[app.repo], proto)
                     .await
                     .expect("ref query");
@@ -579,16 +584,18 @@ async fn floor_once(fx: &Fixture, concurrency: usize, proto: Proto) -> Duration 
 }
 
 async fn measure_floor(fx: &Fixture, concurrency: usize, reps: usize) -> FloorResult {
-    floor_once(fx, concurrency, Proto::V2).await; // warm the connection pool
-    let (mut v0, mut v2) = (Vec::new(), Vec::new());
+    floor_once(fx, concurrency, Some(Proto::V2)).await; // warm the connection pool
+    let (mut v0, mut v2, mut get) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps.max(3) {
-        v0.push(floor_once(fx, concurrency, Proto::V0).await);
-        v2.push(floor_once(fx, concurrency, Proto::V2).await);
+        v0.push(floor_once(fx, concurrency, Some(Proto::V0)).await);
+        v2.push(floor_once(fx, concurrency, Some(Proto::V2)).await);
+        get.push(floor_once(fx, concurrency, None).await);
     }
     FloorResult {
         concurrency,
         v0_advertisement: Stats::of(&v0),
         v2_ls_refs: Stats::of(&v2),
+        get_only: Stats::of(&get),
     }
 }
 
@@ -809,8 +816,15 @@ fn summarize(tail: &str, t0: OffsetDateTime) -> (Duration, Stages, usize, BTreeM
         checks += 1;
         end = end.max(done);
         let field = |k: &str| f[k].as_f64().unwrap_or(0.0);
-        let stages = ["git_ms", "manifest_ms", "cluster_ms", "build_ms", "apply_ms", "rollout_ms"]
-            .map(field);
+        let stages = [
+            "git_ms",
+            "manifest_ms",
+            "cluster_ms",
+            "build_ms",
+            "apply_ms",
+            "rollout_ms",
+        ]
+        .map(field);
         sums.git_ms += stages[0];
         sums.manifest_ms += stages[1];
         sums.cluster_ms += stages[2];
@@ -883,7 +897,8 @@ fn cycle_result(workers: usize, n: usize, samples: &[CycleSample]) -> CycleResul
     let triggers: Vec<Duration> = samples.iter().map(|s| s.trigger).collect();
     let total = Stats::of(&totals);
     let checks: usize = samples.iter().map(|s| s.checks).sum::<usize>().max(1);
-    let mean = |f: fn(&Stages) -> f64| samples.iter().map(|s| f(&s.sums)).sum::<f64>() / checks as f64;
+    let mean =
+        |f: fn(&Stages) -> f64| samples.iter().map(|s| f(&s.sums)).sum::<f64>() / checks as f64;
     let stages = Stages {
         git_ms: mean(|s| s.git_ms),
         manifest_ms: mean(|s| s.manifest_ms),
@@ -917,7 +932,13 @@ fn cycle_result(workers: usize, n: usize, samples: &[CycleSample]) -> CycleResul
 }
 
 /// Steady state: `reps` cycles where nothing changed.
-async fn measure_steady(fx: &Fixture, ch: &Chump, ids: &[i64], workers: usize, reps: usize) -> CycleResult {
+async fn measure_steady(
+    fx: &Fixture,
+    ch: &Chump,
+    ids: &[i64],
+    workers: usize,
+    reps: usize,
+) -> CycleResult {
     let mut samples = Vec::new();
     for _ in 0..reps {
         let s = cycle(fx, ch, ids).await;
@@ -931,7 +952,13 @@ async fn measure_steady(fx: &Fixture, ch: &Chump, ids: &[i64], workers: usize, r
 
 /// Change: before each cycle every repository gets a new image tag (not
 /// timed); the cycle fetches, builds, applies and waits for the rollouts.
-async fn measure_change(fx: &mut Fixture, ch: &Chump, ids: &[i64], workers: usize, reps: usize) -> CycleResult {
+async fn measure_change(
+    fx: &mut Fixture,
+    ch: &Chump,
+    ids: &[i64],
+    workers: usize,
+    reps: usize,
+) -> CycleResult {
     let mut samples = Vec::new();
     let all: Vec<usize> = (0..fx.repos.len()).collect();
     for _ in 0..reps {
@@ -989,7 +1016,12 @@ fn deploy_build_times(tail: &str) -> Vec<Duration> {
 /// Commits a new image to `repo`; when `webhook`, sends a generic push
 /// webhook. Returns the time from the push to the first apply and the
 /// build time of the deploys, once they are done.
-async fn one_latency(fx: &mut Fixture, ch: &Chump, repo: usize, webhook: bool) -> (Duration, Vec<Duration>) {
+async fn one_latency(
+    fx: &mut Fixture,
+    ch: &Chump,
+    repo: usize,
+    webhook: bool,
+) -> (Duration, Vec<Duration>) {
     let generation = fx.next_generation();
     let n = fx.apps_of(repo).count();
     let offset = ch.logs().len();
@@ -1015,12 +1047,20 @@ async fn one_latency(fx: &mut Fixture, ch: &Chump, repo: usize, webhook: bool) -
         if builds.len() >= n {
             return (latency, builds);
         }
-        assert!(Instant::now() < deadline, "deploys after the push did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "deploys after the push did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn measure_webhook_latency(fx: &mut Fixture, ch: &Chump, workers: usize, samples: usize) -> LatencyResult {
+async fn measure_webhook_latency(
+    fx: &mut Fixture,
+    ch: &Chump,
+    workers: usize,
+    samples: usize,
+) -> LatencyResult {
     let (mut lat, mut builds) = (Vec::new(), Vec::new());
     for s in 0..samples {
         let repo = (s * 7919) % fx.repos.len();
@@ -1089,7 +1129,12 @@ fn machine(loadavg_start: String) -> Machine {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_default();
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     let git = Command::new("git")
         .arg("--version")
         .output()
@@ -1153,37 +1198,115 @@ fn print_table(r: &Report) {
     };
     for f in &r.floor {
         let w = f.concurrency.to_string();
-        row("floor: v0 ref advertisement + GET", w.clone(), &f.v0_advertisement, Some(f.v0_advertisement.median_ms / n), String::new());
-        row("floor: v2 ls-refs + GET", w, &f.v2_ls_refs, Some(f.v2_ls_refs.median_ms / n), String::new());
+        row(
+            "floor: v0 ref advertisement + GET",
+            w.clone(),
+            &f.v0_advertisement,
+            Some(f.v0_advertisement.median_ms / n),
+            String::new(),
+        );
+        row(
+            "floor: v2 ls-refs + GET",
+            w,
+            &f.v2_ls_refs,
+            Some(f.v2_ls_refs.median_ms / n),
+            String::new(),
+        );
+        row(
+            "  of which the GETs alone",
+            f.concurrency.to_string(),
+            &f.get_only,
+            Some(f.get_only.median_ms / n),
+            String::new(),
+        );
     }
     if let Some(l) = &r.ls_remote {
-        let s = Stats { median_ms: l.extrapolated_cycle_ms, min_ms: l.per_item.min_ms * r.repos as f64, max_ms: l.per_item.max_ms * r.repos as f64, n: l.sample };
-        row(&format!("git ls-remote per repo, sequential ({} sampled)", l.sample), "1".into(), &s, Some(l.extrapolated_cycle_ms / n), format!("{} ms per repo", fmt_ms(l.per_item.median_ms)));
+        let s = Stats {
+            median_ms: l.extrapolated_cycle_ms,
+            min_ms: l.per_item.min_ms * r.repos as f64,
+            max_ms: l.per_item.max_ms * r.repos as f64,
+            n: l.sample,
+        };
+        row(
+            &format!("git ls-remote, sequential ({} repos sampled)", l.sample),
+            "1".into(),
+            &s,
+            Some(l.extrapolated_cycle_ms / n),
+            format!("{} ms per repo", fmt_ms(l.per_item.median_ms)),
+        );
     }
     if let Some(o) = &r.original {
-        let s = Stats { median_ms: o.extrapolated_cycle_ms, min_ms: o.per_item.min_ms * n, max_ms: o.per_item.max_ms * n, n: o.sample };
-        row(&format!("original: clone+read+GET ({} sampled)", o.sample), "1".into(), &s, Some(o.per_item.median_ms), String::new());
+        let s = Stats {
+            median_ms: o.extrapolated_cycle_ms,
+            min_ms: o.per_item.min_ms * n,
+            max_ms: o.per_item.max_ms * n,
+            n: o.sample,
+        };
+        row(
+            &format!("original: clone+read+GET ({} sampled)", o.sample),
+            "1".into(),
+            &s,
+            Some(o.per_item.median_ms),
+            String::new(),
+        );
     }
     for c in &r.steady {
         let ratio = r.ratios.iter().find(|x| x.workers == c.workers);
         let extra = ratio.map_or(String::new(), |x| {
-            format!("chump/floor {:.1}×  original/chump {:.0}×", x.chump_over_floor, x.original_over_chump_per_source)
+            format!(
+                "chump/floor {:.1}×  original/chump {:.0}×",
+                x.chump_over_floor, x.original_over_chump_per_source
+            )
         });
-        row("chump steady state", c.workers.to_string(), &c.total, Some(c.per_check_ms), extra);
+        row(
+            "chump steady state",
+            c.workers.to_string(),
+            &c.total,
+            Some(c.per_check_ms),
+            extra,
+        );
     }
     for c in &r.change {
-        row("chump change (fetch+build+apply+rollout)", c.workers.to_string(), &c.total, Some(c.per_check_ms), String::new());
+        row(
+            "chump change (fetch+build+apply+rollout)",
+            c.workers.to_string(),
+            &c.total,
+            Some(c.per_check_ms),
+            String::new(),
+        );
     }
     for l in &r.latency {
-        row(&format!("latency push→apply, {}", l.mode), l.workers.to_string(), &l.to_apply, None, format!("build {} ms (median)", fmt_ms(l.build.median_ms)));
+        row(
+            &format!("latency push→apply, {}", l.mode),
+            l.workers.to_string(),
+            &l.to_apply,
+            None,
+            format!("build {} ms (median)", fmt_ms(l.build.median_ms)),
+        );
     }
-    println!("cold first cycle (fetch of every repository): {}", fmt_ms(r.cold_cycle_ms));
+    println!(
+        "cold first cycle (fetch of every repository): {}",
+        fmt_ms(r.cold_cycle_ms)
+    );
     println!("peak RSS of chump serve (VmHWM): {:.1} MiB", r.peak_rss_mib);
 
     println!("\nper check, mean ms (from chump's log; stage fields are whole ms, truncated):");
     println!(
         "{:<8} {:>3} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>7}",
-        "cycle", "W", "git", "manifest", "cluster", "build", "apply", "rollout", "other", "record", "wall", "gap", "ref qs", "fetches"
+        "cycle",
+        "W",
+        "git",
+        "manifest",
+        "cluster",
+        "build",
+        "apply",
+        "rollout",
+        "other",
+        "record",
+        "wall",
+        "gap",
+        "ref qs",
+        "fetches"
     );
     for (kind, list) in [("steady", &r.steady), ("change", &r.change)] {
         for c in list {
@@ -1200,7 +1323,7 @@ fn print_table(r: &Report) {
 /// Compares with an earlier run of a fifth of the sources and the same
 /// sources-per-repository mix (the linearity target).
 fn print_linearity(r: &Report, out_dir: &Path) {
-    if r.sources % 5 != 0 {
+    if !r.sources.is_multiple_of(5) {
         return;
     }
     let Ok(entries) = std::fs::read_dir(out_dir) else {
@@ -1226,10 +1349,19 @@ fn print_linearity(r: &Report, out_dir: &Path) {
     for c in &r.steady {
         let before = prev["steady"]
             .as_array()
-            .and_then(|l| l.iter().find(|x| x["workers"].as_u64() == Some(c.workers as u64)))
+            .and_then(|l| {
+                l.iter()
+                    .find(|x| x["workers"].as_u64() == Some(c.workers as u64))
+            })
             .and_then(|x| x["total"]["median_ms"].as_f64());
         if let Some(before) = before {
-            println!("  W={:<3} {:.2}×  ({} → {} ms)", c.workers, c.total.median_ms / before, fmt_ms(before), fmt_ms(c.total.median_ms));
+            println!(
+                "  W={:<3} {:.2}×  ({} → {} ms)",
+                c.workers,
+                c.total.median_ms / before,
+                fmt_ms(before),
+                fmt_ms(c.total.median_ms)
+            );
         }
     }
 }
@@ -1248,11 +1380,19 @@ fn write_json(r: &Report, out_dir: &Path) -> PathBuf {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let loadavg_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
+    let loadavg_start = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let stamp = OffsetDateTime::now_utc()
-        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
         .unwrap();
-    eprintln!("setting up {} sources on {} repositories…", args.sources, args.repos);
+    eprintln!(
+        "setting up {} sources on {} repositories…",
+        args.sources, args.repos
+    );
     let t = Instant::now();
     let mut fx = Fixture::new(&args).await;
     let setup_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -1273,9 +1413,15 @@ async fn main() {
 
     let chump_dir = fx.dir.path().join("chump");
     let mut ids = Vec::new();
-    let (mut steady, mut change, mut latency, mut rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut steady, mut change, mut latency, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut cold_cycle_ms = 0.0;
-    let latency_workers = args.workers.iter().copied().find(|&w| w >= 4).unwrap_or(args.workers[0]);
+    let latency_workers = args
+        .workers
+        .iter()
+        .copied()
+        .find(|&w| w >= 4)
+        .unwrap_or(args.workers[0]);
     for &w in &args.workers {
         eprintln!("chump, {w} workers…");
         let mut ch = start_chump(&fx, &chump_dir, w, "1h");
@@ -1327,7 +1473,9 @@ async fn main() {
     };
     report.ratios = ratios(&report);
     print_table(&report);
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench");
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench");
     print_linearity(&report, &out_dir);
     let path = write_json(&report, &out_dir);
     println!("\nwritten to {}", path.display());
