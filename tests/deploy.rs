@@ -8,20 +8,15 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-use reqwest::Client;
 use serde_json::{json, Value};
-use support::chump::{chump_command, Chump, ChumpOptions};
+use support::chump::{Chump, ChumpOptions};
+use support::env::{create, wait_history};
 use support::git_server::GitServer;
 use support::kube_api::{KubeApi, KINDS};
-
-const WAIT: Duration = Duration::from_secs(60);
 const IMAGE: &str = "ghcr.io/chump-dev/chump";
 
 fn deploy_dir() -> PathBuf {
@@ -600,57 +595,6 @@ fn deploy_files() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-async fn api_get(c: &str, path: &str) -> Value {
-    let resp = Client::new()
-        .get(format!("{c}{path}"))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
-    resp.json().await.unwrap()
-}
-
-async fn create_source(c: &str, body: &Value) -> i64 {
-    let resp = Client::new()
-        .post(format!("{c}/api/sources"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let answer = resp.json::<Value>().await.unwrap();
-    assert_eq!(status, 201, "{answer}");
-    answer["source"]["id"].as_i64().unwrap()
-}
-
-/// Waits until the source's history has an entry matching `pred`; panics
-/// early, with the entry, on a failed check.
-async fn wait_history(
-    c: &str,
-    id: i64,
-    what: &str,
-    logs: &dyn Fn() -> String,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let history = api_get(c, &format!("/api/sources/{id}/history")).await["history"]
-            .as_array()
-            .unwrap()
-            .clone();
-        if let Some(e) = history.iter().find(|e| pred(e)) {
-            return e.clone();
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}; history: {history:#?}\nchump logs:\n{}",
-                logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn deployed_image(kube: &KubeApi, ns: &str, name: &str, container: &str) -> Option<String> {
     let d = kube.get_object("apps/v1", "deployments", Some(ns), name)?;
     d["spec"]["template"]["spec"]["containers"]
@@ -681,9 +625,8 @@ async fn chump_deploys_chump_and_redeploys_on_a_tag_bump() {
             .env("CHUMP_INTERVAL", "2")
             .env("CHUMP_ROLLOUT_TIMEOUT", "5"),
     );
-    let base = format!("http://{}", chump.addr);
-    let id = create_source(
-        &base,
+    let id = create(
+        &chump,
         &json!({
             "namespace": "chump",
             "deployment_name": "chump",
@@ -695,9 +638,7 @@ async fn chump_deploys_chump_and_redeploys_on_a_tag_bump() {
         }),
     )
     .await;
-    let logs = || chump.logs();
-
-    let entry = wait_history(&base, id, "chump deploying chump", &logs, |e| {
+    let entry = wait_history(&chump, id, "chump deploying chump", |e| {
         e["outcome"] == "deployed"
     })
     .await;
@@ -780,7 +721,7 @@ async fn chump_deploys_chump_and_redeploys_on_a_tag_bump() {
         [("deploy/base/kustomization.yaml", bumped)],
         "release chump 0.2.0",
     );
-    let entry = wait_history(&base, id, "the redeploy of chump 0.2.0", &logs, |e| {
+    let entry = wait_history(&chump, id, "the redeploy of chump 0.2.0", |e| {
         e["commit"] == second && e["outcome"] == "deployed"
     })
     .await;
@@ -848,78 +789,6 @@ async fn tls_stand_in_demands_the_token() {
         "{stderr}"
     );
     assert!(kube.unauthorized() > 0);
-}
-
-/// A `chump serve` child process with its log.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    logs: Arc<Mutex<String>>,
-}
-
-impl Process {
-    fn spawn(mut cmd: Command) -> std::io::Result<Process> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn()?;
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["message"] == "chump listening" {
-                            if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
-                                if let Some(tx) = tx.take() {
-                                    let _ = tx.send(addr);
-                                }
-                            }
-                        }
-                    }
-                    let mut l = logs.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
-                break addr;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "chump exited with {status} before listening:\n{}",
-                    logs.lock().unwrap()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "chump did not listen within 30 s:\n{}",
-                    logs.lock().unwrap()
-                );
-            }
-        };
-        Ok(Process { child, addr, logs })
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Makes `secrets/kubernetes.io/serviceaccount` of `root` appear at
@@ -1074,37 +943,28 @@ async fn in_cluster_service_account_without_kubeconfig() {
 
     // chump as in a pod: no KUBECONFIG, no ~/.kube/config, the service
     // environment variables, the service-account files.
-    let command = || {
-        let mut cmd = chump_command();
-        cmd.arg("serve")
-            .env("HOME", &home)
+    let options = || {
+        ChumpOptions::default()
+            .dir(&data)
+            .env("HOME", home.display().to_string())
             .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
             .env("KUBERNETES_SERVICE_PORT", kube.addr().port().to_string())
-            .env("CHUMP_BIND", "127.0.0.1:0")
-            .env(
-                "CHUMP_DATABASE",
-                format!("sqlite://{}", data.join("chump.db").display()),
-            )
-            .env("CHUMP_WORKDIR", data.join("work"))
             .env("CHUMP_INTERVAL", "2")
             .env("CHUMP_ROLLOUT_TIMEOUT", "5")
-            .env("CHUMP_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,chump=debug,chump_jobs=debug");
-        cmd
     };
-    let mut cmd = command();
-    in_private_mount_namespace(&mut cmd, &root);
     let mut written = None;
-    let chump = match Process::spawn(cmd) {
-        Ok(p) => {
+    let private_root = root.clone();
+    let namespaced = options().command(move |cmd| in_private_mount_namespace(cmd, &private_root));
+    let chump = match Chump::try_start_with(namespaced) {
+        Ok(c) => {
             eprintln!("in-cluster test: service account bind-mounted at {SA_DIR} in a private mount namespace");
-            p
+            c
         }
         Err(e) => match WrittenServiceAccount::write(&sa_files) {
             Ok(w) => {
                 eprintln!("in-cluster test: no private mount namespace ({e}); wrote {SA_DIR} (removed afterwards)");
                 written = Some(w);
-                Process::spawn(command()).expect("spawn chump")
+                Chump::start_with(options())
             }
             Err(why) => {
                 eprintln!(
@@ -1114,15 +974,13 @@ async fn in_cluster_service_account_without_kubeconfig() {
             }
         },
     };
-    let base = format!("http://{}", chump.addr);
-    let id = create_source(
-        &base,
+    let id = create(
+        &chump,
         &json!({"namespace": "shop", "deployment_name": "web", "git_url": git.url("web"), "branch": "main",
                 "deploy_path": "deploy", "container_name": "app", "image_version_file": "deploy/deployment.yaml"}),
     )
     .await;
-    let logs = || chump.logs();
-    let entry = wait_history(&base, id, "a deploy over TLS", &logs, |e| {
+    let entry = wait_history(&chump, id, "a deploy over TLS", |e| {
         e["outcome"] == "deployed"
     })
     .await;

@@ -24,9 +24,16 @@ pub struct ChumpOptions {
     /// Directory for the database and the git cache (a new temp dir if None).
     pub dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// Last changes to the command before it is spawned.
+    pub command: Option<Box<dyn FnOnce(&mut Command) + Send>>,
 }
 
 impl ChumpOptions {
+    /// Changes the command before it is spawned (e.g. a `pre_exec`).
+    pub fn command(mut self, f: impl FnOnce(&mut Command) + Send + 'static) -> Self {
+        self.command = Some(Box::new(f));
+        self
+    }
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_string(), value.into()));
         self
@@ -66,6 +73,12 @@ impl Chump {
 
     /// Starts chump with `options`, waiting (up to 30 s) until it listens.
     pub fn start_with(options: ChumpOptions) -> Chump {
+        Self::try_start_with(options).expect("spawn chump")
+    }
+
+    /// Like [`Chump::start_with`], but a failure to spawn the process is
+    /// returned (everything after the spawn still panics).
+    pub fn try_start_with(options: ChumpOptions) -> std::io::Result<Chump> {
         let (tmp, dir) = match options.dir {
             Some(d) => (None, d),
             None => {
@@ -90,7 +103,10 @@ impl Chump {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn chump");
+        if let Some(f) = options.command {
+            f(&mut cmd);
+        }
+        let mut child = cmd.spawn()?;
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -138,13 +154,13 @@ impl Chump {
                 );
             }
         };
-        Chump {
+        Ok(Chump {
             child,
             addr,
             logs,
             dir,
             _tmp: tmp,
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT{path}`
