@@ -18,6 +18,9 @@ pub struct Chump {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// A last change to chump's command before it is spawned.
+pub type CommandHook = Box<dyn FnOnce(&mut Command) + Send>;
+
 /// Options for starting chump.
 #[derive(Default)]
 pub struct ChumpOptions {
@@ -25,7 +28,7 @@ pub struct ChumpOptions {
     pub dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     /// Last changes to the command before it is spawned.
-    pub command: Option<Box<dyn FnOnce(&mut Command) + Send>>,
+    pub command: Option<CommandHook>,
 }
 
 impl ChumpOptions {
