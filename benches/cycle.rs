@@ -1002,13 +1002,14 @@ async fn wait_apply(fx: &Fixture, since: Instant) -> Duration {
     }
 }
 
-/// The `build_ms` of the deploys in `tail`.
+/// The `build_ms` of the deploys in `tail` (every "check finished" line: a
+/// polled source may be checked again, up to date, right after its deploy).
 fn deploy_build_times(tail: &str) -> Vec<Duration> {
-    check_events(tail)
-        .values()
-        .filter_map(|e| e.finished.as_ref())
-        .filter(|(_, f)| f["outcome"] == "deployed")
-        .filter_map(|(_, f)| f["build_ms"].as_u64())
+    tail.lines()
+        .filter(|l| l.contains("\"check finished\"") && l.contains("\"deployed\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|f| f["outcome"] == "deployed")
+        .filter_map(|f| f["build_ms"].as_u64())
         .map(Duration::from_millis)
         .collect()
 }
@@ -1356,11 +1357,11 @@ fn print_linearity(r: &Report, out_dir: &Path) {
             .and_then(|x| x["total"]["median_ms"].as_f64());
         if let Some(before) = before {
             println!(
-                "  W={:<3} {:.2}×  ({} → {} ms)",
+                "  W={:<3} {:.2}×  ({:.0} → {:.0} ms)",
                 c.workers,
                 c.total.median_ms / before,
-                fmt_ms(before),
-                fmt_ms(c.total.median_ms)
+                before,
+                c.total.median_ms
             );
         }
     }
