@@ -117,7 +117,7 @@ impl Checker {
         &self,
         source: &Source,
         trigger: Trigger,
-        fresh_since: Instant,
+        fresh_since: OffsetDateTime,
         progress: &ProgressCell,
     ) -> CheckReport {
         let started_at = OffsetDateTime::now_utc();
@@ -163,7 +163,7 @@ impl Checker {
     async fn run(
         &self,
         source: &Source,
-        fresh_since: Instant,
+        fresh_since: OffsetDateTime,
         progress: &ProgressCell,
         times: &mut StageTimes,
     ) -> Result<(Outcome, Vec<AppliedObject>), (Failure, Vec<AppliedObject>)> {

@@ -39,7 +39,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use time::OffsetDateTime;
 
 use gix::bstr::{BString, ByteSlice};
 use gix::protocol::transport::client::blocking_io::Transport;
@@ -134,7 +136,7 @@ struct Inner {
 struct KeyState {
     /// Serializes syncs of one key, and holds the last one: when it started
     /// and what it found (see [`GitCache::sync_since`]).
-    lock: Mutex<Option<(Instant, Checkout)>>,
+    lock: Mutex<Option<(OffsetDateTime, Checkout)>>,
     /// Trees handed out in a [`Checkout`], by commit.
     pins: Mutex<HashMap<String, Weak<Pin>>>,
 }
@@ -288,7 +290,7 @@ impl GitCache {
     /// tree as plain files. Syncs of the same (url, branch) are serialized;
     /// others run in parallel. Blocking.
     pub fn sync(&self, url: &str, branch: &str) -> Result<Checkout, GitError> {
-        self.sync_since(url, branch, Instant::now())
+        self.sync_since(url, branch, OffsetDateTime::now_utc())
     }
 
     /// Like [`GitCache::sync`], but a sync of the same (url, branch) that
@@ -300,7 +302,7 @@ impl GitCache {
         &self,
         url: &str,
         branch: &str,
-        not_before: Instant,
+        not_before: OffsetDateTime,
     ) -> Result<Checkout, GitError> {
         let target = self.target(url)?;
         check_branch(branch)?;
@@ -318,15 +320,18 @@ impl GitCache {
             }
         }
         // The previous result no longer pins its tree: an old tree can go.
-        *last = None;
-        let started = Instant::now();
+        let previous = last.take().map(|(_, c)| c.commit);
+        let started = OffsetDateTime::now_utc();
         let _span =
             tracing::debug_span!("git.sync", url = %target.shown, branch, key = %key).entered();
 
         let dir = self.key_dir(&key);
         let trees = dir.join("trees");
-        create_dir_all(&trees)?;
-        write_source_note(&dir, &target, branch);
+        if previous.is_none() {
+            // First sync of this key by this process: set the directory up.
+            create_dir_all(&trees)?;
+            write_source_note(&dir, &target, branch);
+        }
 
         let (commit, fetched) = match &target.local {
             Some(path) => self.sync_local(&target, path, branch, &trees)?,

@@ -165,7 +165,6 @@ async fn tick(
             load.queued.fetch_add(1, Ordering::Relaxed);
             let job = CheckJob {
                 claim,
-                claimed_at: std::time::Instant::now(),
             };
             if queue.send(job).await.is_err() {
                 // The workers are gone (shutdown): give the lease back.

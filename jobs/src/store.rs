@@ -70,6 +70,9 @@ pub struct Claim {
     pub trigger: Trigger,
     /// Failed checks in a row before this one (for backoff).
     pub consecutive_failures: u32,
+    /// When the source became due: its scheduled time, or when the check was
+    /// requested. A git head read after this is fresh enough for the check.
+    pub due_at: OffsetDateTime,
     /// Who holds the lease.
     pub owner: String,
     pub lease_until: OffsetDateTime,

@@ -35,12 +35,10 @@ pub struct WorkerContext {
     pub cut: CancellationToken,
 }
 
-/// A job: a claimed check, and when the scheduler claimed it. (apalis
-/// needs `Clone`; the claim is small.)
+/// A job: a claimed check. (apalis needs `Clone`; the claim is small.)
 #[derive(Debug, Clone)]
 pub struct CheckJob {
     pub claim: Claim,
-    pub claimed_at: std::time::Instant,
 }
 
 /// Builds the worker over `queue` and runs it until `stop` is cancelled,
@@ -71,7 +69,7 @@ pub async fn run(
 }
 
 async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxDynError> {
-    let CheckJob { claim, claimed_at } = job;
+    let CheckJob { claim } = job;
     let ctx: Arc<WorkerContext> = (*ctx).clone();
     ctx.load.queued.fetch_sub(1, Ordering::Relaxed);
     let running = ctx.load.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -79,7 +77,7 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
 
     let started_at = OffsetDateTime::now_utc();
     let progress = ProgressCell::default();
-    let fresh_since = fresh_since(&claim, claimed_at, ctx.interval);
+    let fresh_since = fresh_since(&claim, ctx.interval);
     let report = tokio::select! {
         r = tokio::time::timeout(ctx.check_timeout, ctx.checker.check(&claim.source, claim.trigger, fresh_since, &progress)) => match r {
             Ok(report) => report,
@@ -111,18 +109,16 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     Ok(())
 }
 
-/// How recent a git head must be for this check. Scheduled checks accept a
-/// head read up to a tenth of their interval (at most 30 s) before they
-/// were claimed — so sources sharing a repository and due together share
-/// one ref query; a requested check (manual, webhook) wants a head read
-/// after it was claimed, which is after the request.
-fn fresh_since(
-    claim: &Claim,
-    claimed_at: std::time::Instant,
-    default_interval: Duration,
-) -> std::time::Instant {
+/// How recent a git head must be for this check: read after the source
+/// became due. A requested check (manual, webhook) became due when it was
+/// requested, so it sees any push before the request; sources triggered
+/// together, or due together, share one ref query. Scheduled checks also
+/// accept a head read up to a tenth of their interval (at most 30 s) before
+/// they were due, so sources of one repository whose due times drifted a
+/// little apart still share.
+fn fresh_since(claim: &Claim, default_interval: Duration) -> OffsetDateTime {
     if claim.trigger != crate::history::Trigger::Schedule {
-        return claimed_at;
+        return claim.due_at;
     }
     let interval = claim
         .source
@@ -130,8 +126,7 @@ fn fresh_since(
         .interval_seconds
         .map(|s| Duration::from_secs(s.into()))
         .unwrap_or(default_interval);
-    let tolerance = (interval / 10).min(Duration::from_secs(30));
-    claimed_at.checked_sub(tolerance).unwrap_or(claimed_at)
+    claim.due_at - (interval / 10).min(Duration::from_secs(30))
 }
 
 /// Writes the report, retrying while the store is unavailable (up to the

@@ -1372,6 +1372,7 @@ impl Store for RethinkStore {
             let consecutive_failures = opt_int(old, "consecutive_failures")
                 .unwrap_or(0)
                 .clamp(0, u32::MAX as i64) as u32;
+            let due_at = from_ms(opt_int(old, "next_check_at").unwrap_or(now_ms));
             let source = match self.get_source(id).await {
                 Ok(Some(source)) => source,
                 Ok(None) => {
@@ -1398,6 +1399,7 @@ impl Store for RethinkStore {
                 source,
                 trigger,
                 consecutive_failures,
+                due_at,
                 owner: owner.to_string(),
                 lease_until,
             });

@@ -370,7 +370,7 @@ impl Store for SqliteStore {
         let lease_until = now + lease;
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let rows = sqlx::query(&format!(
-            "SELECT {cols}, st.requested_trigger, st.consecutive_failures \
+            "SELECT {cols}, st.requested_trigger, st.consecutive_failures, st.next_check_at \
              FROM source_status st JOIN sources s ON s.id = st.source_id \
              WHERE st.next_check_at <= ?1 \
                AND (st.lease_until IS NULL OR st.lease_until <= ?1) \
@@ -392,6 +392,7 @@ impl Store for SqliteStore {
             let source = source_from_row(&row).map_err(db_err)?;
             let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
             let failures: i64 = row.try_get("consecutive_failures").map_err(db_err)?;
+            let due_at = from_ms(row.try_get("next_check_at").map_err(db_err)?);
             sqlx::query(
                 "UPDATE source_status SET lease_owner = ?, lease_until = ?, requested_trigger = NULL \
                  WHERE source_id = ?",
@@ -405,6 +406,7 @@ impl Store for SqliteStore {
             claims.push(Claim {
                 trigger: parse_opt(requested).unwrap_or(Trigger::Schedule),
                 consecutive_failures: failures.max(0) as u32,
+                due_at,
                 owner: owner.to_string(),
                 lease_until,
                 source,

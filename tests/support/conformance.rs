@@ -185,6 +185,7 @@ pub async fn new_sources_are_due_at_once(store: Arc<dyn Store>) {
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].source, a);
     assert_eq!(claims[0].trigger, Trigger::Schedule);
+    assert_eq!(claims[0].due_at, t(0));
     assert!(store.status(a.id).await.unwrap().unwrap().in_flight);
 }
 
@@ -435,6 +436,7 @@ pub async fn requested_checks(store: Arc<dyn Store>) {
         .unwrap()
         .remove(0);
     assert_eq!(claim.trigger, Trigger::Manual);
+    assert_eq!(claim.due_at, t(10), "due since the request");
     // Running: a manual request is not queued; a webhook queues a follow-up.
     assert_eq!(
         store
