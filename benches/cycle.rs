@@ -241,7 +241,7 @@ struct CycleResult {
     total: Stats,
     /// Median total / N.
     per_check_ms: f64,
-    /// Time to send the N `POST /api/sources/{id}/check` (overlaps the checks).
+    /// Time to send the R push webhooks, one per repository (overlaps the checks).
     trigger: Stats,
     stages: Stages,
     /// workers × total / N − wall: how long a worker slot waits between checks.
@@ -711,21 +711,33 @@ async fn create_sources(fx: &Fixture, ch: &Chump, apps: &[&App]) -> Vec<i64> {
     ids.into_iter().map(|(_, id)| id).collect()
 }
 
-/// Asks chump to check each of `ids` now.
+/// Makes every source due now, as one scheduler tick finds them: one push
+/// webhook per repository (each triggers all the sources on it), so sources
+/// that share a repository are due together. `ids` are the sources that
+/// must all have been triggered.
 async fn trigger_checks(fx: &Fixture, ch: &Chump, ids: &[i64]) {
-    futures::stream::iter(ids)
-        .map(|id| async move {
+    let triggered: Vec<i64> = futures::stream::iter(&fx.repos)
+        .map(|repo| async move {
+            let push = serde_json::json!({"repository": fx.git.url(repo), "branch": "main"});
             let resp = fx
                 .http
-                .post(ch.url(&format!("/api/sources/{id}/check")))
+                .post(ch.url("/api/webhooks/generic"))
+                .json(&push)
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(resp.status(), 202, "check {id}");
+            assert_eq!(resp.status(), 202, "webhook for {repo}");
+            let body: Value = resp.json().await.unwrap();
+            body["triggered"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_i64).collect::<Vec<_>>())
+                .unwrap_or_default()
         })
         .buffer_unordered(CLIENT_CONCURRENCY)
-        .for_each(|_| async {})
+        .concat()
         .await;
+    let missing = ids.iter().filter(|id| !triggered.contains(id)).count();
+    assert_eq!(missing, 0, "{missing} sources were not triggered by their repository's push");
 }
 
 /// The log events of the checks in `logs`, by source id.
