@@ -737,7 +737,10 @@ async fn trigger_checks(fx: &Fixture, ch: &Chump, ids: &[i64]) {
         .concat()
         .await;
     let missing = ids.iter().filter(|id| !triggered.contains(id)).count();
-    assert_eq!(missing, 0, "{missing} sources were not triggered by their repository's push");
+    assert_eq!(
+        missing, 0,
+        "{missing} sources were not triggered by their repository's push"
+    );
 }
 
 /// The log events of the checks in `logs`, by source id.

@@ -497,13 +497,24 @@ async fn sources_sharing_a_repository_share_its_ref_queries() {
 
     // Requested together (as a push webhook does): one head read after the
     // requests serves them all, and a push just before is seen by every one.
-    let commit = env.git.commit_files("apps", "main", [("README", "pushed\n")], "push");
+    let commit = env
+        .git
+        .commit_files("apps", "main", [("README", "pushed\n")], "push");
     let (refs_before, checks_before) = (ls_refs(), checks(&c.logs()));
     let push = json!({"repository": env.git.url("apps"), "branch": "main"});
-    let resp = Client::new().post(c.url("/api/webhooks/generic")).json(&push).send().await.unwrap();
+    let resp = Client::new()
+        .post(c.url("/api/webhooks/generic"))
+        .json(&push)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
     let answer: Value = resp.json().await.unwrap();
-    assert_eq!(answer["triggered"].as_array().unwrap().len(), 12, "{answer}");
+    assert_eq!(
+        answer["triggered"].as_array().unwrap().len(),
+        12,
+        "{answer}"
+    );
     wait_for("twelve webhook checks", Duration::from_secs(60), || async {
         let mut all = true;
         for id in &ids {
@@ -514,5 +525,8 @@ async fn sources_sharing_a_repository_share_its_ref_queries() {
     .await;
     let refs = ls_refs() - refs_before;
     let done = checks(&c.logs()) - checks_before;
-    assert!(refs * 3 <= done.max(12), "{refs} ref queries for {done} webhook checks");
+    assert!(
+        refs * 3 <= done.max(12),
+        "{refs} ref queries for {done} webhook checks"
+    );
 }

@@ -163,9 +163,7 @@ async fn tick(
                 c.insert(id);
             }
             load.queued.fetch_add(1, Ordering::Relaxed);
-            let job = CheckJob {
-                claim,
-            };
+            let job = CheckJob { claim };
             if queue.send(job).await.is_err() {
                 // The workers are gone (shutdown): give the lease back.
                 load.queued.fetch_sub(1, Ordering::Relaxed);
