@@ -530,3 +530,43 @@ async fn sources_sharing_a_repository_share_its_ref_queries() {
         "{refs} ref queries for {done} webhook checks"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_stays_failed_until_the_deployment_recovers() {
+    let env = Env::new().await;
+    env.app_repo("web", "shop", "web", "nginx:1");
+    env.kube.set_rollout_for("shop", "web", RolloutMode::Fail);
+    let c = env.chump_with(env.options().env("CHUMP_INTERVAL", "1"));
+    let id = create(&c, &env.source("web", "shop", "web")).await;
+    let first = wait_history(&c, id, "the failed rollout", |e| e["outcome"] == "failed").await;
+    assert_eq!(first["stage"], "rollout", "{first}");
+    // The spec is applied: the next check finds the image in place, but the
+    // rollout still failed — reported again, not "up_to_date".
+    let again = wait_history(&c, id, "the failure seen again", |e| {
+        e["outcome"] == "failed" && e["id"].as_i64() > first["id"].as_i64()
+    })
+    .await;
+    assert_eq!(again["stage"], "rollout", "{again}");
+    assert!(
+        again["objects"].as_array().unwrap().is_empty(),
+        "nothing re-applied: {again}"
+    );
+    assert!(again["message"]
+        .as_str()
+        .unwrap()
+        .contains("ProgressDeadlineExceeded"));
+    let st = get(&c, &format!("/api/sources/{id}/status")).await;
+    assert!(st["consecutive_failures"].as_u64().unwrap() >= 2, "{st}");
+    // The cluster recovers: the source is up to date again.
+    env.kube
+        .set_rollout_for("shop", "web", RolloutMode::Immediate);
+    wait_for(
+        "up_to_date after recovery",
+        Duration::from_secs(60),
+        || async {
+            let st = get(&c, &format!("/api/sources/{id}/status")).await;
+            (st["last_outcome"] == "up_to_date" && st["consecutive_failures"] == 0).then_some(())
+        },
+    )
+    .await;
+}

@@ -215,15 +215,27 @@ impl Checker {
         set(&|p| p.stage = Some(Stage::Cluster));
         let t = Instant::now();
         let cluster = self.cluster().await.map_err(|e| fail(Stage::Cluster, e))?;
-        let running = cluster
-            .running_image(&spec.namespace, &spec.deployment_name, &spec.container_name)
+        let deployment = cluster
+            .running(&spec.namespace, &spec.deployment_name, &spec.container_name)
             .await
             .map_err(|e| fail(Stage::Cluster, e.to_string()))?;
         times.cluster = t.elapsed();
+        let running = deployment.as_ref().and_then(|d| d.image.clone());
         set(&|p| p.running_image = running.clone());
 
-        // 4. Same image: nothing to do.
+        // 4. Same image: nothing to write. But a spec whose rollout failed is
+        // not "up to date": the failure is reported until the Deployment
+        // recovers (a new commit, or someone fixing the cluster).
         if running.as_deref().is_some_and(|r| same_image(r, &desired)) {
+            if let Some(message) = deployment.and_then(|d| d.rollout_failed) {
+                return Err(fail(
+                    Stage::Rollout,
+                    format!(
+                        "deployment {}/{} does not roll out {desired}: ProgressDeadlineExceeded: {message}",
+                        spec.namespace, spec.deployment_name
+                    ),
+                ));
+            }
             return Ok((Outcome::UpToDate, Vec::new()));
         }
         tracing::info!(desired = %desired, running = running.as_deref(), "image differs: deploying");

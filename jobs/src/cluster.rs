@@ -101,6 +101,17 @@ impl From<kube::Error> for ClusterError {
     }
 }
 
+/// A Deployment as a check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// The container's image in the Deployment's spec (`None`: no such
+    /// container).
+    pub image: Option<String>,
+    /// The message of a `ProgressDeadlineExceeded` condition of the current
+    /// generation: the rollout of this spec failed.
+    pub rollout_failed: Option<String>,
+}
+
 /// Why [`Cluster::apply`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyFailure {
@@ -274,6 +285,21 @@ impl Cluster {
         deployment: &str,
         container: &str,
     ) -> Result<Option<String>, ClusterError> {
+        Ok(self
+            .running(ns, deployment, container)
+            .await?
+            .and_then(|r| r.image))
+    }
+
+    /// What Deployment `ns/deployment` runs for `container`, and whether its
+    /// current rollout has failed — from one GET. `Ok(None)` when the
+    /// Deployment does not exist.
+    pub async fn running(
+        &self,
+        ns: &str,
+        deployment: &str,
+        container: &str,
+    ) -> Result<Option<Running>, ClusterError> {
         let Some(d) = self.deployments(ns).get_opt(deployment).await? else {
             tracing::debug!(namespace = ns, deployment, "deployment not found");
             return Ok(None);
@@ -283,7 +309,14 @@ impl Cluster {
             .and_then(|cs| cs.iter().find(|c| c["name"] == container))
             .and_then(|c| c["image"].as_str())
             .map(str::to_string);
-        Ok(image)
+        let rollout_failed = match rollout_state(&d) {
+            Progress::Failed(message) => Some(message),
+            _ => None,
+        };
+        Ok(Some(Running {
+            image,
+            rollout_failed,
+        }))
     }
 
     /// Deployments of one namespace, read as plain JSON so that chump does not
