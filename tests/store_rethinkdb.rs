@@ -27,7 +27,17 @@ const SKIPPED: &str = "skipped: CHUMP_TEST_RETHINKDB is not set (no RethinkDB se
 /// The server under test, or None (and a note) when there is none.
 fn server() -> Option<(String, u16)> {
     let Ok(addr) = std::env::var("CHUMP_TEST_RETHINKDB") else {
-        eprintln!("{SKIPPED}");
+        // Written to the process's stderr directly (not `eprintln!`, which
+        // the test harness captures for passing tests), once, so that a
+        // test run says plainly what it did not test.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nstore_rethinkdb: every RethinkDB test {SKIPPED}; set CHUMP_TEST_RETHINKDB=host:port to run them\n"
+            );
+        });
         return None;
     };
     let (host, port) = match addr.rsplit_once(':') {
