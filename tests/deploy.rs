@@ -76,7 +76,7 @@ fn render(dir: &str) -> (String, Vec<Value>) {
         ),
     );
     let mut objects = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+    for doc in yaml_serde::Deserializer::from_str(&yaml) {
         let v: Value = serde::Deserialize::deserialize(doc).expect("rendered YAML");
         if !v.is_null() {
             objects.push(v);

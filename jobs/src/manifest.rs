@@ -464,7 +464,7 @@ fn parse_kustomization(text: &str, label: &str) -> Result<Kustomization, Manifes
         path: label.to_string(),
         reason,
     };
-    let mut documents = serde_yaml::Deserializer::from_str(text);
+    let mut documents = yaml_serde::Deserializer::from_str(text);
     let Some(first) = documents.next() else {
         return Ok(Kustomization::default());
     };
@@ -880,8 +880,8 @@ mod tests {
     }
 
     #[test]
-    fn serde_yaml_alone_on_billion_laughs() {
-        // What serde_yaml 0.9 does by itself: it counts alias jumps and stops
+    fn yaml_serde_alone_on_billion_laughs() {
+        // What yaml_serde (serde_yaml 0.9) does by itself: it counts alias jumps and stops
         // at 100 × the number of events ("repetition limit exceeded"), which
         // catches the classic nested bomb...
         let mut yaml = String::from("a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
@@ -892,7 +892,7 @@ mod tests {
                 "{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
             ));
         }
-        let err = serde_yaml::from_str::<serde_yaml::Value>(&yaml).unwrap_err();
+        let err = yaml_serde::from_str::<yaml_serde::Value>(&yaml).unwrap_err();
         assert!(err.to_string().contains("repetition limit"), "{err}");
         // ...but not a flat one: few jumps, each to a big node, is a
         // quadratic blow-up it lets through (a 1 MiB file could expand to
@@ -902,7 +902,7 @@ mod tests {
         let mut flat = format!("a: &a [{}]\nb: [", "x,".repeat(1000));
         flat.push_str(&"*a,".repeat(300));
         flat.push_str("]\n");
-        let v: serde_yaml::Value = serde_yaml::from_str(&flat).unwrap();
+        let v: yaml_serde::Value = yaml_serde::from_str(&flat).unwrap();
         assert_eq!(v["b"].as_sequence().unwrap().len(), 300);
         assert!(matches!(
             parse_documents(&flat, &YamlLimits::for_size(flat.len())),
@@ -913,7 +913,7 @@ mod tests {
     #[test]
     fn quadratic_alias_blowup_fails_fast() {
         // One large anchored string referenced many times: few jumps (so
-        // serde_yaml's own repetition limit does not fire), huge expansion.
+        // yaml_serde's own repetition limit does not fire), huge expansion.
         let big = "x".repeat(400 * 1024);
         let mut yaml = format!("a: &a \"{big}\"\nb: [");
         for _ in 0..50_000 {

@@ -116,7 +116,7 @@ pub fn parse_documents(text: &str, limits: &YamlLimits) -> Result<Vec<Value>, Ya
             hit: None,
         });
         let mut out = Vec::new();
-        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
             if index >= limits.max_documents {
                 return Err(YamlError::TooManyDocuments {
                     limit: limits.max_documents,
@@ -147,7 +147,7 @@ pub fn parse_documents(text: &str, limits: &YamlLimits) -> Result<Vec<Value>, Ya
         }
         Ok(out)
     };
-    // serde_yaml should not panic on any input; this is the belt to its
+    // yaml_serde should not panic on any input; this is the belt to its
     // braces, so a malformed repository file can never take a worker down.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)).unwrap_or_else(|_| {
         Err(YamlError::Syntax(

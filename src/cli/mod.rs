@@ -408,7 +408,7 @@ fn read_document(path: &std::path::Path) -> Result<Map<String, Value>, CliError>
         serde_json::from_str(&text)
             .map_err(|e| CliError::Usage(format!("{shown} is not valid JSON: {e}")))?
     } else {
-        serde_yaml::from_str(&text)
+        yaml_serde::from_str(&text)
             .map_err(|e| CliError::Usage(format!("{shown} is not valid YAML: {e}")))?
     };
     match value {

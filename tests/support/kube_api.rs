@@ -1423,7 +1423,7 @@ impl Inner {
                 ))
             })?
         } else if ct.contains("yaml") {
-            serde_yaml::from_slice(cx.body)
+            yaml_serde::from_slice(cx.body)
                 .map_err(|e| bad_request(format!("error decoding YAML: {e}")))?
         } else {
             return Err(failure(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, not {ct}")));
