@@ -424,6 +424,19 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         let source = &claim.source;
         let mut tx = self.writer.begin().await.map_err(db_err)?;
+        // Only the lease's holder writes (a deleted source has no status
+        // row: its history entry is still kept).
+        let holder: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT lease_owner FROM source_status WHERE source_id = ?")
+                .bind(source.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        if let Some((holder,)) = holder {
+            if holder.as_deref() != Some(claim.owner.as_str()) {
+                return Ok(());
+            }
+        }
         if report.outcome != Outcome::UpToDate {
             let objects = serde_json::to_string(&report.objects)
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -452,7 +465,7 @@ impl Store for SqliteStore {
         }
         let failed = report.outcome == Outcome::Failed;
         // Due at once instead when the source changed or a check was asked
-        // for while this one ran. Only the lease holder may write.
+        // for while this one ran.
         sqlx::query(
             "UPDATE source_status SET \
                last_checked_at = ?, last_commit = COALESCE(?, last_commit), last_outcome = ?, \
@@ -464,7 +477,7 @@ impl Store for SqliteStore {
                    OR (SELECT revision FROM sources WHERE id = ?) != ? THEN ? \
                  ELSE ? END, \
                lease_owner = NULL, lease_until = NULL \
-             WHERE source_id = ? AND (lease_owner IS NULL OR lease_owner = ?)",
+             WHERE source_id = ? AND lease_owner = ?",
         )
         .bind(ms(report.finished_at))
         .bind(&report.commit)
@@ -506,6 +519,34 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db_err)?;
         Ok(())
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[SourceId],
+        until: OffsetDateTime,
+    ) -> StoreResult<Vec<SourceId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("UPDATE source_status SET lease_until = ");
+        qb.push_bind(ms(until))
+            .push(" WHERE lease_owner = ")
+            .push_bind(owner)
+            .push(" AND source_id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(") RETURNING source_id");
+        let rows: Vec<(SourceId,)> = qb
+            .build_query_as()
+            .fetch_all(&self.writer)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>> {

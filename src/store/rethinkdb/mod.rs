@@ -56,10 +56,15 @@
 //! own task with a deadline, so a caller that gives up never leaves a
 //! connection half-read. The password is only ever handed to `r.connect`.
 
+mod docs;
+mod feed;
+mod pool;
+mod schema;
+mod terms;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
@@ -67,14 +72,18 @@ use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
     Claim, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
 };
-use futures::TryStreamExt;
 use ql2::term::TermType;
-use reql::cmd::{self, between, table_create, update, ReturnChanges};
-use reql::{r, Command, Func, Session};
+use reql::cmd::{between, update, ReturnChanges};
+use reql::{r, Command};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RethinkConfig;
+use docs::*;
+use pool::Pool;
+use terms::*;
 
 /// Table of per-source schedule, lease and status documents.
 pub const STATUS_TABLE: &str = "chump_status";
@@ -91,15 +100,6 @@ const INDEX_DUE: &str = "next_check_at";
 const INDEX_HISTORY_SOURCE: &str = "source_id_id";
 const INDEX_HISTORY_NAMESPACE: &str = "namespace_id";
 
-/// How many connections the store keeps (queries on one connection run one
-/// at a time).
-const POOL_SIZE: usize = 4;
-/// How long one query may take before its connection is given up.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a failed connect, calls fail at once for this long.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// A target key whose create or update never finished (a crash) is reclaimed
 /// after this long.
 const STALE_TARGET: Duration = Duration::from_secs(60);
@@ -110,529 +110,6 @@ const MIN_NUMBER: i64 = -(1 << 53);
 const MAX_HISTORY_WINDOW: i64 = 1 << 16;
 
 // ---------------------------------------------------------------------------
-// Terms
-//
-// The typed reql API covers the commands that take options (update, between,
-// table_create, index_create); every other term is built directly from its
-// `TermType`, with the arguments in the order the ReQL wire protocol gives.
-
-fn term<const N: usize>(typ: TermType, args: [Command; N]) -> Command {
-    args.into_iter()
-        .fold(Command::new(typ), |cmd, arg| cmd.with_arg(arg))
-}
-
-/// A literal value (arrays and objects become literal terms).
-fn lit<T: serde::Serialize>(value: T) -> Command {
-    r.expr(value)
-}
-
-fn null() -> Command {
-    lit(Value::Null)
-}
-
-fn field(doc: &Command, name: &str) -> Command {
-    term(TermType::GetField, [doc.clone(), lit(name)])
-}
-
-/// `doc(name).default(fallback)`: a missing field reads as `fallback`.
-fn field_or(doc: &Command, name: &str, fallback: Command) -> Command {
-    term(TermType::Default, [field(doc, name), fallback])
-}
-
-fn eq(a: Command, b: Command) -> Command {
-    term(TermType::Eq, [a, b])
-}
-fn ne(a: Command, b: Command) -> Command {
-    term(TermType::Ne, [a, b])
-}
-fn le(a: Command, b: Command) -> Command {
-    term(TermType::Le, [a, b])
-}
-fn gt(a: Command, b: Command) -> Command {
-    term(TermType::Gt, [a, b])
-}
-fn lt(a: Command, b: Command) -> Command {
-    term(TermType::Lt, [a, b])
-}
-fn ge(a: Command, b: Command) -> Command {
-    term(TermType::Ge, [a, b])
-}
-fn and(a: Command, b: Command) -> Command {
-    term(TermType::And, [a, b])
-}
-fn or(a: Command, b: Command) -> Command {
-    term(TermType::Or, [a, b])
-}
-fn add(a: Command, b: Command) -> Command {
-    term(TermType::Add, [a, b])
-}
-fn branch(test: Command, then: Command, otherwise: Command) -> Command {
-    term(TermType::Branch, [test, then, otherwise])
-}
-
-/// `r.object(k1, v1, k2, v2, …)`.
-fn object<K: AsRef<str>>(pairs: Vec<(K, Command)>) -> Command {
-    pairs
-        .into_iter()
-        .fold(Command::new(TermType::Object), |cmd, (k, v)| {
-            cmd.with_arg(lit(k.as_ref())).with_arg(v)
-        })
-}
-
-/// A one-argument ReQL function, as a term.
-fn lambda(body: impl FnOnce(Command) -> Command) -> Command {
-    let id = reql::var_counter();
-    let body = body(Command::var(id));
-    term(TermType::Func, [lit(vec![id]), body])
-}
-
-/// A one-argument ReQL function for the typed commands that want a [`Func`].
-fn func(body: impl FnOnce(Command) -> Command) -> Func {
-    let id = reql::var_counter();
-    Func::new(vec![id], body(Command::var(id)))
-}
-
-fn min_term(a: Command, b: Command) -> Command {
-    branch(lt(a.clone(), b.clone()), a, b)
-}
-
-// ---------------------------------------------------------------------------
-// Values
-
-fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_ms(v: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(v as i128 * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn wall_ms() -> i64 {
-    ms(OffsetDateTime::now_utc())
-}
-
-/// An integer from a JSON number (RethinkDB numbers are doubles).
-fn as_int(v: &Value) -> Option<i64> {
-    if let Some(i) = v.as_i64() {
-        return Some(i);
-    }
-    let f = v.as_f64()?;
-    (f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64).then_some(f as i64)
-}
-
-fn opt_str(doc: &Value, name: &str) -> Option<String> {
-    doc.get(name).and_then(Value::as_str).map(str::to_string)
-}
-
-fn opt_int(doc: &Value, name: &str) -> Option<i64> {
-    doc.get(name).and_then(as_int)
-}
-
-fn parse_opt<T: std::str::FromStr>(v: Option<String>) -> Option<T> {
-    v.and_then(|s| s.parse().ok())
-}
-
-fn target_key(spec: &SourceSpec) -> String {
-    format!(
-        "{}/{}/{}",
-        spec.namespace, spec.deployment_name, spec.container_name
-    )
-}
-
-fn duplicate(spec: &SourceSpec) -> StoreError {
-    StoreError::Duplicate(format!(
-        "{}/{} container {}",
-        spec.namespace, spec.deployment_name, spec.container_name
-    ))
-}
-
-fn bad_doc(what: &str, id: &Value, why: &str) -> StoreError {
-    StoreError::Backend(format!("{what} document {id} {why}"))
-}
-
-/// A source document (chump's or the Python tool's) as a [`Source`].
-fn source_from_doc(doc: &Value) -> StoreResult<Source> {
-    let raw_id = doc.get("id").cloned().unwrap_or(Value::Null);
-    let id = as_int(&raw_id)
-        .filter(|id| *id >= 1)
-        .ok_or_else(|| bad_doc("source", &raw_id, "has no integer id"))?;
-    let text = |name: &str| {
-        opt_str(doc, name).ok_or_else(|| bad_doc("source", &raw_id, &format!("has no text {name}")))
-    };
-    let interval_seconds = match doc.get("interval_seconds") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            as_int(v)
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad_doc("source", &raw_id, "has a bad interval_seconds"))?,
-        ),
-    };
-    let created_at = opt_int(doc, "created_at").map_or(OffsetDateTime::UNIX_EPOCH, from_ms);
-    Ok(Source {
-        id,
-        spec: SourceSpec {
-            namespace: text("namespace")?,
-            deployment_name: text("deployment_name")?,
-            git_url: text("git_url")?,
-            branch: text("branch")?,
-            deploy_path: text("deploy_path")?,
-            container_name: text("container_name")?,
-            image_version_file: text("image_version_file")?,
-            interval_seconds,
-            suspended: doc
-                .get("suspended")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        },
-        revision: opt_int(doc, "revision").unwrap_or(1),
-        created_at,
-        updated_at: opt_int(doc, "updated_at").map_or(created_at, from_ms),
-    })
-}
-
-fn spec_fields(spec: &SourceSpec) -> serde_json::Map<String, Value> {
-    let v = json!({
-        "namespace": spec.namespace,
-        "deployment_name": spec.deployment_name,
-        "git_url": spec.git_url,
-        "branch": spec.branch,
-        "deploy_path": spec.deploy_path,
-        "container_name": spec.container_name,
-        "image_version_file": spec.image_version_file,
-        "interval_seconds": spec.interval_seconds,
-        "suspended": spec.suspended,
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    }
-}
-
-/// A fresh status document: due at `next_check_at`, no lease, no check yet.
-fn new_status(id: SourceId, next_check_at: i64, suspended: bool, revision: i64) -> Value {
-    json!({
-        "source_id": id,
-        "next_check_at": next_check_at,
-        "requested_trigger": null,
-        "lease_owner": null,
-        "lease_until": null,
-        "last_checked_at": null,
-        "last_commit": null,
-        "last_outcome": null,
-        "last_stage": null,
-        "last_message": null,
-        "desired_image": null,
-        "running_image": null,
-        "consecutive_failures": 0,
-        "suspended": suspended,
-        "revision": revision,
-    })
-}
-
-fn status_from_doc(doc: &Value) -> StoreResult<(SourceId, SourceStatus)> {
-    let raw_id = doc.get("source_id").cloned().unwrap_or(Value::Null);
-    let id = as_int(&raw_id).ok_or_else(|| bad_doc("status", &raw_id, "has no source_id"))?;
-    let now = wall_ms();
-    Ok((
-        id,
-        SourceStatus {
-            last_checked_at: opt_int(doc, "last_checked_at").map(from_ms),
-            last_commit: opt_str(doc, "last_commit"),
-            last_outcome: parse_opt(opt_str(doc, "last_outcome")),
-            last_stage: parse_opt(opt_str(doc, "last_stage")),
-            last_message: opt_str(doc, "last_message"),
-            desired_image: opt_str(doc, "desired_image"),
-            running_image: opt_str(doc, "running_image"),
-            consecutive_failures: opt_int(doc, "consecutive_failures")
-                .unwrap_or(0)
-                .clamp(0, u32::MAX as i64) as u32,
-            next_check_at: opt_int(doc, "next_check_at").map(from_ms),
-            requested: parse_opt(opt_str(doc, "requested_trigger")),
-            in_flight: opt_int(doc, "lease_until").is_some_and(|t| t > now),
-        },
-    ))
-}
-
-fn history_from_doc(doc: &Value) -> StoreResult<HistoryEntry> {
-    let raw_id = doc.get("id").cloned().unwrap_or(Value::Null);
-    let bad = |why: &str| bad_doc("history", &raw_id, why);
-    let text = |name: &str| opt_str(doc, name).ok_or_else(|| bad(&format!("has no {name}")));
-    let int = |name: &str| opt_int(doc, name).ok_or_else(|| bad(&format!("has no {name}")));
-    let trigger = text("trigger")?;
-    let outcome = text("outcome")?;
-    Ok(HistoryEntry {
-        id: int("id")?,
-        namespace: text("namespace")?,
-        deployment_name: text("deployment_name")?,
-        container_name: text("container_name")?,
-        report: CheckReport {
-            source_id: int("source_id")?,
-            trigger: trigger
-                .parse()
-                .map_err(|_| bad(&format!("has trigger '{trigger}'")))?,
-            started_at: from_ms(int("started_at")?),
-            finished_at: from_ms(int("finished_at")?),
-            commit: opt_str(doc, "commit"),
-            desired_image: opt_str(doc, "desired_image"),
-            running_image: opt_str(doc, "running_image"),
-            outcome: outcome
-                .parse()
-                .map_err(|_| bad(&format!("has outcome '{outcome}'")))?,
-            stage: parse_opt(opt_str(doc, "stage")),
-            message: opt_str(doc, "message"),
-            objects: doc
-                .get("objects")
-                .cloned()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default(),
-        },
-    })
-}
-
-/// A write result's counter (`inserted`, `replaced`, `skipped`, …).
-fn count(result: &Value, name: &str) -> i64 {
-    result.get(name).and_then(as_int).unwrap_or(0)
-}
-
-/// The first `new_val` / `old_val` of a write with `return_changes`.
-fn change<'a>(result: &'a Value, which: &str) -> Option<&'a Value> {
-    result
-        .get("changes")?
-        .as_array()?
-        .first()?
-        .get(which)
-        .filter(|v| !v.is_null())
-}
-
-/// What an insert with the default `conflict: "error"` did.
-enum Inserted {
-    Yes,
-    Conflict,
-}
-
-fn inserted(result: &Value, what: &str) -> StoreResult<Inserted> {
-    if count(result, "inserted") >= 1 {
-        return Ok(Inserted::Yes);
-    }
-    let first = result
-        .get("first_error")
-        .and_then(Value::as_str)
-        .unwrap_or("no document inserted");
-    if first.contains("Duplicate primary key") {
-        Ok(Inserted::Conflict)
-    } else {
-        Err(StoreError::Backend(format!("inserting {what}: {first}")))
-    }
-}
-
-fn is_already_exists(e: &StoreError) -> bool {
-    matches!(e, StoreError::Backend(m) | StoreError::Unavailable(m) if m.contains("already exists"))
-}
-
-// ---------------------------------------------------------------------------
-// Connections
-
-#[derive(Default)]
-struct Slot {
-    /// The connection and its generation (to replace only the one that failed).
-    session: Option<(u64, Session)>,
-    last_failure: Option<Instant>,
-}
-
-struct Pool {
-    config: RethinkConfig,
-    slots: Vec<tokio::sync::Mutex<Slot>>,
-    next_slot: AtomicUsize,
-    generation: AtomicU64,
-    /// True while the server is unreachable (for logging once per outage).
-    down: AtomicBool,
-}
-
-/// Why a query failed, as far as the connection is concerned.
-enum Failure {
-    /// The connection is unusable: drop it and report the store unavailable.
-    Connection(String),
-    /// The server is there but cannot serve this now.
-    Unavailable(String),
-    /// Anything else.
-    Query(String),
-}
-
-fn classify(e: &reql::Error) -> Failure {
-    match e {
-        reql::Error::Driver(reql::Driver::Io(_, _) | reql::Driver::ConnectionBroken) => {
-            Failure::Connection(e.to_string())
-        }
-        reql::Error::Driver(reql::Driver::Auth(_)) => Failure::Connection(e.to_string()),
-        reql::Error::Runtime(reql::Runtime::Availability(_)) => {
-            let m = e.to_string();
-            // "already exists" is an op-failed error too; it is no outage.
-            if m.contains("already exists") {
-                Failure::Query(m)
-            } else {
-                Failure::Unavailable(m)
-            }
-        }
-        _ => Failure::Query(e.to_string()),
-    }
-}
-
-impl Pool {
-    fn new(config: RethinkConfig) -> Self {
-        Self {
-            config,
-            slots: (0..POOL_SIZE).map(|_| Default::default()).collect(),
-            next_slot: AtomicUsize::new(0),
-            generation: AtomicU64::new(1),
-            down: AtomicBool::new(false),
-        }
-    }
-
-    fn where_(&self) -> String {
-        format!("{}:{}", self.config.host, self.config.port)
-    }
-
-    async fn connect(&self) -> Result<Session, String> {
-        let c = &self.config;
-        let mut options = cmd::connect::Options::new()
-            .host(c.host.clone())
-            .port(c.port)
-            .db(c.db.clone());
-        if let Some(user) = &c.user {
-            options = options.user(user.clone());
-        }
-        if let Some(password) = &c.password {
-            options = options.password(password.clone());
-        }
-        match tokio::time::timeout(CONNECT_TIMEOUT, r.connect(options)).await {
-            Ok(Ok(session)) => Ok(session),
-            Ok(Err(e)) => Err(format!(
-                "cannot connect to RethinkDB at {}: {e}",
-                self.where_()
-            )),
-            Err(_) => Err(format!(
-                "cannot connect to RethinkDB at {}: timed out after {}s",
-                self.where_(),
-                CONNECT_TIMEOUT.as_secs()
-            )),
-        }
-    }
-
-    /// A connection from the next slot, connecting it if needed.
-    async fn session(&self) -> StoreResult<(usize, u64, Session)> {
-        let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[index].lock().await;
-        if let Some((generation, session)) = &slot.session {
-            if !session.is_broken() {
-                return Ok((index, *generation, session.clone()));
-            }
-            slot.session = None;
-        }
-        if let Some(at) = slot.last_failure {
-            if at.elapsed() < RECONNECT_PAUSE {
-                return Err(StoreError::Unavailable(format!(
-                    "RethinkDB at {} is unreachable",
-                    self.where_()
-                )));
-            }
-        }
-        match self.connect().await {
-            Ok(session) => {
-                let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-                slot.session = Some((generation, session.clone()));
-                slot.last_failure = None;
-                Ok((index, generation, session))
-            }
-            Err(message) => {
-                slot.last_failure = Some(Instant::now());
-                self.outage(&message);
-                Err(StoreError::Unavailable(message))
-            }
-        }
-    }
-
-    /// Forgets a slot's connection if it is still the one that failed.
-    async fn discard(&self, index: usize, generation: u64) {
-        let mut slot = self.slots[index].lock().await;
-        if matches!(&slot.session, Some((g, _)) if *g == generation) {
-            slot.session = None;
-        }
-    }
-
-    fn outage(&self, message: &str) {
-        if !self.down.swap(true, Ordering::SeqCst) {
-            tracing::warn!(error = %message, "RethinkDB is unavailable; retrying on later calls");
-        }
-    }
-
-    fn reachable(&self) {
-        if self.down.swap(false, Ordering::SeqCst) {
-            tracing::info!(server = %self.where_(), "RethinkDB is reachable again");
-        }
-    }
-
-    /// Runs `query` and returns every value it yields, arrays flattened
-    /// (a sorted sequence comes back as one array).
-    async fn run(&self, query: Command) -> StoreResult<Vec<Value>> {
-        let (index, generation, session) = self.session().await?;
-        // In its own task: a caller that gives up never leaves the
-        // connection between a request and its response.
-        let task = tokio::spawn(async move {
-            query
-                .run::<_, Value>(&session)
-                .try_collect::<Vec<Value>>()
-                .await
-        });
-        let failure = match tokio::time::timeout(QUERY_TIMEOUT, task).await {
-            Ok(Ok(Ok(values))) => {
-                self.reachable();
-                let mut out = Vec::with_capacity(values.len());
-                for v in values {
-                    match v {
-                        Value::Array(items) => out.extend(items),
-                        other => out.push(other),
-                    }
-                }
-                return Ok(out);
-            }
-            Ok(Ok(Err(e))) => classify(&e),
-            Ok(Err(join)) => Failure::Query(format!("query task failed: {join}")),
-            Err(_) => Failure::Connection(format!(
-                "no answer from RethinkDB at {} within {}s",
-                self.where_(),
-                QUERY_TIMEOUT.as_secs()
-            )),
-        };
-        match failure {
-            Failure::Connection(message) => {
-                self.discard(index, generation).await;
-                self.outage(&message);
-                Err(StoreError::Unavailable(message))
-            }
-            Failure::Unavailable(message) => {
-                self.outage(&message);
-                Err(StoreError::Unavailable(message))
-            }
-            Failure::Query(message) => {
-                self.reachable();
-                Err(StoreError::Backend(message))
-            }
-        }
-    }
-
-    /// Runs a query that answers with one value (a document, a write result).
-    async fn one(&self, query: Command) -> StoreResult<Value> {
-        let mut values = self.run(query).await?;
-        Ok(if values.is_empty() {
-            Value::Null
-        } else {
-            values.swap_remove(0)
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The store
 
 /// A [`Store`] on a RethinkDB database, shared safely by several processes.
@@ -641,6 +118,8 @@ pub struct RethinkStore {
     pool: Arc<Pool>,
     db: String,
     sources_table: String,
+    /// Replicas of each table created.
+    replicas: u8,
 }
 
 impl RethinkStore {
@@ -652,9 +131,10 @@ impl RethinkStore {
             pool: Arc::new(Pool::new(config.clone())),
             db: config.db.clone(),
             sources_table: config.table.clone(),
+            replicas: config.replicas.clamp(1, u8::MAX.into()) as u8,
         };
         store.ensure_schema().await?;
-        store.adopt_existing(OffsetDateTime::now_utc()).await?;
+        store.reconcile(OffsetDateTime::now_utc()).await?;
         tracing::info!(
             server = %store.pool.where_(),
             db = %store.db,
@@ -681,71 +161,6 @@ impl RethinkStore {
     }
     fn targets(&self) -> Command {
         self.table(TARGETS_TABLE)
-    }
-
-    /// Runs a create command, treating "already exists" as done.
-    async fn create_if_missing(&self, query: Command) -> StoreResult<()> {
-        match self.pool.run(query).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_already_exists(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn ensure_schema(&self) -> StoreResult<()> {
-        self.create_if_missing(r.db_create(self.db.clone())).await?;
-        let tables: [(&str, &str); 5] = [
-            (&self.sources_table, "id"),
-            (STATUS_TABLE, "source_id"),
-            (HISTORY_TABLE, "id"),
-            (COUNTERS_TABLE, "id"),
-            (TARGETS_TABLE, "id"),
-        ];
-        for (name, key) in tables {
-            let options = table_create::Options::new().primary_key(key.to_string());
-            self.create_if_missing(
-                r.db(self.db.clone())
-                    .table_create(r.args((name.to_string(), options))),
-            )
-            .await?;
-        }
-        for (name, _) in tables {
-            // Until a new table is ready for reads and writes on every replica.
-            self.pool
-                .run(term(TermType::Wait, [self.table(name)]))
-                .await?;
-        }
-        self.create_if_missing(
-            self.statuses()
-                .index_create(r.args((INDEX_DUE, func(|st| field(&st, "next_check_at"))))),
-        )
-        .await?;
-        self.create_if_missing(self.history_table().index_create(r.args((
-            INDEX_HISTORY_SOURCE,
-            func(|h| {
-                term(
-                    TermType::MakeArray,
-                    [field(&h, "source_id"), field(&h, "id")],
-                )
-            }),
-        ))))
-        .await?;
-        self.create_if_missing(self.history_table().index_create(r.args((
-            INDEX_HISTORY_NAMESPACE,
-            func(|h| {
-                term(
-                    TermType::MakeArray,
-                    [field(&h, "namespace"), field(&h, "id")],
-                )
-            }),
-        ))))
-        .await?;
-        for name in [STATUS_TABLE, HISTORY_TABLE] {
-            self.pool
-                .run(term(TermType::IndexWait, [self.table(name)]))
-                .await?;
-        }
-        Ok(())
     }
 
     /// Raises counter `name` to at least `floor` (creating it when missing).
@@ -796,9 +211,25 @@ impl RethinkStore {
             })
     }
 
-    /// Makes existing data usable: counters above the highest ids, a status
-    /// (due at once) and a target key for every source that lacks them.
-    async fn adopt_existing(&self, now: OffsetDateTime) -> StoreResult<()> {
+    /// Makes existing data usable and the schedule match the sources table:
+    /// counters above the highest ids, a status (due at once) and a target
+    /// key for every source that lacks them, and no status without its
+    /// source. Run at open and whenever the changefeed on the sources table
+    /// (re)starts, so writes by other tools are never missed.
+    pub(super) async fn reconcile(&self, now: OffsetDateTime) -> StoreResult<()> {
+        // Statuses before sources: a source is written before its status and
+        // deleted before it, so a status read here whose source is missing
+        // from the later read is an orphan, never a create in flight.
+        let with_status: HashSet<i64> = self
+            .pool
+            .run(term(
+                TermType::Map,
+                [self.statuses(), lambda(|st| field(&st, "source_id"))],
+            ))
+            .await?
+            .iter()
+            .filter_map(as_int)
+            .collect();
         let docs = self.pool.run(self.sources()).await?;
         let mut sources = Vec::with_capacity(docs.len());
         for doc in &docs {
@@ -807,11 +238,11 @@ impl RethinkStore {
                 Err(e) => tracing::warn!(error = %e, "a source document chump cannot read"),
             }
         }
-        let max_source = docs
+        let ids: HashSet<i64> = docs
             .iter()
             .filter_map(|d| d.get("id").and_then(as_int))
-            .max()
-            .unwrap_or(0);
+            .collect();
+        let max_source = ids.iter().copied().max().unwrap_or(0);
         self.raise_counter(SOURCES_COUNTER, max_source).await?;
         // History ids only ever come from the counter; scan the table only
         // when the counter is missing (a new database, or a lost counter).
@@ -832,27 +263,32 @@ impl RethinkStore {
         };
         self.raise_counter(HISTORY_COUNTER, max_history).await?;
 
-        let with_status: HashSet<i64> = self
-            .pool
-            .run(term(
-                TermType::Map,
-                [self.statuses(), lambda(|st| field(&st, "source_id"))],
-            ))
-            .await?
-            .iter()
-            .filter_map(as_int)
-            .collect();
         let missing: Vec<Value> = sources
             .iter()
             .filter(|s| !with_status.contains(&s.id))
             .map(|s| new_status(s.id, ms(now), s.spec.suspended, s.revision))
             .collect();
         if !missing.is_empty() {
-            tracing::info!(count = missing.len(), "scheduling existing sources");
+            tracing::info!(
+                count = missing.len(),
+                "scheduling sources that have no schedule yet"
+            );
             // Conflicts: another replica adopted them first.
             self.pool
                 .one(term(TermType::Insert, [self.statuses(), lit(missing)]))
                 .await?;
+        }
+        let orphans: Vec<i64> = with_status.difference(&ids).copied().collect();
+        if !orphans.is_empty() {
+            tracing::info!(
+                count = orphans.len(),
+                "dropping the schedule of deleted sources"
+            );
+            for id in orphans {
+                self.pool
+                    .one(term(TermType::Delete, [self.statuses().get(id)]))
+                    .await?;
+            }
         }
 
         let keys: HashMap<String, Option<i64>> = self
@@ -863,29 +299,82 @@ impl RethinkStore {
             .filter_map(|d| Some((opt_str(d, "id")?, opt_int(d, "source_id"))))
             .collect();
         for s in &sources {
-            let key = target_key(&s.spec);
-            match keys.get(&key) {
-                Some(Some(owner)) if *owner == s.id => continue,
-                Some(Some(owner)) => {
-                    tracing::warn!(
-                        source = s.id,
-                        other = owner,
-                        target = %key,
-                        "two existing sources share one target"
-                    );
-                    continue;
-                }
-                _ => {}
+            match keys.get(&target_key(&s.spec)) {
+                Some(Some(owner)) if *owner == s.id => {}
+                Some(Some(owner)) => tracing::warn!(
+                    source = s.id,
+                    other = owner,
+                    target = %target_key(&s.spec),
+                    "two existing sources share one target"
+                ),
+                _ => self.adopt_target(s).await?,
             }
-            let doc = json!({"id": key, "source_id": s.id, "token": "adopted", "at": wall_ms()});
-            let result = self
-                .pool
-                .one(term(TermType::Insert, [self.targets(), lit(doc)]))
-                .await?;
-            if let Inserted::Conflict = inserted(&result, "a target key")? {
-                // Another replica's adoption, or a create in flight: leave it.
-                tracing::debug!(target = %key, "target key exists already");
-            }
+        }
+        Ok(())
+    }
+
+    /// Schedules a source another tool wrote: its status (due at once, if it
+    /// has none), the id counter above its id, and its target key.
+    pub(super) async fn adopt_source(
+        &self,
+        source: &Source,
+        now: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let status = new_status(source.id, ms(now), source.spec.suspended, source.revision);
+        // A conflict is chump's own create (or another replica) first: fine.
+        self.pool
+            .one(term(TermType::Insert, [self.statuses(), lit(status)]))
+            .await?;
+        self.raise_counter(SOURCES_COUNTER, source.id).await?;
+        self.adopt_target(source).await
+    }
+
+    /// Takes the target key of an adopted source, unless it is taken.
+    async fn adopt_target(&self, s: &Source) -> StoreResult<()> {
+        let key = target_key(&s.spec);
+        let doc = json!({"id": key, "source_id": s.id, "token": "adopted", "at": wall_ms()});
+        let result = self
+            .pool
+            .one(term(TermType::Insert, [self.targets(), lit(doc)]))
+            .await?;
+        if let Inserted::Conflict = inserted(&result, "a target key")? {
+            // Another replica's adoption, a create in flight, or a duplicate
+            // written by another tool: leave it.
+            tracing::debug!(target = %key, source = s.id, "target key exists already");
+        }
+        Ok(())
+    }
+
+    /// Writes a history entry for `report`, with the next history id.
+    async fn insert_history(&self, claim: &Claim, report: &CheckReport) -> StoreResult<()> {
+        let source = &claim.source;
+        let id = self.next_id(HISTORY_COUNTER).await?;
+        let doc = json!({
+            "id": id,
+            "source_id": source.id,
+            "namespace": source.spec.namespace,
+            "deployment_name": source.spec.deployment_name,
+            "container_name": source.spec.container_name,
+            "trigger": report.trigger.as_str(),
+            "started_at": ms(report.started_at),
+            "finished_at": ms(report.finished_at),
+            "commit": report.commit,
+            "desired_image": report.desired_image,
+            "running_image": report.running_image,
+            "outcome": report.outcome.as_str(),
+            "stage": report.stage.map(Stage::as_str),
+            "message": report.message,
+            "objects": serde_json::to_value(&report.objects)
+                .map_err(|e| StoreError::Backend(e.to_string()))?,
+        });
+        let result = self
+            .pool
+            .one(term(TermType::Insert, [self.history_table(), lit(doc)]))
+            .await?;
+        if let Inserted::Conflict = inserted(&result, "a history entry")? {
+            return Err(StoreError::Backend(format!(
+                "history id {id} is taken although the counter handed it out"
+            )));
         }
         Ok(())
     }
@@ -1031,6 +520,10 @@ impl Store for RethinkStore {
     async fn ping(&self) -> StoreResult<()> {
         self.pool.run(lit(1)).await?;
         Ok(())
+    }
+
+    async fn follow_changes(&self, wake: Arc<Notify>, stop: CancellationToken) {
+        self.follow(wake, stop).await
     }
 
     async fn create_source(&self, spec: &SourceSpec, now: OffsetDateTime) -> StoreResult<Source> {
@@ -1414,36 +907,6 @@ impl Store for RethinkStore {
         next_check_at: OffsetDateTime,
     ) -> StoreResult<()> {
         let source = &claim.source;
-        if report.outcome != Outcome::UpToDate {
-            let id = self.next_id(HISTORY_COUNTER).await?;
-            let doc = json!({
-                "id": id,
-                "source_id": source.id,
-                "namespace": source.spec.namespace,
-                "deployment_name": source.spec.deployment_name,
-                "container_name": source.spec.container_name,
-                "trigger": report.trigger.as_str(),
-                "started_at": ms(report.started_at),
-                "finished_at": ms(report.finished_at),
-                "commit": report.commit,
-                "desired_image": report.desired_image,
-                "running_image": report.running_image,
-                "outcome": report.outcome.as_str(),
-                "stage": report.stage.map(Stage::as_str),
-                "message": report.message,
-                "objects": serde_json::to_value(&report.objects)
-                    .map_err(|e| StoreError::Backend(e.to_string()))?,
-            });
-            let result = self
-                .pool
-                .one(term(TermType::Insert, [self.history_table(), lit(doc)]))
-                .await?;
-            if let Inserted::Conflict = inserted(&result, "a history entry")? {
-                return Err(StoreError::Backend(format!(
-                    "history id {id} is taken although the counter handed it out"
-                )));
-            }
-        }
         let failed = report.outcome == Outcome::Failed;
         let finished = ms(report.finished_at);
         let next = ms(next_check_at);
@@ -1459,11 +922,7 @@ impl Store for RethinkStore {
             None => field_or(st, name, null()),
         };
         let f = lambda(|st| {
-            let lease_owner = field_or(&st, "lease_owner", null());
-            let ours = or(
-                eq(lease_owner.clone(), null()),
-                eq(lease_owner, lit(&owner)),
-            );
+            let ours = eq(field_or(&st, "lease_owner", null()), lit(&owner));
             let changed = or(
                 ne(field_or(&st, "requested_trigger", null()), null()),
                 ne(field_or(&st, "revision", lit(1)), lit(revision)),
@@ -1497,10 +956,24 @@ impl Store for RethinkStore {
                 lit(json!({})),
             )
         });
-        // A deleted source has no status: the update skips it.
-        self.pool
+        // The status first, only while the lease is still ours: a check
+        // whose lease was lost records nothing (another process owns the
+        // source now). A deleted source has no status (the update skips it)
+        // and still gets its history entry.
+        let result = self
+            .pool
             .one(self.statuses().get(source.id).update(f))
             .await?;
+        if count(&result, "replaced") == 0 && count(&result, "skipped") == 0 {
+            tracing::debug!(
+                source = source.id,
+                "lease lost before the check was recorded"
+            );
+            return Ok(());
+        }
+        if report.outcome != Outcome::UpToDate {
+            self.insert_history(claim, report).await?;
+        }
         Ok(())
     }
 
@@ -1516,6 +989,51 @@ impl Store for RethinkStore {
             self.pool.one(self.statuses().get(*id).update(f)).await?;
         }
         Ok(())
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[SourceId],
+        until: OffsetDateTime,
+    ) -> StoreResult<Vec<SourceId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let until_ms = ms(until);
+        let selection = || {
+            ids.iter().fold(
+                Command::new(TermType::GetAll).with_arg(self.statuses()),
+                |q, id| q.with_arg(lit(id)),
+            )
+        };
+        let is_owners = |st: &Command| eq(field_or(st, "lease_owner", null()), lit(owner));
+        // Each document's write is atomic: a lease another process took
+        // meanwhile is left alone.
+        let extend = lambda(|st| {
+            branch(
+                is_owners(&st),
+                object(vec![("lease_until", lit(until_ms))]),
+                lit(json!({})),
+            )
+        });
+        let result = self.pool.one(selection().update(extend)).await?;
+        if count(&result, "errors") > 0 {
+            let first = result
+                .get("first_error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
+            return Err(StoreError::Backend(format!("renewing leases: {first}")));
+        }
+        let held = term(TermType::Filter, [selection(), lambda(|st| is_owners(&st))]);
+        let held = term(TermType::Pluck, [held, lit("source_id")]);
+        Ok(self
+            .pool
+            .run(held)
+            .await?
+            .iter()
+            .filter_map(|doc| opt_int(doc, "source_id"))
+            .collect())
     }
 
     async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>> {
