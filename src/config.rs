@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// Deadline of one check; a check past it is cancelled and recorded as failed.
     #[arg(long, env = "CHUMP_CHECK_TIMEOUT", default_value = "300")]
     pub check_timeout: String,
+    /// How long a check's lease lasts unless renewed (renewed every third of
+    /// it while the check runs): a check on a replica that died is taken
+    /// over about this long after (3s to 1h).
+    #[arg(long, env = "CHUMP_LEASE", default_value = "30")]
+    pub lease: String,
     /// How long a deploy waits for its Deployment to roll out.
     #[arg(long, env = "CHUMP_ROLLOUT_TIMEOUT", default_value = "120")]
     pub rollout_timeout: String,
@@ -99,6 +104,10 @@ pub struct ServeArgs {
     /// Log format: text or json (verbosity from RUST_LOG, default info).
     #[arg(long, env = "CHUMP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// RethinkDB: replicas of each table chump creates (at most the servers
+    /// of the cluster).
+    #[arg(long, env = "CHUMP_RETHINKDB_REPLICAS", default_value = "1")]
+    pub rethinkdb_replicas: String,
     /// Original tool: RethinkDB host (used when CHUMP_DATABASE is unset).
     #[arg(long, env = "RDB_HOST")]
     pub rdb_host: Option<String>,
@@ -129,6 +138,8 @@ pub struct RethinkConfig {
     pub table: String,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// Replicas of each table chump creates (`CHUMP_RETHINKDB_REPLICAS`).
+    pub replicas: u32,
 }
 
 impl std::fmt::Debug for RethinkConfig {
@@ -140,6 +151,7 @@ impl std::fmt::Debug for RethinkConfig {
             .field("table", &self.table)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -159,6 +171,8 @@ pub struct Config {
     pub workers: usize,
     pub interval: Duration,
     pub check_timeout: Duration,
+    /// A check's lease, renewed while it runs (`CHUMP_LEASE`).
+    pub lease: Duration,
     pub rollout_timeout: Duration,
     pub workdir: PathBuf,
     pub api_token: Option<String>,
@@ -182,6 +196,7 @@ impl std::fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("interval", &self.interval)
             .field("check_timeout", &self.check_timeout)
+            .field("lease", &self.lease)
             .field("rollout_timeout", &self.rollout_timeout)
             .field("workdir", &self.workdir)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
@@ -260,6 +275,19 @@ fn duration(
     Ok(d)
 }
 
+/// Parses a lease length: a duration from 3 s to 1 h.
+fn lease(raw: &str) -> Result<Duration, ConfigError> {
+    let d = duration("CHUMP_LEASE", "lease", raw, Duration::from_secs(3))?;
+    if d > Duration::from_secs(3600) {
+        return Err(invalid(
+            "CHUMP_LEASE",
+            "lease",
+            format!("'{}' is longer than the maximum of 1h", raw.trim()),
+        ));
+    }
+    Ok(d)
+}
+
 fn boolean(var: &'static str, flag: &'static str, raw: &str) -> Result<bool, ConfigError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -296,6 +324,7 @@ pub fn parse_rethinkdb_url(raw: &str, table: &str) -> Result<RethinkConfig, Stri
             .then(|| decode(url.username()))
             .transpose()?,
         password: url.password().map(decode).transpose()?,
+        replicas: 1,
     })
 }
 
@@ -393,12 +422,32 @@ impl Config {
                     table: args.table_name.trim().to_string(),
                     user: None,
                     password: None,
+                    replicas: 1,
                 })
             }
             _ => DatabaseConfig::Sqlite {
                 path: "chump.db".into(),
             },
         };
+        let mut database = database;
+        if let DatabaseConfig::RethinkDb(rc) = &mut database {
+            rc.replicas = args
+                .rethinkdb_replicas
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "CHUMP_RETHINKDB_REPLICAS",
+                        "rethinkdb-replicas",
+                        format!(
+                            "'{}' is not an integer from 1 to 64",
+                            args.rethinkdb_replicas
+                        ),
+                    )
+                })?;
+        }
         if let DatabaseConfig::RethinkDb(rc) = &database {
             let ok = |s: &str| {
                 !s.is_empty()
@@ -432,6 +481,7 @@ impl Config {
             &args.check_timeout,
             Duration::from_secs(1),
         )?;
+        let lease = lease(&args.lease)?;
         let rollout_timeout = duration(
             "CHUMP_ROLLOUT_TIMEOUT",
             "rollout-timeout",
@@ -560,6 +610,7 @@ impl Config {
             workers,
             interval,
             check_timeout,
+            lease,
             rollout_timeout,
             workdir: args.workdir.clone(),
             api_token,
@@ -615,5 +666,33 @@ mod tests {
             28015
         );
         assert!(parse_rethinkdb_url("rethinkdb://h/", "t").is_err());
+    }
+
+    fn serve(args: &[String]) -> Result<Config, ConfigError> {
+        let argv = ["chump".to_string(), "serve".to_string()];
+        let cli = Cli::try_parse_from(argv.iter().chain(args)).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        Config::from_args(&serve)
+    }
+
+    #[test]
+    fn lease_durations() {
+        assert_eq!(serve(&[]).unwrap().lease, Duration::from_secs(30));
+        for (raw, secs) in [("3", 3), ("5s", 5), ("2m", 120), ("1h", 3600), (" 45 ", 45)] {
+            assert_eq!(
+                serve(&[format!("--lease={raw}")]).unwrap().lease,
+                Duration::from_secs(secs),
+                "{raw}"
+            );
+        }
+        for raw in ["2", "2500ms", "61m", "2h", "soon", "", "-5"] {
+            let e = serve(&[format!("--lease={raw}")])
+                .err()
+                .unwrap_or_else(|| panic!("{raw} accepted"));
+            assert_eq!((e.var, e.flag), ("CHUMP_LEASE", "lease"), "{raw}: {e}");
+            assert!(e.to_string().contains("CHUMP_LEASE"), "{e}");
+        }
     }
 }

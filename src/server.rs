@@ -43,6 +43,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             check_timeout: config.check_timeout,
             grace: config.shutdown_grace,
             owner: owner_id(),
+            lease: config.lease,
             max_sleep: std::time::Duration::from_secs(1),
         },
         wake.clone(),

@@ -12,56 +12,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chump::config::RethinkConfig;
 use chump::store::rethinkdb::RethinkStore;
 use chump_jobs::history::Outcome;
 use chump_jobs::store::{Store, StoreError};
-use futures::TryStreamExt;
 use reql::r;
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::conformance::{report, spec};
+use support::rethinkdb::{fresh_config, python_doc, raw_run, raw_session};
 use time::OffsetDateTime;
-
-const SKIPPED: &str = "skipped: CHUMP_TEST_RETHINKDB is not set (no RethinkDB server)";
-
-/// The server under test, or None (and a note) when there is none.
-fn server() -> Option<(String, u16)> {
-    let Ok(addr) = std::env::var("CHUMP_TEST_RETHINKDB") else {
-        // Written to the process's stderr directly (not `eprintln!`, which
-        // the test harness captures for passing tests), once, so that a
-        // test run says plainly what it did not test.
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\nstore_rethinkdb: every RethinkDB test {SKIPPED}; set CHUMP_TEST_RETHINKDB=host:port to run them\n"
-            );
-        });
-        return None;
-    };
-    let (host, port) = match addr.rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_string(),
-            p.parse().expect("CHUMP_TEST_RETHINKDB=host:port"),
-        ),
-        None => (addr, 28015),
-    };
-    Some((host, port))
-}
-
-/// A config for a new database with a random name on the test server.
-fn fresh_config() -> Option<RethinkConfig> {
-    let (host, port) = server()?;
-    Some(RethinkConfig {
-        host,
-        port,
-        db: format!("chump_test_{:016x}", fastrand::u64(..)),
-        table: "sources".into(),
-        user: None,
-        password: None,
-    })
-}
 
 async fn fresh() -> Option<Arc<dyn Store>> {
     let config = fresh_config()?;
@@ -72,41 +30,6 @@ conformance_tests!(fresh());
 
 fn t(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
-}
-
-/// A raw reql session to the test server (for writing the original layout).
-async fn raw_session(config: &RethinkConfig) -> reql::Session {
-    r.connect(
-        reql::cmd::connect::Options::new()
-            .host(config.host.clone())
-            .port(config.port),
-    )
-    .await
-    .expect("connect to CHUMP_TEST_RETHINKDB")
-}
-
-async fn raw_run(session: &reql::Session, query: reql::Command) -> Value {
-    query
-        .run::<_, Value>(session)
-        .try_next()
-        .await
-        .expect("query")
-        .unwrap_or(Value::Null)
-}
-
-/// A source document exactly as the Python tool wrote it: seven fields and
-/// an integer id, nothing else.
-fn python_doc(id: i64, name: &str) -> Value {
-    json!({
-        "id": id,
-        "namespace": "production",
-        "deployment_name": name,
-        "git_url": "https://github.com/stvnorg/helloworld.git",
-        "branch": "master",
-        "deploy_path": "./deploy/helloworld/deployment.yaml",
-        "container_name": "app",
-        "image_version_file": "./deploy/helloworld/deployment.yaml",
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,10 @@
 //! A check never fails as a Rust error: whatever happens becomes a
 //! [`CheckReport`] with an [`Outcome`] and, for failures, the [`Stage`] that
 //! failed and a message. The caller records it and moves on.
+//!
+//! A check holds a lease on its source ([`LeaseGuard`]); right before the
+//! apply stage it makes sure the lease is still held, and stops with nothing
+//! applied when it is not (another process may own the source now).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,6 +22,7 @@ use crate::git::GitCache;
 use crate::history::{AppliedObject, CheckReport, Outcome, Stage, Trigger};
 use crate::image::same_image;
 use crate::kustomize::Kustomize;
+use crate::lease::LeaseGuard;
 use crate::manifest::desired_image_from_file;
 use crate::metrics::Metrics;
 use crate::redact::{redact_secrets, url_secrets};
@@ -112,19 +117,21 @@ impl Checker {
     /// the check goes, so a caller that cuts it short knows how far it got.
     /// `fresh_since`: a git head read by a sync that started at or after
     /// this instant is fresh enough for this check (see
-    /// [`GitCache::sync_since`]).
+    /// [`GitCache::sync_since`]). `lease`: the check's lease, asked right
+    /// before anything is written to the cluster.
     pub async fn check(
         &self,
         source: &Source,
         trigger: Trigger,
         fresh_since: OffsetDateTime,
         progress: &ProgressCell,
+        lease: &LeaseGuard,
     ) -> CheckReport {
         let started_at = OffsetDateTime::now_utc();
         let mut times = StageTimes::default();
         let span = tracing::info_span!("check", source_id = source.id, %trigger);
         let result = self
-            .run(source, fresh_since, progress, &mut times)
+            .run(source, fresh_since, progress, lease, &mut times)
             .instrument(span.clone())
             .await;
         let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
@@ -165,6 +172,7 @@ impl Checker {
         source: &Source,
         fresh_since: OffsetDateTime,
         progress: &ProgressCell,
+        lease: &LeaseGuard,
         times: &mut StageTimes,
     ) -> Result<(Outcome, Vec<AppliedObject>), (Failure, Vec<AppliedObject>)> {
         let spec = &source.spec;
@@ -254,6 +262,13 @@ impl Checker {
         times.build = t.elapsed();
 
         set(&|p| p.stage = Some(Stage::Apply));
+        // The last moment to give up without touching the cluster.
+        if !lease.held() {
+            return Err(fail(
+                Stage::Apply,
+                "the check's lease was lost before the apply: nothing applied".to_string(),
+            ));
+        }
         let t = Instant::now();
         let allowed = self.restrict_namespace.then_some(spec.namespace.as_str());
         let applied = cluster

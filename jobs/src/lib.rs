@@ -12,6 +12,7 @@ pub mod git;
 pub mod history;
 pub mod image;
 pub mod kustomize;
+pub mod lease;
 pub mod manifest;
 pub mod metrics;
 pub mod paths;
@@ -20,6 +21,8 @@ pub mod redact;
 pub mod scheduler;
 pub mod source;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod webhook;
 pub mod worker;
 pub mod yaml;

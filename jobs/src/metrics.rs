@@ -43,6 +43,8 @@ pub struct Metrics {
     registry: Registry,
     pub checks: Family<CheckLabels, Counter>,
     pub check_duration: Histogram,
+    /// Checks given up because their lease was lost (nothing recorded).
+    pub checks_abandoned: Counter,
     pub deploys: Counter,
     pub git_syncs: Family<GitLabels, Counter>,
     pub queue_depth: Gauge,
@@ -72,6 +74,12 @@ impl Metrics {
             "check_duration_seconds",
             "Time one check took",
             check_duration.clone(),
+        );
+        let checks_abandoned = Counter::default();
+        registry.register(
+            "checks_abandoned",
+            "Checks abandoned because their lease was lost (another process may own the source)",
+            checks_abandoned.clone(),
         );
         let deploys = Counter::default();
         registry.register("deploys", "Deploys applied and rolled out", deploys.clone());
@@ -109,6 +117,7 @@ impl Metrics {
             registry,
             checks,
             check_duration,
+            checks_abandoned,
             deploys,
             git_syncs,
             queue_depth,

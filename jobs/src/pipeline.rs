@@ -1,10 +1,12 @@
-//! The pipeline as one unit: the scheduler and the worker pool over a
-//! store, started together and stopped through one [`CancellationToken`].
+//! The pipeline as one unit: the scheduler, the worker pool and the lease
+//! keeper over a store, started together and stopped through one
+//! [`CancellationToken`].
 //!
 //! Shutdown: when the token is cancelled the scheduler stops claiming, the
 //! worker stops taking jobs, running checks get [`PipelineConfig::grace`] to
 //! finish, and whatever is still running then is cut and recorded as failed
-//! (stage `timeout`). Claims that never started are handed back.
+//! (stage `timeout`). The lease keeper renews leases until the last check
+//! has ended; then claims that never started are handed back.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::Checker;
+use crate::lease;
 use crate::scheduler::{self, Load, SchedulerConfig};
 use crate::store::Store;
 use crate::worker::{self, WorkerContext};
@@ -29,6 +32,9 @@ pub struct PipelineConfig {
     pub grace: Duration,
     /// This process's name on its leases (unique per process).
     pub owner: String,
+    /// How long a claim's lease lasts unless renewed (`CHUMP_LEASE`); the
+    /// lease keeper renews every lease held every third of it.
+    pub lease: Duration,
     /// Longest the scheduler sleeps without looking at the store.
     pub max_sleep: Duration,
 }
@@ -90,13 +96,17 @@ impl Pipeline {
         let sched_config = SchedulerConfig {
             workers: config.workers,
             interval: config.interval,
-            lease: config.check_timeout + config.grace + Duration::from_secs(30),
+            lease: config.lease,
             max_sleep: config.max_sleep,
             owner: config.owner.clone(),
         };
         let task = {
             let (load, alive) = (load.clone(), alive.clone());
             tokio::spawn(async move {
+                let follower = {
+                    let (store, wake, stop) = (store.clone(), wake.clone(), shutdown.clone());
+                    tokio::spawn(async move { store.follow_changes(wake, stop).await })
+                };
                 let scheduler = tokio::spawn(scheduler::run(
                     store.clone(),
                     sched_config,
@@ -106,9 +116,19 @@ impl Pipeline {
                     alive,
                     shutdown.clone(),
                 ));
+                // Stopped only once no check runs any more (after the grace).
+                let keeper_stop = CancellationToken::new();
+                let keeper = tokio::spawn(lease::keep(
+                    store.clone(),
+                    load.clone(),
+                    config.owner.clone(),
+                    config.lease,
+                    keeper_stop.clone(),
+                ));
                 let workers = tokio::spawn(worker::run(ctx, config.workers, rx, shutdown.clone()));
                 shutdown.cancelled().await;
                 let _ = scheduler.await;
+                let _ = follower.await;
                 // Running checks get the grace period, then are cut.
                 let cutter = {
                     let cut = cut.clone();
@@ -121,11 +141,13 @@ impl Pipeline {
                 };
                 let _ = workers.await;
                 cutter.abort();
+                keeper_stop.cancel();
+                let _ = keeper.await;
                 // Claims queued but never started go back to the schedule.
                 let left: Vec<_> = load
                     .claimed
                     .lock()
-                    .map(|c| c.iter().copied().collect())
+                    .map(|c| c.keys().copied().collect())
                     .unwrap_or_default();
                 if !left.is_empty() {
                     if let Err(e) = store.release_claims(&config.owner, &left).await {

@@ -7,8 +7,14 @@
 //! this process or another — and hands them to the worker queue. It wakes
 //! at the earliest due time, when a worker frees up, when the API changes
 //! intent, and at least every [`SchedulerConfig::max_sleep`].
+//!
+//! Each claim gets a [`LeaseGuard`] in [`Load::claimed`], which the lease
+//! keeper ([`crate::lease::keep`]) renews while the check is queued or runs.
+//! A claim for a source this process already has in flight (its own lease
+//! expired, e.g. while the process was paused, and it took it again) starts
+//! no second check: the running one keeps going under the new lease.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +23,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::history::{CheckReport, Outcome};
+use crate::history::{CheckReport, Outcome, Trigger};
+use crate::lease::LeaseGuard;
 use crate::source::SourceId;
 use crate::store::{Claim, Store};
 use crate::worker::CheckJob;
@@ -29,7 +36,8 @@ pub struct SchedulerConfig {
     pub workers: usize,
     /// Default time between two checks of a source.
     pub interval: Duration,
-    /// How long a claim holds a source; longer than any check can take.
+    /// How long a claim holds a source before it must be renewed
+    /// (`CHUMP_LEASE`; the lease keeper renews it every third of that).
     pub lease: Duration,
     /// Longest sleep between two looks at the schedule (other processes may
     /// change it without waking this one).
@@ -45,8 +53,9 @@ pub struct Load {
     pub queued: AtomicUsize,
     /// Running now.
     pub running: AtomicUsize,
-    /// Sources claimed by this process whose check has not finished.
-    pub claimed: Mutex<HashSet<SourceId>>,
+    /// Sources claimed by this process whose check has not finished, with
+    /// their leases.
+    pub claimed: Mutex<HashMap<SourceId, LeaseGuard>>,
 }
 
 impl Load {
@@ -159,16 +168,46 @@ async fn tick(
             .await?;
         for claim in claims {
             let id = claim.source.id;
-            if let Ok(mut c) = load.claimed.lock() {
-                c.insert(id);
+            let lease = LeaseGuard::new(id, claim.lease_until);
+            let running = load.claimed.lock().ok().and_then(|mut c| {
+                match c.get(&id) {
+                    // Already in flight here: the store handed this process
+                    // its own source again (its lease had expired). The new
+                    // lease is ours too; the running check goes on under it.
+                    Some(held) if !held.is_lost() => Some(held.clone()),
+                    _ => {
+                        c.insert(id, lease.clone());
+                        None
+                    }
+                }
+            });
+            if let Some(held) = running {
+                held.extend(claim.lease_until);
+                tracing::debug!(
+                    source_id = id,
+                    "claimed again while in flight: the running check keeps it"
+                );
+                if claim.trigger != Trigger::Schedule {
+                    // The claim took a request the running check may not
+                    // have seen: ask again, so it follows this check.
+                    if let Err(e) = store.request_check(id, claim.trigger, now).await {
+                        tracing::warn!(source_id = id, error = %e, "cannot queue the follow-up check");
+                    }
+                }
+                continue;
             }
             load.queued.fetch_add(1, Ordering::Relaxed);
-            let job = CheckJob { claim };
+            let job = CheckJob {
+                claim,
+                lease: lease.clone(),
+            };
             if queue.send(job).await.is_err() {
                 // The workers are gone (shutdown): give the lease back.
                 load.queued.fetch_sub(1, Ordering::Relaxed);
                 if let Ok(mut c) = load.claimed.lock() {
-                    c.remove(&id);
+                    if c.get(&id).is_some_and(|g| g.same(&lease)) {
+                        c.remove(&id);
+                    }
                 }
                 store.release_claims(&config.owner, &[id]).await?;
             }
@@ -190,4 +229,73 @@ async fn tick(
         None => config.max_sleep,
     };
     Ok(sleep.min(config.max_sleep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{claim, FakeStore};
+
+    fn config() -> SchedulerConfig {
+        SchedulerConfig {
+            workers: 4,
+            interval: Duration::from_secs(60),
+            lease: Duration::from_secs(30),
+            max_sleep: Duration::from_secs(1),
+            owner: "p1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_claimed_again_while_in_flight_starts_no_second_check() {
+        let store = FakeStore::default();
+        let load = Load::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        let lease = Duration::from_secs(30);
+        store
+            .claims
+            .lock()
+            .unwrap()
+            .push(claim(1, Trigger::Schedule, lease));
+        tick(&store, &config(), &load, &tx).await.unwrap();
+        let first = rx.try_recv().expect("the first claim is queued");
+        assert_eq!(first.claim.source.id, 1);
+
+        // Its lease expired (the process was paused) and the store handed
+        // source 1 to this process again, with a webhook request, plus 2.
+        let mut again = claim(1, Trigger::Webhook, lease);
+        again.lease_until += Duration::from_secs(100);
+        let later = again.lease_until;
+        store.claims.lock().unwrap().push(again);
+        store
+            .claims
+            .lock()
+            .unwrap()
+            .push(claim(2, Trigger::Schedule, lease));
+        tick(&store, &config(), &load, &tx).await.unwrap();
+        let second = rx.try_recv().expect("source 2 is queued");
+        assert_eq!(second.claim.source.id, 2);
+        assert!(rx.try_recv().is_err(), "source 1 was queued twice");
+        let held = load.claimed.lock().unwrap().get(&1).cloned().unwrap();
+        assert!(held.same(&first.lease), "the running check keeps its lease");
+        assert!(
+            (later - held.until()).abs() < time::Duration::milliseconds(1),
+            "under the new lease's end"
+        );
+        assert_eq!(load.queued.load(Ordering::Relaxed), 2);
+        assert_eq!(*store.requests.lock().unwrap(), vec![(1, Trigger::Webhook)]);
+
+        // A lost lease no longer counts: a new claim replaces it.
+        held.lose("test");
+        store
+            .claims
+            .lock()
+            .unwrap()
+            .push(claim(1, Trigger::Schedule, lease));
+        tick(&store, &config(), &load, &tx).await.unwrap();
+        let third = rx
+            .try_recv()
+            .expect("a new check once the old lease is lost");
+        assert!(!third.lease.same(&first.lease));
+    }
 }

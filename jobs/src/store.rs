@@ -6,16 +6,20 @@
 //!
 //! - **intent**, written by the API: sources, and requests to check one now;
 //! - **the schedule**: when each source is due next, and which process holds
-//!   a *lease* on a check in flight, so no source is checked twice at once
-//!   and a crashed process's checks come back once its leases expire;
+//!   a *lease* on a check in flight, renewed while the check runs, so no
+//!   source is checked twice at once and a crashed process's checks come
+//!   back soon after its leases expire;
 //! - **facts**, written by workers: each source's status and the history of
 //!   deploys and failures.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
 use crate::source::{Source, SourceId, SourceSpec};
@@ -75,6 +79,7 @@ pub struct Claim {
     pub due_at: OffsetDateTime,
     /// Who holds the lease.
     pub owner: String,
+    /// When the lease ends unless renewed ([`Store::renew_leases`]).
     pub lease_until: OffsetDateTime,
 }
 
@@ -154,7 +159,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records a finished check in one step: the status, a history entry for
     /// deploys and failures, the next due time (at once instead, if the
     /// source changed or a check was requested meanwhile), and releases the
-    /// lease. A deleted source only gets its history entry.
+    /// lease. Only the lease's holder writes: when the claim's lease is no
+    /// longer `claim.owner`'s (released, or taken by another process),
+    /// nothing is written. A deleted source only gets its history entry.
     async fn finish_check(
         &self,
         claim: &Claim,
@@ -164,6 +171,16 @@ pub trait Store: Send + Sync + 'static {
     /// Gives back leases held by `owner` without recording anything (the
     /// process gave up the checks before starting them).
     async fn release_claims(&self, owner: &str, ids: &[SourceId]) -> StoreResult<()>;
+    /// Extends to `until` every lease on `ids` still held by `owner` (even
+    /// one past its end, as long as no other process took it), and returns
+    /// the ids whose lease is `owner`'s after the call. The others were lost:
+    /// released, or taken by another process after they expired.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[SourceId],
+        until: OffsetDateTime,
+    ) -> StoreResult<Vec<SourceId>>;
     /// When the earliest source is due (for the scheduler's sleep).
     async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>>;
 
@@ -175,4 +192,16 @@ pub trait Store: Send + Sync + 'static {
         -> StoreResult<std::collections::HashMap<SourceId, SourceStatus>>;
     /// History entries matching `query`, newest first.
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>>;
+
+    // --- other writers ---
+
+    /// Follows what other processes write (sources added, changed or
+    /// deleted by another tool, checks requested through another replica)
+    /// until `stop`, keeping the schedule in step with it and notifying
+    /// `wake` whenever a check may have become due. A backend only this
+    /// process writes has nothing to follow: the default waits for `stop`.
+    async fn follow_changes(&self, wake: Arc<Notify>, stop: CancellationToken) {
+        let _ = wake;
+        stop.cancelled().await;
+    }
 }

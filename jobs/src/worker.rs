@@ -4,6 +4,10 @@
 //! The queue is an in-process channel (the apalis backend is its stream):
 //! the store already holds the schedule and the leases, so a queued job
 //! lost with the process is simply claimed again once its lease expires.
+//!
+//! A check whose lease is lost (see [`crate::lease`]) is abandoned: it is
+//! cancelled where it stands and nothing is recorded, since another process
+//! may own the source now.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check::{cut_report, Checker, ProgressCell};
 use crate::history::CheckReport;
+use crate::lease::LeaseGuard;
 use crate::scheduler::{next_check_at, Load};
 use crate::store::{Claim, Store, StoreError};
 
@@ -35,10 +40,12 @@ pub struct WorkerContext {
     pub cut: CancellationToken,
 }
 
-/// A job: a claimed check. (apalis needs `Clone`; the claim is small.)
+/// A job: a claimed check and its lease. (apalis needs `Clone`; the claim
+/// is small and the lease a shared handle.)
 #[derive(Debug, Clone)]
 pub struct CheckJob {
     pub claim: Claim,
+    pub lease: LeaseGuard,
 }
 
 /// Builds the worker over `queue` and runs it until `stop` is cancelled,
@@ -68,8 +75,15 @@ pub async fn run(
     }
 }
 
+/// How a check ended, as far as the worker is concerned.
+enum Ending {
+    Report(CheckReport),
+    /// The lease was lost: nothing to record.
+    Abandoned,
+}
+
 async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxDynError> {
-    let CheckJob { claim } = job;
+    let CheckJob { claim, lease } = job;
     let ctx: Arc<WorkerContext> = (*ctx).clone();
     ctx.load.queued.fetch_sub(1, Ordering::Relaxed);
     let running = ctx.load.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -78,33 +92,74 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     let started_at = OffsetDateTime::now_utc();
     let progress = ProgressCell::default();
     let fresh_since = fresh_since(&claim, ctx.interval);
-    let report = tokio::select! {
-        r = tokio::time::timeout(ctx.check_timeout, ctx.checker.check(&claim.source, claim.trigger, fresh_since, &progress)) => match r {
-            Ok(report) => report,
-            Err(_) => cut_report(
+    let ending = if !lease.held() {
+        Ending::Abandoned
+    } else {
+        let check = ctx
+            .checker
+            .check(&claim.source, claim.trigger, fresh_since, &progress, &lease);
+        tokio::select! {
+            r = tokio::time::timeout(ctx.check_timeout, check) => match r {
+                Ok(report) => Ending::Report(report),
+                Err(_) => Ending::Report(cut_report(
+                    &claim.source,
+                    claim.trigger,
+                    started_at,
+                    &progress,
+                    &format!("check exceeded its deadline of {}s (CHUMP_CHECK_TIMEOUT)", ctx.check_timeout.as_secs()),
+                )),
+            },
+            _ = ctx.cut.cancelled() => Ending::Report(cut_report(
                 &claim.source,
                 claim.trigger,
                 started_at,
                 &progress,
-                &format!("check exceeded its deadline of {}s (CHUMP_CHECK_TIMEOUT)", ctx.check_timeout.as_secs()),
-            ),
-        },
-        _ = ctx.cut.cancelled() => cut_report(
-            &claim.source,
-            claim.trigger,
-            started_at,
-            &progress,
-            "check cut short at shutdown",
-        ),
+                "check cut short at shutdown",
+            )),
+            _ = lease.lost() => Ending::Abandoned,
+        }
     };
-    ctx.checker.metrics.record_check(&report);
-    record(&ctx, &claim, &report).await;
+    // A check that ended after its lease was lost is abandoned too: its
+    // result is no longer this process's to record.
+    let ending = match ending {
+        Ending::Report(_) if lease.is_lost() => Ending::Abandoned,
+        e => e,
+    };
+    let outcome = match &ending {
+        Ending::Report(report) => {
+            ctx.checker.metrics.record_check(report);
+            record(&ctx, &claim, &lease, report).await;
+            Some(report.outcome)
+        }
+        Ending::Abandoned => {
+            ctx.checker.metrics.checks_abandoned.inc();
+            let stage = progress.lock().ok().and_then(|p| p.stage);
+            tracing::warn!(
+                source_id = claim.source.id,
+                stage = stage.map(|s| s.as_str()),
+                "check abandoned: its lease was lost; nothing recorded"
+            );
+            None
+        }
+    };
 
     let running = ctx.load.running.fetch_sub(1, Ordering::SeqCst) - 1;
     if let Ok(mut c) = ctx.load.claimed.lock() {
-        c.remove(&claim.source.id);
+        if c.get(&claim.source.id).is_some_and(|g| g.same(&lease)) {
+            c.remove(&claim.source.id);
+        }
     }
-    tracing::debug!(source_id = claim.source.id, running, outcome = %report.outcome, "check done");
+    match outcome {
+        Some(outcome) => {
+            tracing::debug!(source_id = claim.source.id, running, outcome = %outcome, "check done")
+        }
+        None => tracing::debug!(
+            source_id = claim.source.id,
+            running,
+            abandoned = true,
+            "check done"
+        ),
+    }
     ctx.wake.notify_one();
     Ok(())
 }
@@ -129,23 +184,25 @@ fn fresh_since(claim: &Claim, default_interval: Duration) -> OffsetDateTime {
     claim.due_at - (interval / 10).min(Duration::from_secs(30))
 }
 
-/// Writes the report, retrying while the store is unavailable (up to the
-/// lease: after that another claim may already be running the source).
-async fn record(ctx: &WorkerContext, claim: &Claim, report: &CheckReport) {
+/// Writes the report, retrying while the store is unavailable, up to the
+/// lease's current (renewed) end: after that another process may already be
+/// running the source. Gives up at once when the lease is lost.
+async fn record(ctx: &WorkerContext, claim: &Claim, lease: &LeaseGuard, report: &CheckReport) {
     let next = next_check_at(claim, report, ctx.interval);
     let mut delay = Duration::from_millis(100);
+    lease.set_recording();
     loop {
         match ctx.store.finish_check(claim, report, next).await {
             Ok(()) => return,
             Err(StoreError::Unavailable(e))
-                if OffsetDateTime::now_utc() + delay < claim.lease_until =>
+                if !lease.is_lost() && OffsetDateTime::now_utc() + delay < lease.until() =>
             {
                 tracing::warn!(source_id = claim.source.id, error = %e, "cannot record the check yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                tracing::error!(source_id = claim.source.id, error = %e, "check result lost: the store refused it");
+                tracing::error!(source_id = claim.source.id, error = %e, lease_lost = lease.is_lost(), "check result lost: the store refused it");
                 return;
             }
         }

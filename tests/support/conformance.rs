@@ -626,6 +626,184 @@ pub async fn deleted_sources_are_never_claimed(store: Arc<dyn Store>) {
     );
 }
 
+fn sorted(mut ids: Vec<i64>) -> Vec<i64> {
+    ids.sort();
+    ids
+}
+
+fn all_history() -> HistoryQuery {
+    HistoryQuery {
+        limit: 50,
+        ..Default::default()
+    }
+}
+
+pub async fn renewing_keeps_a_lease_past_its_first_end(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    let claims = store.claim_due(t(0), 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    // Renewed before its end: another process finds nothing due past it.
+    assert_eq!(
+        store.renew_leases("p1", &[a.id], t(100)).await.unwrap(),
+        vec![a.id]
+    );
+    let later = t(0) + LEASE + Duration::from_secs(1);
+    // b was not renewed: its lease ended and p2 takes it; a stays p1's.
+    let taken = store.claim_due(later, 10, "p2", LEASE).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![b.id]
+    );
+    assert!(store.status(a.id).await.unwrap().unwrap().in_flight);
+    assert_eq!(store.next_due().await.unwrap(), Some(t(100)));
+    // A lease past its end (t(100)) that nobody took is still the owner's
+    // to renew.
+    assert_eq!(
+        store.renew_leases("p1", &[a.id], t(200)).await.unwrap(),
+        vec![a.id]
+    );
+    assert!(store
+        .claim_due(t(150), 10, "p2", LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.source.id != a.id));
+    // The holder of a renewed lease records its check as usual.
+    let claim = claims.iter().find(|c| c.source.id == a.id).unwrap();
+    store
+        .finish_check(claim, &report(claim, Outcome::Deployed, t(160)), t(400))
+        .await
+        .unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(st.last_outcome, Some(Outcome::Deployed));
+    assert!(!st.in_flight);
+    assert_eq!(store.history(&all_history()).await.unwrap().len(), 1);
+}
+
+pub async fn leases_taken_by_another_are_not_renewed(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    assert_eq!(
+        store.claim_due(t(0), 10, "p1", LEASE).await.unwrap().len(),
+        2
+    );
+    // p1 stalls; its lease on a ends and p2 takes a.
+    store.release_claims("p1", &[b.id]).await.unwrap();
+    let later = t(0) + LEASE + Duration::from_secs(1);
+    let taken = store.claim_due(later, 1, "p2", LEASE).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![a.id]
+    );
+    // p1 wakes up: both its leases are lost (a taken, b released).
+    assert!(store
+        .renew_leases("p1", &[a.id, b.id], t(500))
+        .await
+        .unwrap()
+        .is_empty());
+    // p2's lease on a was not extended to p1's time.
+    let p2_end = later + LEASE;
+    assert!(store
+        .claim_due(p2_end - Duration::from_secs(1), 10, "p3", LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.source.id != a.id));
+    let after = store.claim_due(p2_end, 10, "p3", LEASE).await.unwrap();
+    assert_eq!(
+        after.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![a.id]
+    );
+    // And the new holder renews it.
+    assert_eq!(
+        sorted(
+            store
+                .renew_leases("p3", &[a.id, b.id], t(900))
+                .await
+                .unwrap()
+        ),
+        vec![a.id, b.id]
+    );
+}
+
+pub async fn renewing_leases_never_held_returns_none(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    let c = store.create_source(&spec("c"), t(0)).await.unwrap();
+    assert!(store
+        .renew_leases("p1", &[], t(100))
+        .await
+        .unwrap()
+        .is_empty());
+    let claims = store.claim_due(t(0), 1, "p1", LEASE).await.unwrap();
+    assert_eq!(claims[0].source.id, a.id);
+    let claims = store.claim_due(t(0), 1, "p2", LEASE).await.unwrap();
+    assert_eq!(claims[0].source.id, b.id);
+    // b is p2's, c is nobody's, 99 does not exist: only a is p1's.
+    assert_eq!(
+        store
+            .renew_leases("p1", &[c.id, b.id, a.id, 99], t(100))
+            .await
+            .unwrap(),
+        vec![a.id]
+    );
+    // Nothing was leased by the attempt: c is still free, b still p2's.
+    assert!(!store.status(c.id).await.unwrap().unwrap().in_flight);
+    let free = store.claim_due(t(1), 10, "p3", LEASE).await.unwrap();
+    assert_eq!(
+        free.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![c.id]
+    );
+    let later = t(0) + LEASE;
+    let b_again = store.claim_due(later, 10, "p3", LEASE).await.unwrap();
+    assert_eq!(
+        b_again.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![b.id],
+        "b's lease ended at its own time, not p1's"
+    );
+}
+
+pub async fn finishing_after_the_lease_was_lost_writes_nothing(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let stale = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let later = t(0) + LEASE + Duration::from_secs(1);
+    let current = store
+        .claim_due(later, 1, "p2", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    // p1's check ends after p2 took the source: nothing of it is written.
+    store
+        .finish_check(&stale, &report(&stale, Outcome::Deployed, later), t(900))
+        .await
+        .unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert!(st.in_flight, "p2's lease stays");
+    assert_eq!((st.last_outcome, st.last_checked_at), (None, None));
+    assert!(store.history(&all_history()).await.unwrap().is_empty());
+    // p2 finishes; p1's second late report (the lease is now released)
+    // changes nothing either.
+    let at = later + Duration::from_secs(2);
+    store
+        .finish_check(&current, &report(&current, Outcome::UpToDate, at), t(300))
+        .await
+        .unwrap();
+    let done = store.status(a.id).await.unwrap().unwrap();
+    store
+        .finish_check(&stale, &report(&stale, Outcome::Failed, at), t(901))
+        .await
+        .unwrap();
+    assert_eq!(store.status(a.id).await.unwrap().unwrap(), done);
+    assert_eq!(done.last_outcome, Some(Outcome::UpToDate));
+    assert_eq!(done.next_check_at, Some(t(300)));
+    assert!(store.history(&all_history()).await.unwrap().is_empty());
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -636,7 +814,9 @@ macro_rules! conformance_tests {
             leases_exclude_and_expire, concurrent_claims_never_overlap,
             finishing_records_status_and_history, changes_during_a_check_make_it_due_again,
             requested_checks, suspended_sources, history_outlives_its_source_and_pages,
-            deleted_sources_are_never_claimed);
+            deleted_sources_are_never_claimed, renewing_keeps_a_lease_past_its_first_end,
+            leases_taken_by_another_are_not_renewed, renewing_leases_never_held_returns_none,
+            finishing_after_the_lease_was_lost_writes_nothing);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(

@@ -6,3 +6,4 @@ pub mod conformance;
 pub mod env;
 pub mod git_server;
 pub mod kube_api;
+pub mod rethinkdb;
