@@ -516,3 +516,71 @@ async fn a_check_asked_of_one_replica_starts_at_once_on_a_free_one() {
     );
     assert!(log_lines(&a, "check started", web).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_changefeed_is_reopened_and_misses_nothing() {
+    let Some(config) = fresh_config() else { return };
+    let env = Env::new().await;
+    env.app_repo("app", "gap", "web", "nginx:1.0");
+    let chump = env.chump_with(
+        env.options()
+            .env("CHUMP_DATABASE", database_url(&config))
+            .env("CHUMP_INTERVAL", "1h"),
+    );
+    let feed_says = |what: &'static str| {
+        let chump = &chump;
+        move || async move {
+            chump
+                .logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| v["message"] == what && v["feed"] == "sources")
+                .then_some(())
+        }
+    };
+    wait_for("the sources feed", WAIT, feed_says("changefeed ready")).await;
+    let session = raw_session(&config).await;
+
+    // Resharding the sources table aborts every changefeed on it.
+    let id = table_ids(&session, &config, "sources").await.remove(0);
+    let table_config = r.db("rethinkdb").table("table_config").get(id);
+    let shard = raw_run(&session, table_config.clone()).await["shards"][0].clone();
+    let result = raw_run(
+        &session,
+        table_config.update(json!({"shards": [shard.clone(), shard]})),
+    )
+    .await;
+    assert_eq!(result["replaced"], 1, "{result}");
+
+    // Written at once, while the table settles (retried while it refuses).
+    let doc = json!({"id": 1, "namespace": "gap", "deployment_name": "web",
+        "git_url": env.git.url("app"), "branch": "main", "deploy_path": "deploy",
+        "container_name": "app", "image_version_file": "deploy/deployment.yaml"});
+    let sources = r.db(config.db.clone()).table("sources");
+    wait_for("the insert to be taken", WAIT, || async {
+        match try_raw_run(&session, sources.clone().insert(doc.clone())).await {
+            Ok(v) if v["inserted"] == 1 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    wait_for(
+        "the feed to break",
+        WAIT,
+        feed_says("changefeed broke; opening it again"),
+    )
+    .await;
+    wait_for(
+        "the feed to open again",
+        WAIT,
+        feed_says("changefeed open again"),
+    )
+    .await;
+    wait_history(
+        &chump,
+        1,
+        "the source written across the gap deployed",
+        |e| e["outcome"] == "deployed",
+    )
+    .await;
+}

@@ -55,6 +55,13 @@ pub(super) fn classify(e: &reql::Error) -> Failure {
             Failure::Connection(e.to_string())
         }
         reql::Error::Driver(reql::Driver::Auth(_)) => Failure::Connection(e.to_string()),
+        // A cluster that lost the servers holding a table's configuration
+        // answers with an internal error; it is an outage all the same.
+        reql::Error::Runtime(reql::Runtime::Internal(m))
+            if m.contains("servers were accessible") =>
+        {
+            Failure::Unavailable(e.to_string())
+        }
         reql::Error::Runtime(reql::Runtime::Availability(_)) => {
             let m = e.to_string();
             // "already exists" is an op-failed error too; it is no outage.
