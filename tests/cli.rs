@@ -537,3 +537,72 @@ fn help_texts() {
         assert!(help.contains(flag), "{flag}: {help}");
     }
 }
+
+/// `ok`, off the async runtime (the Kubernetes API stand-in runs on it).
+async fn ok_async(c: &Chump, args: &[&str]) -> String {
+    let cmd = cli(c);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let o = tokio::task::spawn_blocking(move || {
+        run(cmd, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_was_applied() {
+    use support::env::{create, wait_history, Env};
+    let env = Env::new().await;
+    let commit = env.app_repo("web", "shop", "web", "nginx:1");
+    let c = env.chump_with(env.options().env("CHUMP_INTERVAL", "600"));
+    // Never deployed: no commit, no objects.
+    let never = create(
+        &c,
+        &serde_json::json!({"namespace": "other", "deployment_name": "d",
+        "git_url": "https://git.invalid/none.git", "branch": "main", "deploy_path": "deploy",
+        "container_name": "app", "image_version_file": "deploy/d.yaml"}),
+    )
+    .await;
+    let out = ok_async(&c, &["status", &never.to_string()]).await;
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["inventory_commit:", "-"])),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["objects:", "none"])),
+        "{out}"
+    );
+
+    let id = create(&c, &env.source("web", "shop", "web")).await;
+    wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
+    let out = ok_async(&c, &["status", &id.to_string()]).await;
+    assert!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .eq(["inventory_commit:", commit.as_str()])),
+        "{out}"
+    );
+    let objects = out
+        .lines()
+        .find_map(|l| l.strip_prefix("objects:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        objects.trim(),
+        "3 (ConfigMap 1, Deployment 1, Namespace 1)",
+        "{out}"
+    );
+    // --json stays the server's status answer.
+    let v: Value =
+        serde_json::from_str(&ok_async(&c, &["status", &id.to_string(), "--json"]).await).unwrap();
+    assert_eq!(v["source_id"], id);
+    assert!(v.get("objects").is_none(), "{v}");
+}

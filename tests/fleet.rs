@@ -26,12 +26,13 @@ use support::rethinkdb::{
 use time::OffsetDateTime;
 
 /// The tables chump keeps in its database.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "sources",
     "chump_status",
     "chump_history",
     "chump_counters",
     "chump_targets",
+    "chump_inventory",
 ];
 
 /// How many databases named like `config.db` exist, and how many tables of

@@ -519,6 +519,108 @@ async fn suspended_sources_are_left_alone_until_resumed_or_checked_by_hand() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_objects_of_unknown_bad_and_never_deployed_sources() {
+    let c = Chump::start_with(ChumpOptions::default().env("CHUMP_INTERVAL", "600"));
+    let id = create(&c, &unreachable_source(1, "team-a")).await;
+    // Checked (and failed): still nothing applied.
+    wait_history(&c, id, "a failed check", |e| e["outcome"] == "failed").await;
+    for path in [
+        format!("/api/sources/{id}/objects"),
+        format!("/api/sources/{id}/objects/"),
+    ] {
+        let (s, b) = status_of(&c, &path).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {b}");
+        assert_eq!(
+            b,
+            json!({"source_id": id, "commit": null, "desired_image": null, "objects": []}),
+            "{path}"
+        );
+    }
+    for (path, status) in [
+        ("/api/sources/999/objects", StatusCode::NOT_FOUND),
+        ("/api/sources/abc/objects", StatusCode::BAD_REQUEST),
+        ("/api/sources/0/objects", StatusCode::BAD_REQUEST),
+        ("/api/sources/-1/objects/", StatusCode::BAD_REQUEST),
+    ] {
+        let (s, b) = status_of(&c, path).await;
+        assert_eq!(s, status, "{path}: {b}");
+        assert!(
+            b["msg"].as_str().unwrap().starts_with("[WARN]"),
+            "{path}: {b}"
+        );
+    }
+    let (_, b) = status_of(&c, "/api/sources/999/objects").await;
+    assert_eq!(b["msg"], "[WARN] Source doesn't exist!");
+    // Deleted: gone.
+    let resp = Client::new()
+        .delete(c.url(&format!("/api/sources/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (s, _) = status_of(&c, &format!("/api/sources/{id}/objects")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// Needs the checker to record inventories (`CheckReport::inventory`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_source_lists_the_objects_it_applied() {
+    let env = Env::new().await;
+    let commit = env.app_repo("web", "shop", "web", "nginx:1");
+    let c = env.chump_with(env.options().env("CHUMP_INTERVAL", "600"));
+    let id = create(&c, &env.source("web", "shop", "web")).await;
+    let e = wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
+    assert_eq!(e["commit"], commit.as_str());
+    let v = get(&c, &format!("/api/sources/{id}/objects")).await;
+    assert_eq!(
+        (
+            v["source_id"].as_i64(),
+            v["commit"].as_str(),
+            v["desired_image"].as_str()
+        ),
+        (Some(id), Some(commit.as_str()), Some("nginx:1")),
+        "{v}"
+    );
+    let mut objects: Vec<(String, String, Option<String>, String, String)> = v["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no objects: {v}"))
+        .iter()
+        .map(|o| {
+            assert!(o.get("digest").is_none(), "digests stay in the store: {o}");
+            (
+                o["kind"].as_str().unwrap().to_string(),
+                o["api_version"].as_str().unwrap().to_string(),
+                o["namespace"].as_str().map(str::to_string),
+                o["name"].as_str().unwrap().to_string(),
+                o["commit"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    objects.sort();
+    let object = |kind: &str, api_version: &str, ns: Option<&str>, name: &str| {
+        (
+            kind.to_string(),
+            api_version.to_string(),
+            ns.map(str::to_string),
+            name.to_string(),
+            commit.clone(),
+        )
+    };
+    // tests/support/env.rs `app_files`: the ConfigMap gets the source's
+    // namespace, the Namespace has none.
+    assert_eq!(
+        objects,
+        vec![
+            object("ConfigMap", "v1", Some("shop"), "web-config"),
+            object("Deployment", "apps/v1", Some("shop"), "web"),
+            object("Namespace", "v1", None, "shop"),
+        ],
+        "{v}"
+    );
+    assert_eq!(get(&c, &format!("/api/sources/{id}/objects/")).await, v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_openapi() {
     let env = Env::new().await;
     env.app_repo("web", "shop", "web", "nginx:1");

@@ -163,14 +163,20 @@ async fn failures_are_recorded_with_their_stage_and_others_still_run() {
             ("deploy/deployment.yaml", deployment("b1", "b1", "nginx:1")),
         ],
     );
-    // manifest: the image file has no container named "app".
+    // manifest: the build's Deployment has no container named "app".
     env.git.create_repo(
         "no-container",
         "main",
-        [(
-            "deploy/deployment.yaml",
-            deployment("b2", "b2", "nginx:1").replace("name: app", "name: other"),
-        )],
+        [
+            (
+                "deploy/kustomization.yaml",
+                "resources:\n- deployment.yaml\n".to_string(),
+            ),
+            (
+                "deploy/deployment.yaml",
+                deployment("b2", "b2", "nginx:1").replace("name: app", "name: other"),
+            ),
+        ],
     );
     // A healthy one, checked alongside.
     env.app_repo("good", "good", "good", "nginx:1");

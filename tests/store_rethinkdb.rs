@@ -17,8 +17,8 @@ use chump_jobs::history::Outcome;
 use chump_jobs::store::{Store, StoreError};
 use reql::r;
 use serde_json::Value;
-use support::conformance::{report, spec};
-use support::rethinkdb::{fresh_config, python_doc, raw_run, raw_session};
+use support::conformance::{inventory, report, spec};
+use support::rethinkdb::{delete, fresh_config, python_doc, raw_all, raw_run, raw_session};
 use time::OffsetDateTime;
 
 async fn fresh() -> Option<Arc<dyn Store>> {
@@ -259,4 +259,47 @@ async fn serve_on_rethinkdb_over_http() {
     // The data is in RethinkDB: a store opened afterwards sees it.
     let store = RethinkStore::open(&config).await.unwrap();
     assert_eq!(store.list_sources().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_documents_go_with_their_source() {
+    let Some(config) = fresh_config() else { return };
+    let store = RethinkStore::open(&config).await.unwrap();
+    let session = raw_session(&config).await;
+    let inventories = || r.db(config.db.clone()).table("chump_inventory");
+    let lease = Duration::from_secs(60);
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    for claim in store.claim_due(t(0), 10, "p1", lease).await.unwrap() {
+        let mut done = report(&claim, Outcome::Deployed, t(1));
+        done.inventory = Some(inventory(
+            "1111111111111111111111111111111111111111",
+            &["x"],
+        ));
+        store.finish_check(&claim, &done, t(10)).await.unwrap();
+    }
+    // One document per source, keyed by source_id, readable by other tools.
+    let doc = raw_run(&session, inventories().get(a.id)).await;
+    assert_eq!(doc["source_id"], a.id, "{doc}");
+    assert_eq!(doc["objects"][1]["kind"], "ConfigMap", "{doc}");
+    assert_eq!(raw_all(&session, inventories()).await.len(), 2);
+    store.delete_source(a.id).await.unwrap();
+    assert!(raw_run(&session, inventories().get(a.id)).await.is_null());
+
+    // Left behind by a delete cut short (source and status gone, the
+    // inventory not): dropped when a process opens the database.
+    raw_run(
+        &session,
+        delete(r.db(config.db.clone()).table("sources").get(b.id)),
+    )
+    .await;
+    raw_run(
+        &session,
+        delete(r.db(config.db.clone()).table("chump_status").get(b.id)),
+    )
+    .await;
+    assert!(!raw_run(&session, inventories().get(b.id)).await.is_null());
+    let again = RethinkStore::open(&config).await.unwrap();
+    assert!(raw_all(&session, inventories()).await.is_empty());
+    assert_eq!(again.inventory(b.id).await.unwrap(), None);
 }

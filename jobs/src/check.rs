@@ -1,5 +1,15 @@
-//! One check of one source: clone/fetch, compare, and (when the images
-//! differ) build, apply and wait for the rollout.
+//! One check of one source: what the repository renders is what runs.
+//!
+//! 1. git: the branch head (one ref query, shared), fetched only when new;
+//! 2. same head as the recorded inventory: one GET of the Deployment tells
+//!    the running image and whether its rollout failed — nothing is built;
+//! 3. a new head (or nothing recorded yet): build it, and compare a digest
+//!    of every rendered object with the recorded inventory; a build that is
+//!    identical (a README change) and runs the image it declares is
+//!    `up_to_date` at the new commit, with nothing written to the cluster;
+//! 4. anything different, or the container's image not the one the build
+//!    gives it: server-side apply every object (labelled as chump's), wait
+//!    for the rollout, and record the new inventory with the result.
 //!
 //! A check never fails as a Rust error: whatever happens becomes a
 //! [`CheckReport`] with an [`Outcome`] and, for failures, the [`Stage`] that
@@ -19,11 +29,12 @@ use tracing::Instrument;
 
 use crate::cluster::Cluster;
 use crate::git::GitCache;
-use crate::history::{AppliedObject, CheckReport, Outcome, Stage, Trigger};
+use crate::history::{AppliedObject, ApplyAction, CheckReport, Outcome, Stage, Trigger};
 use crate::image::same_image;
+use crate::inventory::{digest, Inventory, InventoryObject};
 use crate::kustomize::Kustomize;
 use crate::lease::LeaseGuard;
-use crate::manifest::desired_image_from_file;
+use crate::manifest::{desired_image_from_file, image_in_build};
 use crate::metrics::Metrics;
 use crate::redact::{redact_secrets, url_secrets};
 use crate::source::Source;
@@ -75,9 +86,48 @@ pub struct StageTimes {
     pub rollout: Duration,
 }
 
+/// The label every object chump applies carries (with the value `chump`).
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The label naming the source that applied an object.
+pub const SOURCE_LABEL: &str = "chump.dev/source";
+
 struct Failure {
     stage: Stage,
     message: String,
+}
+
+/// How a check ended, before it becomes a report.
+struct Ended {
+    outcome: Outcome,
+    failure: Option<Failure>,
+    objects: Vec<AppliedObject>,
+    inventory: Option<Inventory>,
+}
+
+impl Ended {
+    fn ok(outcome: Outcome, objects: Vec<AppliedObject>, inventory: Option<Inventory>) -> Self {
+        Ended {
+            outcome,
+            failure: None,
+            objects,
+            inventory,
+        }
+    }
+
+    fn failed(failure: Failure, objects: Vec<AppliedObject>, inventory: Option<Inventory>) -> Self {
+        Ended {
+            outcome: Outcome::Failed,
+            failure: Some(failure),
+            objects,
+            inventory,
+        }
+    }
+}
+
+impl From<Failure> for Ended {
+    fn from(f: Failure) -> Self {
+        Ended::failed(f, Vec::new(), None)
+    }
 }
 
 impl Checker {
@@ -118,10 +168,12 @@ impl Checker {
     /// `fresh_since`: a git head read by a sync that started at or after
     /// this instant is fresh enough for this check (see
     /// [`GitCache::sync_since`]). `lease`: the check's lease, asked right
-    /// before anything is written to the cluster.
+    /// before anything is written to the cluster. `recorded`: what chump
+    /// last applied for the source.
     pub async fn check(
         &self,
         source: &Source,
+        recorded: &Inventory,
         trigger: Trigger,
         fresh_since: OffsetDateTime,
         progress: &ProgressCell,
@@ -131,19 +183,16 @@ impl Checker {
         let mut times = StageTimes::default();
         let span = tracing::info_span!("check", source_id = source.id, %trigger);
         let result = self
-            .run(source, fresh_since, progress, lease, &mut times)
+            .run(source, recorded, fresh_since, progress, lease, &mut times)
             .instrument(span.clone())
             .await;
         let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
         let secrets = url_secrets(&source.spec.git_url);
-        let (outcome, stage, message, objects) = match result {
-            Ok((outcome, objects)) => (outcome, None, None, objects),
-            Err((failure, objects)) => (
-                Outcome::Failed,
-                Some(failure.stage),
-                Some(redact_secrets(&failure.message, &secrets)),
-                objects,
-            ),
+        let ended = result.unwrap_or_else(Ended::from);
+        let (outcome, objects, inventory) = (ended.outcome, ended.objects, ended.inventory);
+        let (stage, message) = match ended.failure {
+            Some(f) => (Some(f.stage), Some(redact_secrets(&f.message, &secrets))),
+            None => (None, None),
         };
         span.in_scope(|| {
             tracing::info!(
@@ -162,26 +211,29 @@ impl Checker {
                 "check finished"
             )
         });
-        p.into_report(
+        let mut report = p.into_report(
             source, trigger, started_at, outcome, stage, message, objects,
-        )
+        );
+        report.inventory = inventory;
+        report
     }
 
     async fn run(
         &self,
         source: &Source,
+        recorded: &Inventory,
         fresh_since: OffsetDateTime,
         progress: &ProgressCell,
         lease: &LeaseGuard,
         times: &mut StageTimes,
-    ) -> Result<(Outcome, Vec<AppliedObject>), (Failure, Vec<AppliedObject>)> {
+    ) -> Result<Ended, Failure> {
         let spec = &source.spec;
         let set = |f: &dyn Fn(&mut Progress)| {
             if let Ok(mut p) = progress.lock() {
                 f(&mut p);
             }
         };
-        let fail = |stage: Stage, message: String| (Failure { stage, message }, Vec::new());
+        let fail = |stage: Stage, message: String| Failure { stage, message };
 
         // 1. Git: the branch head, fetched only when it moved.
         set(&|p| p.stage = Some(Stage::Git));
@@ -199,56 +251,29 @@ impl Checker {
         tracing::debug!(commit = %checkout.commit, fetched = checkout.fetched, shared = checkout.shared, "git synced");
         let commit = checkout.commit.clone();
         set(&|p| p.commit = Some(commit.clone()));
-
-        // 2. The image the repository declares.
-        set(&|p| p.stage = Some(Stage::Manifest));
-        let t = Instant::now();
-        let desired = {
-            let (checkout, file, container) = (
-                checkout.clone(),
-                spec.image_version_file.clone(),
-                spec.container_name.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                desired_image_from_file(checkout.dir(), &file, &container)
-            })
-            .await
-            .map_err(|e| fail(Stage::Manifest, format!("manifest task failed: {e}")))?
-            .map_err(|e| fail(Stage::Manifest, e.to_string()))?
-        };
-        times.manifest = t.elapsed();
-        set(&|p| p.desired_image = Some(desired.clone()));
-
-        // 3. The image running in the cluster.
-        set(&|p| p.stage = Some(Stage::Cluster));
-        let t = Instant::now();
         let cluster = self.cluster().await.map_err(|e| fail(Stage::Cluster, e))?;
-        let deployment = cluster
-            .running(&spec.namespace, &spec.deployment_name, &spec.container_name)
-            .await
-            .map_err(|e| fail(Stage::Cluster, e.to_string()))?;
-        times.cluster = t.elapsed();
-        let running = deployment.as_ref().and_then(|d| d.image.clone());
-        set(&|p| p.running_image = running.clone());
 
-        // 4. Same image: nothing to write. But a spec whose rollout failed is
-        // not "up to date": the failure is reported until the Deployment
-        // recovers (a new commit, or someone fixing the cluster).
-        if running.as_deref().is_some_and(|r| same_image(r, &desired)) {
-            if let Some(message) = deployment.and_then(|d| d.rollout_failed) {
-                return Err(fail(
-                    Stage::Rollout,
-                    format!(
-                        "deployment {}/{} does not roll out {desired}: ProgressDeadlineExceeded: {message}",
-                        spec.namespace, spec.deployment_name
-                    ),
-                ));
+        // 2. The head the recorded inventory was built from: nothing to
+        // build; one GET tells the running image and a failed rollout.
+        let same_head = !recorded.objects.is_empty() && recorded.commit == commit;
+        // Read once, on whichever path needs it first.
+        let mut seen: Option<crate::cluster::Running> = None;
+        if same_head {
+            let desired = recorded.desired_image.clone();
+            set(&|p| p.desired_image = desired.clone());
+            let running = self.running(cluster, source, times, progress).await?;
+            seen = Some(running.clone());
+            if let Some(ended) = steady(source, desired.as_deref(), &running) {
+                return Ok(ended);
             }
-            return Ok((Outcome::UpToDate, Vec::new()));
+            tracing::info!(
+                desired = desired.as_deref(),
+                running = running.image.as_deref(),
+                "running image differs from the build's: deploying"
+            );
         }
-        tracing::info!(desired = %desired, running = running.as_deref(), "image differs: deploying");
 
-        // 5. Build, apply, roll out.
+        // 3. Build the head.
         set(&|p| p.stage = Some(Stage::Build));
         let t = Instant::now();
         let kustomize = self
@@ -260,7 +285,103 @@ impl Checker {
             .await
             .map_err(|e| fail(Stage::Build, e.to_string()))?;
         times.build = t.elapsed();
+        if objects.is_empty() {
+            return Err(fail(
+                Stage::Build,
+                format!("{} renders no objects: nothing applied", spec.deploy_path),
+            ));
+        }
 
+        // 4. The image the build gives the container (a base file, an
+        // overlay's `images:`, a patch: whatever kustomize made of it); when
+        // the build has no Deployment of that name, the original tool's rule:
+        // the image `image_version_file` declares.
+        set(&|p| p.stage = Some(Stage::Manifest));
+        let t = Instant::now();
+        let desired = match image_in_build(&objects, &spec.deployment_name, &spec.container_name) {
+            Some(found) => found.map_err(|e| fail(Stage::Manifest, e))?,
+            None => {
+                let (checkout, file, container) = (
+                    checkout.clone(),
+                    spec.image_version_file.clone(),
+                    spec.container_name.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    desired_image_from_file(checkout.dir(), &file, &container)
+                })
+                .await
+                .map_err(|e| fail(Stage::Manifest, format!("manifest task failed: {e}")))?
+                .map_err(|e| fail(Stage::Manifest, e.to_string()))?
+            }
+        };
+        let desired = Some(desired);
+        times.manifest = t.elapsed();
+        set(&|p| p.desired_image = desired.clone());
+
+        // Where each object goes (discovery, cached), and its digest.
+        let placed = cluster
+            .place(&objects, &spec.namespace)
+            .await
+            .map_err(|e| match e.failure {
+                crate::cluster::ApplyFailure::Cluster { .. } => fail(Stage::Cluster, e.to_string()),
+                _ => fail(Stage::Apply, e.to_string()),
+            })?;
+        let previous: std::collections::HashMap<_, _> =
+            recorded.objects.iter().map(|o| (o.key(), o)).collect();
+        let inventory = Inventory {
+            commit: commit.clone(),
+            desired_image: desired.clone(),
+            objects: objects
+                .iter()
+                .zip(&placed)
+                .map(|(object, place)| {
+                    let mut entry = InventoryObject {
+                        api_version: place.api_version.clone(),
+                        kind: place.kind.clone(),
+                        namespace: place.namespace.clone(),
+                        name: place.name.clone(),
+                        digest: digest(object),
+                        commit: commit.clone(),
+                    };
+                    if let Some(old) = previous.get(&entry.key()) {
+                        if old.digest == entry.digest {
+                            entry.commit = old.commit.clone();
+                        }
+                    }
+                    entry
+                })
+                .collect(),
+        };
+        let unchanged = !recorded.objects.is_empty()
+            && recorded.objects.len() == inventory.objects.len()
+            && inventory.objects.iter().all(|o| {
+                previous
+                    .get(&o.key())
+                    .is_some_and(|old| old.digest == o.digest)
+            });
+        if unchanged && !same_head {
+            let running = self.running(cluster, source, times, progress).await?;
+            seen = Some(running.clone());
+            if let Some(mut ended) = steady(source, desired.as_deref(), &running) {
+                // Nothing the build renders changed: the inventory moves
+                // to the new commit, the cluster is left alone.
+                tracing::info!(commit = %commit, "the new commit renders what is applied: nothing to deploy");
+                if ended.outcome == Outcome::UpToDate {
+                    ended.inventory = Some(inventory);
+                }
+                return Ok(ended);
+            }
+        }
+        if !unchanged {
+            tracing::info!(commit = %commit, "the build differs from what was applied: deploying");
+        }
+
+        // 5. Apply, labelled as chump's (the running image first, for the
+        // record: what ran before this deploy).
+        let before = match seen {
+            Some(running) => running,
+            None => self.running(cluster, source, times, progress).await?,
+        };
         set(&|p| p.stage = Some(Stage::Apply));
         // The last moment to give up without touching the cluster.
         if !lease.held() {
@@ -269,22 +390,47 @@ impl Checker {
                 "the check's lease was lost before the apply: nothing applied".to_string(),
             ));
         }
+        let labelled: Vec<serde_json::Value> =
+            objects.iter().map(|o| with_labels(o, source.id)).collect();
         let t = Instant::now();
         let allowed = self.restrict_namespace.then_some(spec.namespace.as_str());
-        let applied = cluster
-            .apply(&objects, &spec.namespace, allowed)
-            .await
-            .map_err(|e| {
-                (
-                    Failure {
-                        stage: Stage::Apply,
-                        message: e.to_string(),
-                    },
+        let applied = match cluster.apply(&labelled, &spec.namespace, allowed).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                // What was applied before the failure joins the recorded
+                // inventory (so it can be pruned later); the commit stays,
+                // so the next check tries this one again.
+                let mut kept = recorded.clone();
+                for o in &inventory.objects {
+                    let was_applied = e.applied.iter().any(|a| {
+                        a.kind == o.kind && a.name == o.name && a.namespace == o.namespace
+                    });
+                    if was_applied && !kept.objects.iter().any(|k| k.key() == o.key()) {
+                        kept.objects.push(o.clone());
+                    }
+                }
+                let changed = kept != *recorded;
+                return Ok(Ended::failed(
+                    fail(Stage::Apply, e.to_string()),
                     e.applied,
-                )
-            })?;
+                    changed.then_some(kept),
+                ));
+            }
+        };
         times.apply = t.elapsed();
 
+        // An apply that changed nothing (the objects were in place: a
+        // check cut after its apply, say) deployed nothing.
+        if applied.iter().all(|a| a.action == ApplyAction::Unchanged) {
+            if let Some(mut ended) = steady(source, desired.as_deref(), &before) {
+                tracing::info!("every object was in place already: nothing deployed");
+                ended.inventory = Some(inventory);
+                return Ok(ended);
+            }
+        }
+
+        // 6. Roll out. The inventory is the new build's either way: it is
+        // what the cluster was told to run.
         set(&|p| p.stage = Some(Stage::Rollout));
         let t = Instant::now();
         let rollout = cluster
@@ -292,16 +438,96 @@ impl Checker {
             .await;
         times.rollout = t.elapsed();
         if let Err(e) = rollout {
-            return Err((
-                Failure {
-                    stage: Stage::Rollout,
-                    message: e.to_string(),
-                },
+            return Ok(Ended::failed(
+                fail(Stage::Rollout, e.to_string()),
                 applied,
+                Some(inventory),
             ));
         }
-        Ok((Outcome::Deployed, applied))
+        Ok(Ended::ok(Outcome::Deployed, applied, Some(inventory)))
     }
+
+    /// The source's Deployment as the cluster runs it (one GET).
+    async fn running(
+        &self,
+        cluster: &Cluster,
+        source: &Source,
+        times: &mut StageTimes,
+        progress: &ProgressCell,
+    ) -> Result<crate::cluster::Running, Failure> {
+        let spec = &source.spec;
+        let set = |f: &dyn Fn(&mut Progress)| {
+            if let Ok(mut p) = progress.lock() {
+                f(&mut p);
+            }
+        };
+        set(&|p| p.stage = Some(Stage::Cluster));
+        let t = Instant::now();
+        let deployment = cluster
+            .running(&spec.namespace, &spec.deployment_name, &spec.container_name)
+            .await
+            .map_err(|e| Failure {
+                stage: Stage::Cluster,
+                message: e.to_string(),
+            })?;
+        times.cluster += t.elapsed();
+        let running = deployment.unwrap_or(crate::cluster::Running {
+            image: None,
+            rollout_failed: None,
+        });
+        let image = running.image.clone();
+        set(&|p| p.running_image = image.clone());
+        Ok(running)
+    }
+}
+
+/// A check that needs no write: `Some` when the container runs the image
+/// the build gives it (or the build gives it none) — up to date, or failed
+/// while the Deployment reports its rollout failed (until it recovers: a new
+/// commit, or someone fixing the cluster). `None`: deploy.
+fn steady(
+    source: &Source,
+    desired: Option<&str>,
+    running: &crate::cluster::Running,
+) -> Option<Ended> {
+    let spec = &source.spec;
+    let runs_it = match desired {
+        Some(desired) => running
+            .image
+            .as_deref()
+            .is_some_and(|r| same_image(r, desired)),
+        None => true,
+    };
+    if !runs_it {
+        return None;
+    }
+    if let Some(message) = &running.rollout_failed {
+        return Some(Ended::from(Failure {
+            stage: Stage::Rollout,
+            message: format!(
+                "deployment {}/{} does not roll out {}: ProgressDeadlineExceeded: {message}",
+                spec.namespace,
+                spec.deployment_name,
+                desired.unwrap_or("its spec")
+            ),
+        }));
+    }
+    Some(Ended::ok(Outcome::UpToDate, Vec::new(), None))
+}
+
+/// `object` with chump's labels: managed by chump, applied for `source`.
+fn with_labels(object: &serde_json::Value, source: crate::source::SourceId) -> serde_json::Value {
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        let labels = metadata
+            .entry("labels")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(MANAGED_BY.into(), "chump".into());
+            labels.insert(SOURCE_LABEL.into(), source.to_string().into());
+        }
+    }
+    object
 }
 
 /// The report of a check that was cut short: at its deadline, or at
@@ -355,6 +581,7 @@ impl Progress {
             stage,
             message,
             objects,
+            inventory: None,
         }
     }
 }

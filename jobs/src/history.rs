@@ -124,6 +124,10 @@ pub struct CheckReport {
     pub stage: Option<Stage>,
     pub message: Option<String>,
     pub objects: Vec<AppliedObject>,
+    /// The source's new inventory, written with this result (None: the
+    /// recorded one stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::inventory::Inventory>,
 }
 
 /// A stored history entry: a [`CheckReport`] of a deploy or a failure, with the

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod git;
 pub mod history;
 pub mod image;
+pub mod inventory;
 pub mod kustomize;
 pub mod lease;
 pub mod manifest;
@@ -21,8 +22,6 @@ pub mod redact;
 pub mod scheduler;
 pub mod source;
 pub mod store;
-#[cfg(test)]
-mod testing;
 pub mod webhook;
 pub mod worker;
 pub mod yaml;

@@ -196,6 +196,36 @@ pub fn desired_image(yaml: &str, container_name: &str) -> Result<String, Manifes
     workload_image(&docs, container_name, LABEL)
 }
 
+/// What a kustomize build says about Deployment `deployment`'s container
+/// `container`: `None` when the build has no Deployment of that name;
+/// `Some(Err(..))` when it has one without that container (or without an
+/// image for it); `Some(Ok(image))` otherwise.
+pub fn image_in_build(
+    objects: &[Value],
+    deployment: &str,
+    container: &str,
+) -> Option<Result<String, String>> {
+    let d = objects.iter().find(|o| {
+        o["kind"] == "Deployment"
+            && o["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("apps/"))
+            && o["metadata"]["name"] == deployment
+    })?;
+    let found = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container));
+    Some(match found.map(|c| c["image"].as_str()) {
+        Some(Some(image)) => Ok(image.to_string()),
+        Some(None) => Err(format!(
+            "the build's Deployment {deployment}: container '{container}' has no image"
+        )),
+        None => Err(format!(
+            "the build's Deployment {deployment} has no container named '{container}'"
+        )),
+    })
+}
+
 /// Reads `rel_path` inside `checkout_dir` safely (see [`resolve_inside`];
 /// at most [`MAX_FILE_BYTES`]), then finds the desired image as
 /// [`desired_image`] does, following a kustomization's `resources:` inside

@@ -77,6 +77,8 @@ pub struct Claim {
     /// When the source became due: its scheduled time, or when the check was
     /// requested. A git head read after this is fresh enough for the check.
     pub due_at: OffsetDateTime,
+    /// What chump last applied for the source (empty: nothing yet).
+    pub inventory: crate::inventory::Inventory,
     /// Who holds the lease.
     pub owner: String,
     /// When the lease ends unless renewed ([`Store::renew_leases`]).
@@ -192,6 +194,9 @@ pub trait Store: Send + Sync + 'static {
         -> StoreResult<std::collections::HashMap<SourceId, SourceStatus>>;
     /// History entries matching `query`, newest first.
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>>;
+    /// The source's recorded inventory (`Some(empty)` when nothing was
+    /// applied yet; `None` when the source does not exist).
+    async fn inventory(&self, id: SourceId) -> StoreResult<Option<crate::inventory::Inventory>>;
 
     // --- other writers ---
 

@@ -77,7 +77,7 @@ pub async fn run(
 
 /// How a check ended, as far as the worker is concerned.
 enum Ending {
-    Report(CheckReport),
+    Report(Box<CheckReport>),
     /// The lease was lost: nothing to record.
     Abandoned,
 }
@@ -95,27 +95,32 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     let ending = if !lease.held() {
         Ending::Abandoned
     } else {
-        let check = ctx
-            .checker
-            .check(&claim.source, claim.trigger, fresh_since, &progress, &lease);
+        let check = ctx.checker.check(
+            &claim.source,
+            &claim.inventory,
+            claim.trigger,
+            fresh_since,
+            &progress,
+            &lease,
+        );
         tokio::select! {
             r = tokio::time::timeout(ctx.check_timeout, check) => match r {
-                Ok(report) => Ending::Report(report),
-                Err(_) => Ending::Report(cut_report(
+                Ok(report) => Ending::Report(Box::new(report)),
+                Err(_) => Ending::Report(Box::new(cut_report(
                     &claim.source,
                     claim.trigger,
                     started_at,
                     &progress,
                     &format!("check exceeded its deadline of {}s (CHUMP_CHECK_TIMEOUT)", ctx.check_timeout.as_secs()),
-                )),
+                ))),
             },
-            _ = ctx.cut.cancelled() => Ending::Report(cut_report(
+            _ = ctx.cut.cancelled() => Ending::Report(Box::new(cut_report(
                 &claim.source,
                 claim.trigger,
                 started_at,
                 &progress,
                 "check cut short at shutdown",
-            )),
+            ))),
             _ = lease.lost() => Ending::Abandoned,
         }
     };

@@ -1,5 +1,6 @@
-//! What chump did: history entries (deploys and failures) and each source's
-//! status (its last check and its place in the schedule).
+//! What chump did: history entries (deploys and failures), each source's
+//! status (its last check and its place in the schedule) and the objects
+//! chump last applied for it (its inventory).
 
 use std::collections::HashMap;
 
@@ -137,4 +138,40 @@ pub async fn status(
     v["source_id"] = json!(id);
     v["suspended"] = json!(source.spec.suspended);
     Ok(Json(v))
+}
+
+/// `GET /api/sources/{id}/objects`: the objects chump last applied for the
+/// source (its recorded inventory), each with the commit that last changed
+/// it. Digests stay in the store: a digest of a Secret's content would let a
+/// reader test guesses of its value.
+pub async fn objects(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_source_id(&id).map_err(ApiError::bad_request)?;
+    let inventory = state
+        .store
+        .inventory(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let objects: Vec<Value> = inventory
+        .objects
+        .iter()
+        .map(|o| {
+            json!({
+                "api_version": o.api_version,
+                "kind": o.kind,
+                "namespace": o.namespace,
+                "name": o.name,
+                "commit": o.commit,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "source_id": id,
+        // Nothing applied yet: no commit.
+        "commit": Some(&inventory.commit).filter(|c| !c.is_empty()),
+        "desired_image": inventory.desired_image,
+        "objects": objects,
+    })))
 }

@@ -72,6 +72,7 @@ pub const ENDPOINTS: &[&str] = &[
     "PUT /api/sources/{id}/update",
     "DELETE /api/sources/{id}/delete",
     "GET /api/sources/{id}/status",
+    "GET /api/sources/{id}/objects",
     "GET /api/sources/{id}/history",
     "POST /api/sources/{id}/check",
     "GET /api/history",
@@ -108,6 +109,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(sources::delete),
         )
         .route("/api/sources/{id}/status", get(history::status))
+        .route("/api/sources/{id}/objects", get(history::objects))
+        .route("/api/sources/{id}/objects/", get(history::objects))
         .route("/api/sources/{id}/history", get(history::of_source))
         .route("/api/sources/{id}/check", post(actions::check))
         .route("/api/history", get(history::all))

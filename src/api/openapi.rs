@@ -108,6 +108,32 @@ pub struct AppliedObject {
     action: String,
 }
 
+/// What chump last applied for a source (its inventory).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Objects {
+    source_id: i64,
+    /// The commit the inventory was built from (null: nothing applied yet).
+    commit: Option<String>,
+    /// The image the build gives the source's container.
+    desired_image: Option<String>,
+    /// In the build's order.
+    objects: Vec<InventoryObject>,
+}
+
+/// One object chump applied for a source.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InventoryObject {
+    api_version: String,
+    kind: String,
+    /// null for cluster-scoped objects.
+    namespace: Option<String>,
+    name: String,
+    /// The commit whose deploy last changed (or created) the object.
+    commit: String,
+}
+
 /// A page of history, newest first; pass `next_before` as `before` for the next.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -138,10 +164,10 @@ pub struct SourceMessage {
     paths(
         doc::index, doc::health, doc::openapi, doc::list, doc::create, doc::create_legacy, doc::get,
         doc::patch, doc::put, doc::delete, doc::patch_legacy, doc::put_legacy, doc::delete_legacy,
-        doc::status, doc::history_of_source, doc::check, doc::history, doc::webhook, doc::metrics,
+        doc::status, doc::objects, doc::history_of_source, doc::check, doc::history, doc::webhook, doc::metrics,
         doc::healthz, doc::readyz
     ),
-    components(schemas(SourceBody, Source, Status, HistoryEntry, AppliedObject, HistoryPage, Error, SourceMessage)),
+    components(schemas(SourceBody, Source, Status, HistoryEntry, AppliedObject, Objects, InventoryObject, HistoryPage, Error, SourceMessage)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -209,6 +235,9 @@ mod doc {
     #[utoipa::path(get, path = "/api/sources/{id}/status", params(("id" = i64, Path)), responses(
         (status = 200, body = Status), (status = 404, body = Error)))]
     pub fn status() {}
+    #[utoipa::path(get, path = "/api/sources/{id}/objects", params(("id" = i64, Path)), responses(
+        (status = 200, body = Objects), (status = 400, body = Error), (status = 404, body = Error)))]
+    pub fn objects() {}
     #[utoipa::path(get, path = "/api/sources/{id}/history", params(("id" = i64, Path),
         ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("before" = Option<i64>, Query, description = "paging cursor: entries with a smaller id"),
         ("outcome" = Option<String>, Query, description = "deployed, failed")), responses(

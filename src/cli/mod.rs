@@ -48,7 +48,8 @@ pub enum ClientCommand {
     Check(CheckArgs),
     /// Deploys and failures, newest first: of one source, or of all.
     History(HistoryArgs),
-    /// A source's last check and its next one.
+    /// A source's last check, its next one, and what chump last applied
+    /// (object counts by kind, and the commit).
     Status(StatusArgs),
 }
 
@@ -284,7 +285,23 @@ async fn execute(command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Status(args) => {
             let c = Client::new(&args.client)?;
             let v = c.get(&format!("/api/sources/{}/status", args.id)).await?;
-            emit(args.client.json, &v, output::status)
+            if args.client.json {
+                return emit(true, &v, output::status);
+            }
+            let objects = match c.get(&format!("/api/sources/{}/objects", args.id)).await {
+                Ok(objects) => Some(objects),
+                // A server older than the route: the status alone.
+                Err(CliError::Server { status, msg, .. })
+                    if status == reqwest::StatusCode::NOT_FOUND
+                        && msg.contains("No such endpoint") =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            emit(false, &v, |v| {
+                output::status_with_objects(v, objects.as_ref())
+            })
         }
     }
 }

@@ -2,6 +2,7 @@
 //! from the server's JSON. Missing or null values show as `-`, so a field the
 //! server does not send (an older server) never breaks the output.
 
+use chump_jobs::inventory::{Inventory, InventoryObject};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -114,6 +115,52 @@ pub fn check(v: &Value) -> String {
 /// `GET /api/sources/{id}/status`.
 pub fn status(v: &Value) -> String {
     fields(v, STATUS_FIELDS, &[], "")
+}
+
+/// `GET /api/sources/{id}/status`, then from `GET /api/sources/{id}/objects`
+/// (when the server has it) the inventory's commit and its objects counted
+/// by kind.
+pub fn status_with_objects(v: &Value, objects: Option<&Value>) -> String {
+    let Some(objects) = objects else {
+        return status(v);
+    };
+    let inventory = inventory(objects);
+    let counts = inventory.counts();
+    let summary = if counts.is_empty() {
+        "none".to_string()
+    } else {
+        let by_kind: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        format!("{} ({})", inventory.objects.len(), by_kind.join(", "))
+    };
+    let mut all = v.as_object().cloned().unwrap_or_default();
+    all.insert("inventory_commit".into(), objects["commit"].clone());
+    all.insert("objects".into(), Value::String(summary));
+    let mut order = STATUS_FIELDS.to_vec();
+    order.extend(["inventory_commit", "objects"]);
+    fields(&Value::Object(all), &order, &[], "")
+}
+
+/// The objects answer as an [`Inventory`] (without digests: the API keeps them).
+fn inventory(v: &Value) -> Inventory {
+    let text = |o: &Value, k: &str| o[k].as_str().unwrap_or("-").to_string();
+    Inventory {
+        commit: v["commit"].as_str().unwrap_or_default().to_string(),
+        desired_image: v["desired_image"].as_str().map(str::to_string),
+        objects: v["objects"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|o| InventoryObject {
+                api_version: text(o, "api_version"),
+                kind: text(o, "kind"),
+                namespace: o["namespace"].as_str().map(str::to_string),
+                name: text(o, "name"),
+                digest: String::new(),
+                commit: text(o, "commit"),
+            })
+            .collect(),
+    }
 }
 
 /// A history page as a table; `all`: across sources (adds the target columns).
@@ -253,4 +300,36 @@ fn fields(v: &Value, order: &[&str], skip: &[&str], indent: &str) -> String {
         out.push_str(&format!("{indent}{:<width$} {value}\n", format!("{k}:")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_with_objects_counts_them_by_kind() {
+        let st = json!({"source_id": 1, "suspended": false, "last_outcome": "deployed"});
+        let objects = json!({"source_id": 1, "commit": "abc123", "desired_image": "nginx:1", "objects": [
+            {"api_version": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web", "commit": "abc123"},
+            {"api_version": "v1", "kind": "ConfigMap", "namespace": "shop", "name": "a", "commit": "abc123"},
+            {"api_version": "v1", "kind": "ConfigMap", "namespace": "shop", "name": "b", "commit": "0ld"},
+            {"api_version": "v1", "kind": "Namespace", "namespace": null, "name": "shop", "commit": "abc123"},
+        ]});
+        let out = status_with_objects(&st, Some(&objects));
+        assert!(out.contains("inventory_commit: abc123\n"), "{out}");
+        assert!(
+            out.contains("objects:          4 (ConfigMap 2, Deployment 1, Namespace 1)\n"),
+            "{out}"
+        );
+        assert!(out.starts_with("source_id:"), "{out}");
+        let none = json!({"source_id": 1, "commit": null, "desired_image": null, "objects": []});
+        let out = status_with_objects(&st, Some(&none));
+        assert!(
+            out.contains("inventory_commit: -\n") && out.contains("objects:          none\n"),
+            "{out}"
+        );
+        // An older server without the route: the status alone.
+        assert_eq!(status_with_objects(&st, None), status(&st));
+    }
 }

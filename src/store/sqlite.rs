@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
+use chump_jobs::inventory::Inventory;
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
     Claim, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
@@ -290,11 +291,13 @@ impl Store for SqliteStore {
 
     async fn delete_source(&self, id: SourceId) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
-        sqlx::query("DELETE FROM source_status WHERE source_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        for table in ["source_status", "source_inventory"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE source_id = ?"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         let done = sqlx::query("DELETE FROM sources WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -407,10 +410,41 @@ impl Store for SqliteStore {
                 trigger: parse_opt(requested).unwrap_or(Trigger::Schedule),
                 consecutive_failures: failures.max(0) as u32,
                 due_at,
+                inventory: Inventory::default(),
                 owner: owner.to_string(),
                 lease_until,
                 source,
             });
+        }
+        // The recorded inventories of every claimed source, in one query.
+        if !claims.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT source_id, commit_sha, desired_image, objects FROM source_inventory \
+                 WHERE source_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for c in &claims {
+                list.push_bind(c.source.id);
+            }
+            qb.push(")");
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let id: SourceId = row.try_get("source_id").map_err(db_err)?;
+                match inventory_from_row(row) {
+                    Ok(inv) => {
+                        found.insert(id, inv);
+                    }
+                    // Checked as if nothing was applied yet: everything is
+                    // applied again and nothing is pruned.
+                    Err(e) => tracing::warn!(source = id, error = %e, "unreadable inventory"),
+                }
+            }
+            for c in &mut claims {
+                if let Some(inv) = found.remove(&c.source.id) {
+                    c.inventory = inv;
+                }
+            }
         }
         tx.commit().await.map_err(db_err)?;
         Ok(claims)
@@ -466,7 +500,7 @@ impl Store for SqliteStore {
         let failed = report.outcome == Outcome::Failed;
         // Due at once instead when the source changed or a check was asked
         // for while this one ran.
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE source_status SET \
                last_checked_at = ?, last_commit = COALESCE(?, last_commit), last_outcome = ?, \
                last_stage = ?, last_message = ?, desired_image = COALESCE(?, desired_image), \
@@ -500,6 +534,25 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        // The inventory, only with a status written under our lease (not
+        // for a deleted source).
+        if let (1, Some(inv)) = (updated.rows_affected(), &report.inventory) {
+            let objects = serde_json::to_string(&inv.objects)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO source_inventory (source_id, commit_sha, desired_image, objects) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT (source_id) DO UPDATE SET \
+                 commit_sha = excluded.commit_sha, desired_image = excluded.desired_image, \
+                 objects = excluded.objects",
+            )
+            .bind(source.id)
+            .bind(&inv.commit)
+            .bind(&inv.desired_image)
+            .bind(objects)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -610,6 +663,39 @@ impl Store for SqliteStore {
         let rows = qb.build().fetch_all(&self.reader).await.map_err(db_err)?;
         rows.iter().map(history_from_row).collect()
     }
+
+    async fn inventory(&self, id: SourceId) -> StoreResult<Option<Inventory>> {
+        let row = sqlx::query(
+            "SELECT i.source_id, i.commit_sha, i.desired_image, i.objects \
+             FROM sources s LEFT JOIN source_inventory i ON i.source_id = s.id WHERE s.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row
+            .try_get::<Option<SourceId>, _>("source_id")
+            .map_err(db_err)?
+            .is_none()
+        {
+            return Ok(Some(Inventory::default()));
+        }
+        inventory_from_row(&row).map(Some)
+    }
+}
+
+/// A `source_inventory` row (`commit_sha`, `desired_image`, `objects`).
+fn inventory_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Inventory> {
+    let objects: String = row.try_get("objects").map_err(db_err)?;
+    Ok(Inventory {
+        commit: row.try_get("commit_sha").map_err(db_err)?,
+        desired_image: row.try_get("desired_image").map_err(db_err)?,
+        objects: serde_json::from_str(&objects)
+            .map_err(|e| StoreError::Backend(format!("an inventory's objects: {e}")))?,
+    })
 }
 
 fn status_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SourceStatus> {
@@ -667,6 +753,7 @@ fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HistoryEntry> 
             stage: parse_opt(get("stage")?),
             message: get("message")?,
             objects: serde_json::from_str(&text("objects")?).unwrap_or_default(),
+            inventory: None,
         },
     })
 }

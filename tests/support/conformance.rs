@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chump_jobs::history::{AppliedObject, ApplyAction, CheckReport, Outcome, Stage, Trigger};
+use chump_jobs::inventory::{Inventory, InventoryObject};
 use chump_jobs::source::SourceSpec;
 use chump_jobs::store::{Claim, HistoryQuery, RequestResult, Store, StoreError};
 use time::OffsetDateTime;
@@ -54,6 +55,7 @@ pub fn report(claim: &Claim, outcome: Outcome, at: OffsetDateTime) -> CheckRepor
         } else {
             Vec::new()
         },
+        inventory: None,
     }
 }
 
@@ -804,6 +806,238 @@ pub async fn finishing_after_the_lease_was_lost_writes_nothing(store: Arc<dyn St
     assert!(store.history(&all_history()).await.unwrap().is_empty());
 }
 
+/// An inventory built from `commit`: a Namespace (no namespace of its own),
+/// then a ConfigMap per name in `configs`.
+pub fn inventory(commit: &str, configs: &[&str]) -> Inventory {
+    let object =
+        |api_version: &str, kind: &str, namespace: Option<&str>, name: &str| InventoryObject {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: namespace.map(str::to_string),
+            name: name.into(),
+            digest: format!("{:0>64}", format!("{kind}{name}").len()),
+            commit: commit.into(),
+        };
+    let mut objects = vec![object("v1", "Namespace", None, "production")];
+    for c in configs {
+        objects.push(object("v1", "ConfigMap", Some("production"), c));
+    }
+    Inventory {
+        commit: commit.into(),
+        desired_image: Some("nginx:1.2".into()),
+        objects,
+    }
+}
+
+fn with_inventory(mut report: CheckReport, inventory: &Inventory) -> CheckReport {
+    report.inventory = Some(inventory.clone());
+    report
+}
+
+pub async fn inventories_are_recorded_with_the_status(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    // Nothing applied yet: empty; no such source: none.
+    assert_eq!(
+        store.inventory(a.id).await.unwrap(),
+        Some(Inventory::default())
+    );
+    assert_eq!(store.inventory(99).await.unwrap(), None);
+    let claims = store.claim_due(t(0), 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    assert!(claims.iter().all(|c| c.inventory == Inventory::default()));
+
+    // A deploy records a's inventory with its status; b's check records none.
+    let first = inventory("1111111111111111111111111111111111111111", &["x", "y"]);
+    let (ca, cb) = (&claims[0], &claims[1]);
+    assert_eq!((ca.source.id, cb.source.id), (a.id, b.id));
+    store
+        .finish_check(
+            ca,
+            &with_inventory(report(ca, Outcome::Deployed, t(1)), &first),
+            t(100),
+        )
+        .await
+        .unwrap();
+    store
+        .finish_check(cb, &report(cb, Outcome::Failed, t(1)), t(100))
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.inventory(b.id).await.unwrap(),
+        Some(Inventory::default())
+    );
+    // The status and history are as without an inventory.
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (st.last_outcome, st.next_check_at, st.in_flight),
+        (Some(Outcome::Deployed), Some(t(100)), false)
+    );
+    let h = store.history(&all_history()).await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert!(h.iter().all(|e| e.report.inventory.is_none()));
+    assert_eq!(store.list_statuses().await.unwrap().len(), 2);
+
+    // The next claims (one call) carry each source's own inventory.
+    let claims = store.claim_due(t(100), 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let of = |id| claims.iter().find(|c| c.source.id == id).unwrap();
+    assert_eq!(of(a.id).inventory, first);
+    assert_eq!(of(b.id).inventory, Inventory::default());
+
+    // No inventory in the report: the recorded one stays.
+    let ca = of(a.id);
+    store
+        .finish_check(ca, &report(ca, Outcome::UpToDate, t(101)), t(200))
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(first.clone()));
+    let ca = store
+        .claim_due(t(200), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.source.id == a.id)
+        .unwrap();
+    assert_eq!(ca.inventory, first);
+
+    // A new inventory replaces the old one whole (an object gone, no image).
+    let mut second = inventory("2222222222222222222222222222222222222222", &["y"]);
+    second.desired_image = None;
+    second.objects[1].commit = first.commit.clone();
+    store
+        .finish_check(
+            &ca,
+            &with_inventory(report(&ca, Outcome::Deployed, t(201)), &second),
+            t(300),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(second.clone()));
+    // Even an empty one.
+    let ca = store
+        .claim_due(t(300), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.source.id == a.id)
+        .unwrap();
+    assert_eq!(ca.inventory, second);
+    let empty = Inventory {
+        commit: "3333333333333333333333333333333333333333".into(),
+        ..Default::default()
+    };
+    store
+        .finish_check(
+            &ca,
+            &with_inventory(report(&ca, Outcome::Deployed, t(301)), &empty),
+            t(400),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(empty));
+}
+
+pub async fn a_lost_lease_writes_no_inventory(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let stale = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let later = t(0) + LEASE + Duration::from_secs(1);
+    let current = store
+        .claim_due(later, 1, "p2", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let theirs = inventory("1111111111111111111111111111111111111111", &["old"]);
+    // p1's check ends after p2 took the source: no inventory.
+    store
+        .finish_check(
+            &stale,
+            &with_inventory(report(&stale, Outcome::Deployed, later), &theirs),
+            t(900),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.inventory(a.id).await.unwrap(),
+        Some(Inventory::default())
+    );
+    let ours = inventory("2222222222222222222222222222222222222222", &["new"]);
+    let at = later + Duration::from_secs(2);
+    store
+        .finish_check(
+            &current,
+            &with_inventory(report(&current, Outcome::Deployed, at), &ours),
+            t(300),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(ours.clone()));
+    // p1 again, the lease now released: still p2's inventory.
+    store
+        .finish_check(
+            &stale,
+            &with_inventory(report(&stale, Outcome::Deployed, at), &theirs),
+            t(901),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(ours));
+}
+
+pub async fn deleted_sources_have_no_inventory(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let claim = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let inv = inventory("1111111111111111111111111111111111111111", &["x"]);
+    store
+        .finish_check(
+            &claim,
+            &with_inventory(report(&claim, Outcome::Deployed, t(1)), &inv),
+            t(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(inv.clone()));
+    let claim = store
+        .claim_due(t(10), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    store.delete_source(a.id).await.unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), None);
+    // A check in flight during the delete records no inventory either.
+    store
+        .finish_check(
+            &claim,
+            &with_inventory(report(&claim, Outcome::Deployed, t(11)), &inv),
+            t(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), None);
+    // The same target registered again starts with nothing applied.
+    let again = store.create_source(&spec("a"), t(30)).await.unwrap();
+    assert_ne!(again.id, a.id);
+    assert_eq!(
+        store.inventory(again.id).await.unwrap(),
+        Some(Inventory::default())
+    );
+    let claim = store
+        .claim_due(t(30), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(claim.inventory, Inventory::default());
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -816,7 +1050,9 @@ macro_rules! conformance_tests {
             requested_checks, suspended_sources, history_outlives_its_source_and_pages,
             deleted_sources_are_never_claimed, renewing_keeps_a_lease_past_its_first_end,
             leases_taken_by_another_are_not_renewed, renewing_leases_never_held_returns_none,
-            finishing_after_the_lease_was_lost_writes_nothing);
+            finishing_after_the_lease_was_lost_writes_nothing,
+            inventories_are_recorded_with_the_status, a_lost_lease_writes_no_inventory,
+            deleted_sources_have_no_inventory);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(

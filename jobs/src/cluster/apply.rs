@@ -60,6 +60,16 @@ impl ApplyError {
     }
 }
 
+/// Where one object of a build goes: its kind and the namespace it is
+/// applied in (None: cluster-scoped), in build order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
 /// One object of a build, checked and placed.
 struct Item {
     gvk: GroupVersionKind,
@@ -117,6 +127,27 @@ impl Cluster {
             }
         }
         Ok(applied)
+    }
+
+    /// Where each object of `objects` would be applied (kinds resolved
+    /// through discovery, namespaced objects without a namespace in
+    /// `default_ns`), in the same order; nothing is written.
+    pub async fn place(
+        &self,
+        objects: &[Value],
+        default_ns: &str,
+    ) -> Result<Vec<Placement>, ApplyError> {
+        Ok(self
+            .plan(objects, default_ns, None)
+            .await?
+            .into_iter()
+            .map(|item| Placement {
+                api_version: item.gvk.api_version(),
+                kind: item.gvk.kind,
+                namespace: item.namespace,
+                name: item.name,
+            })
+            .collect())
     }
 
     /// Check every object, resolve its kind and namespace, enforce the

@@ -13,7 +13,7 @@
 mod apply;
 mod rollout;
 
-pub use apply::{ApplyError, ApplyFailure};
+pub use apply::{ApplyError, ApplyFailure, Placement};
 pub use rollout::{RolloutError, Running};
 
 use std::collections::HashMap;

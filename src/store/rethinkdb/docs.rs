@@ -2,6 +2,7 @@
 //! statuses, history entries, and the write results RethinkDB answers with.
 
 use chump_jobs::history::{CheckReport, HistoryEntry};
+use chump_jobs::inventory::Inventory;
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{SourceStatus, StoreError, StoreResult};
 use serde_json::{json, Value};
@@ -167,8 +168,31 @@ pub(super) fn history_from_doc(doc: &Value) -> StoreResult<HistoryEntry> {
                 .cloned()
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default(),
+            inventory: None,
         },
     })
+}
+
+/// The inventory document of source `id`: the [`Inventory`]'s fields and
+/// `source_id`, the primary key.
+pub(super) fn inventory_doc(id: SourceId, inv: &Inventory) -> StoreResult<Value> {
+    let mut doc = serde_json::to_value(inv)
+        .map_err(|e| StoreError::Backend(format!("an inventory as JSON: {e}")))?;
+    match doc.as_object_mut() {
+        Some(m) => {
+            m.insert("source_id".into(), id.into());
+        }
+        None => return Err(StoreError::Backend("an inventory is not an object".into())),
+    }
+    Ok(doc)
+}
+
+pub(super) fn inventory_from_doc(doc: &Value) -> StoreResult<(SourceId, Inventory)> {
+    let raw_id = doc.get("source_id").cloned().unwrap_or(Value::Null);
+    let id = as_int(&raw_id).ok_or_else(|| bad_doc("inventory", &raw_id, "has no source_id"))?;
+    let inv = serde_json::from_value(doc.clone())
+        .map_err(|e| bad_doc("inventory", &raw_id, &format!("is not an inventory: {e}")))?;
+    Ok((id, inv))
 }
 
 /// A write result's counter (`inserted`, `replaced`, `skipped`, …).

@@ -220,9 +220,7 @@ impl RethinkStore {
                     return Ok(());
                 };
                 tracing::info!(source = id, "source deleted; dropping its schedule");
-                self.pool
-                    .one(term(TermType::Delete, [self.statuses().get(id)]))
-                    .await?;
+                self.drop_schedule(id).await?;
                 if let Ok(source) = source_from_doc(old) {
                     self.delete_target_if(&target_key(&source.spec), |d| {
                         eq(field_or(&d, "source_id", null()), lit(id))

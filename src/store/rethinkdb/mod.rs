@@ -12,6 +12,7 @@
 //! | `chump_history` | `id` (integer, from a counter) | deploys and failures; they outlive their source |
 //! | `chump_counters` | `id` (`"sources"`, `"history"`) | `value`: the last id handed out |
 //! | `chump_targets` | `id` = `namespace/deployment/container` | `source_id` (null while its create is in flight), `token`, `at`: who owns a target |
+//! | `chump_inventory` | `source_id` | what chump last applied for a source: `commit`, `desired_image`, `objects` (each `api_version`, `kind`, `namespace`, `name`, `digest`, `commit`); none until the first check that records one |
 //!
 //! Secondary indexes: `chump_status.next_check_at`;
 //! `chump_history.source_id_id` = `[source_id, id]` and
@@ -43,6 +44,10 @@
 //!   ours only if the update changed it. `finish_check` and `release_claims`
 //!   write only while the lease is still the caller's (again a branch inside
 //!   one update).
+//! - **inventories**: `finish_check` replaces the source's inventory
+//!   document only after its status update showed the lease was the
+//!   caller's (`replaced`), so a check whose lease was lost writes none.
+//!   `claim_due` reads the inventories of all its claims in one `get_all`.
 //! - **changes during a check**: `update_source` writes the new revision into
 //!   the status document too, so `finish_check` compares revisions inside its
 //!   own atomic update.
@@ -68,6 +73,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
+use chump_jobs::inventory::Inventory;
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
     Claim, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
@@ -93,6 +99,8 @@ pub const HISTORY_TABLE: &str = "chump_history";
 pub const COUNTERS_TABLE: &str = "chump_counters";
 /// Table of target key documents (the duplicate rule).
 pub const TARGETS_TABLE: &str = "chump_targets";
+/// Table of per-source inventories (what chump last applied).
+pub const INVENTORY_TABLE: &str = "chump_inventory";
 
 const SOURCES_COUNTER: &str = "sources";
 const HISTORY_COUNTER: &str = "history";
@@ -162,6 +170,9 @@ impl RethinkStore {
     fn targets(&self) -> Command {
         self.table(TARGETS_TABLE)
     }
+    fn inventories(&self) -> Command {
+        self.table(INVENTORY_TABLE)
+    }
 
     /// Raises counter `name` to at least `floor` (creating it when missing).
     async fn raise_counter(&self, name: &str, floor: i64) -> StoreResult<()> {
@@ -230,6 +241,17 @@ impl RethinkStore {
             .iter()
             .filter_map(as_int)
             .collect();
+        // Inventories too: one is only written for a source that exists.
+        let with_inventory: HashSet<i64> = self
+            .pool
+            .run(term(
+                TermType::Map,
+                [self.inventories(), lambda(|i| field(&i, "source_id"))],
+            ))
+            .await?
+            .iter()
+            .filter_map(as_int)
+            .collect();
         let docs = self.pool.run(self.sources()).await?;
         let mut sources = Vec::with_capacity(docs.len());
         for doc in &docs {
@@ -285,8 +307,24 @@ impl RethinkStore {
                 "dropping the schedule of deleted sources"
             );
             for id in orphans {
+                self.drop_schedule(id).await?;
+            }
+        }
+        // Left by a delete cut short, or by a check of a deleted source
+        // finishing after its delete.
+        let stale: Vec<i64> = with_inventory
+            .difference(&ids)
+            .filter(|id| !with_status.contains(id))
+            .copied()
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "dropping the inventories of deleted sources"
+            );
+            for id in stale {
                 self.pool
-                    .one(term(TermType::Delete, [self.statuses().get(id)]))
+                    .one(term(TermType::Delete, [self.inventories().get(id)]))
                     .await?;
             }
         }
@@ -343,6 +381,42 @@ impl RethinkStore {
             tracing::debug!(target = %key, source = s.id, "target key exists already");
         }
         Ok(())
+    }
+
+    /// Drops what chump keeps of a deleted source: its inventory, then its
+    /// status (a status left by a cut is found again as an orphan).
+    pub(super) async fn drop_schedule(&self, id: SourceId) -> StoreResult<()> {
+        self.pool
+            .one(term(TermType::Delete, [self.inventories().get(id)]))
+            .await?;
+        self.pool
+            .one(term(TermType::Delete, [self.statuses().get(id)]))
+            .await?;
+        Ok(())
+    }
+
+    /// The recorded inventories of `ids` (those that have one), in one
+    /// `get_all`.
+    async fn inventories_of(&self, ids: &[SourceId]) -> StoreResult<HashMap<SourceId, Inventory>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let q = ids.iter().fold(
+            Command::new(TermType::GetAll).with_arg(self.inventories()),
+            |q, id| q.with_arg(lit(id)),
+        );
+        let mut found = HashMap::with_capacity(ids.len());
+        for doc in self.pool.run(q).await? {
+            match inventory_from_doc(&doc) {
+                Ok((id, inv)) => {
+                    found.insert(id, inv);
+                }
+                // Checked as if nothing was applied yet: everything is
+                // applied again and nothing is pruned.
+                Err(e) => tracing::warn!(error = %e, "unreadable inventory"),
+            }
+        }
+        Ok(found)
     }
 
     /// Writes a history entry for `report`, with the next history id.
@@ -711,9 +785,7 @@ impl Store for RethinkStore {
         if count(&result, "deleted") == 0 {
             return Err(StoreError::NotFound(id));
         }
-        self.pool
-            .one(term(TermType::Delete, [self.statuses().get(id)]))
-            .await?;
+        self.drop_schedule(id).await?;
         if let Ok(source) = source_from_doc(&doc) {
             self.delete_target_if(&target_key(&source.spec), |d| {
                 eq(field_or(&d, "source_id", null()), lit(id))
@@ -870,9 +942,7 @@ impl Store for RethinkStore {
                 Ok(Some(source)) => source,
                 Ok(None) => {
                     // Its source is gone (a delete cut short): drop the status.
-                    self.pool
-                        .one(term(TermType::Delete, [self.statuses().get(id)]))
-                        .await?;
+                    self.drop_schedule(id).await?;
                     continue;
                 }
                 Err(e) => {
@@ -893,9 +963,25 @@ impl Store for RethinkStore {
                 trigger,
                 consecutive_failures,
                 due_at,
+                inventory: Inventory::default(),
                 owner: owner.to_string(),
                 lease_until,
             });
+        }
+        let ids: Vec<SourceId> = claims.iter().map(|c| c.source.id).collect();
+        let mut inventories = match self.inventories_of(&ids).await {
+            Ok(found) => found,
+            Err(e) => {
+                // A check without its inventory would apply blind: give the
+                // claims back, due again at once.
+                let _ = self.release_claims(owner, &ids).await;
+                return Err(e);
+            }
+        };
+        for c in &mut claims {
+            if let Some(inv) = inventories.remove(&c.source.id) {
+                c.inventory = inv;
+            }
         }
         Ok(claims)
     }
@@ -970,6 +1056,28 @@ impl Store for RethinkStore {
                 "lease lost before the check was recorded"
             );
             return Ok(());
+        }
+        // The inventory only with a status written under our lease (a
+        // deleted source's update is skipped: it gets none).
+        if let (true, Some(inv)) = (count(&result, "replaced") > 0, &report.inventory) {
+            let doc = inventory_doc(source.id, inv)?;
+            let written = self
+                .pool
+                .one(term(
+                    TermType::Replace,
+                    [self.inventories().get(source.id), lit(doc)],
+                ))
+                .await?;
+            if count(&written, "errors") > 0 {
+                let first = written
+                    .get("first_error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error");
+                return Err(StoreError::Backend(format!(
+                    "writing the inventory of source {}: {first}",
+                    source.id
+                )));
+            }
         }
         if report.outcome != Outcome::UpToDate {
             self.insert_history(claim, report).await?;
@@ -1102,6 +1210,21 @@ impl Store for RethinkStore {
         }
         entries.truncate(limit);
         Ok(entries)
+    }
+
+    async fn inventory(&self, id: SourceId) -> StoreResult<Option<Inventory>> {
+        let q = object(vec![
+            ("exists", ne(self.sources().get(id), null())),
+            ("inventory", self.inventories().get(id)),
+        ]);
+        let v = self.pool.one(q).await?;
+        if v.get("exists").and_then(Value::as_bool) != Some(true) {
+            return Ok(None);
+        }
+        match v.get("inventory").filter(|d| !d.is_null()) {
+            None => Ok(Some(Inventory::default())),
+            Some(doc) => Ok(Some(inventory_from_doc(doc)?.1)),
+        }
     }
 }
 

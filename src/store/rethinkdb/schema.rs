@@ -113,13 +113,14 @@ impl Kind {
 
 impl RethinkStore {
     /// The tables chump uses and their primary keys.
-    fn tables(&self) -> [(String, &'static str); 5] {
+    fn tables(&self) -> [(String, &'static str); 6] {
         [
             (self.sources_table.clone(), "id"),
             (STATUS_TABLE.to_string(), "source_id"),
             (HISTORY_TABLE.to_string(), "id"),
             (COUNTERS_TABLE.to_string(), "id"),
             (TARGETS_TABLE.to_string(), "id"),
+            (INVENTORY_TABLE.to_string(), "source_id"),
         ]
     }
 
