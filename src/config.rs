@@ -695,4 +695,26 @@ mod tests {
             assert!(e.to_string().contains("CHUMP_LEASE"), "{e}");
         }
     }
+
+    #[test]
+    fn rethinkdb_replicas() {
+        let db = "--database=rethinkdb://127.0.0.1/chump".to_string();
+        let replicas = |c: &Config| match &c.database {
+            DatabaseConfig::RethinkDb(rc) => rc.replicas,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(replicas(&serve(std::slice::from_ref(&db)).unwrap()), 1);
+        let three = serve(&[db.clone(), "--rethinkdb-replicas=3".into()]).unwrap();
+        assert_eq!(replicas(&three), 3);
+        for raw in ["0", "65", "three", "", "-1"] {
+            let e = serve(&[db.clone(), format!("--rethinkdb-replicas={raw}")])
+                .err()
+                .unwrap_or_else(|| panic!("{raw} accepted"));
+            assert_eq!(
+                (e.var, e.flag),
+                ("CHUMP_RETHINKDB_REPLICAS", "rethinkdb-replicas"),
+                "{raw}: {e}"
+            );
+        }
+    }
 }

@@ -585,3 +585,33 @@ async fn a_broken_changefeed_is_reopened_and_misses_nothing() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_get_the_replicas_asked_for_and_too_many_is_a_clear_error() {
+    let Some(probe) = fresh_config() else { return };
+    let session = raw_session(&probe).await;
+    let servers = raw_all(&session, r.db("rethinkdb").table("server_status"))
+        .await
+        .len() as u32;
+    // As many replicas as there are servers: every table has them.
+    let mut config = fresh_config().unwrap();
+    config.replicas = servers;
+    RethinkStore::open(&config).await.unwrap();
+    for t in raw_all(&session, r.db("rethinkdb").table("table_config")).await {
+        if t["db"] == config.db.as_str() {
+            let replicas = t["shards"][0]["replicas"].as_array().unwrap().len() as u32;
+            assert_eq!(replicas, servers, "{t}");
+        }
+    }
+    drop_db(&session, &config).await;
+    // One more than there are servers: opening fails and says why.
+    let mut config = fresh_config().unwrap();
+    config.replicas = servers + 1;
+    let err = match RethinkStore::open(&config).await {
+        Ok(_) => panic!("{} replicas on {servers} servers", servers + 1),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("replicas"), "{err}");
+    eprintln!("{} replicas on {servers} server(s): {err}", servers + 1);
+    drop_db(&session, &config).await;
+}

@@ -26,6 +26,8 @@ pub fn server() -> Option<(String, u16)> {
                         .file_name()
                         .map(|f| f.to_string_lossy().into_owned())
                 })
+                // target/debug/deps/fleet-0123abcd: the test file's name.
+                .map(|f| f.rsplit_once('-').map_or(f.clone(), |(name, _)| name.to_string()))
                 .unwrap_or_default();
             let _ = writeln!(
                 std::io::stderr(),
