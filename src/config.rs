@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// other namespaces' objects fail the deploy).
     #[arg(long, env = "CHUMP_RESTRICT_NAMESPACE", default_value = "false")]
     pub restrict_namespace: String,
+    /// Undo changes made in the cluster to fields chump applies (drift),
+    /// within one interval. Off: only a differing image is redeployed
+    /// between commits (the original tool's behaviour).
+    #[arg(long, env = "CHUMP_SELF_HEAL", default_value = "true")]
+    pub self_heal: String,
     /// Let kustomize load remote bases (URLs in resources:).
     #[arg(long, env = "CHUMP_KUSTOMIZE_ALLOW_REMOTE", default_value = "false")]
     pub kustomize_allow_remote: String,
@@ -186,6 +191,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub restrict_namespace: bool,
+    pub self_heal: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -216,6 +222,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("restrict_namespace", &self.restrict_namespace)
+            .field("self_heal", &self.self_heal)
             .finish()
     }
 }
@@ -638,6 +645,7 @@ impl Config {
                 "restrict-namespace",
                 &args.restrict_namespace,
             )?,
+            self_heal: boolean("CHUMP_SELF_HEAL", "self-heal", &args.self_heal)?,
             kubeconfig: args
                 .kubeconfig
                 .clone()

@@ -107,14 +107,16 @@ fn checker(config: &Config, metrics: Arc<Metrics>) -> Checker {
         Some(path) => ClusterConfig::Kubeconfig(path.clone()),
         None => ClusterConfig::Infer,
     };
-    Checker::new(
+    let mut checker = Checker::new(
         git,
         kustomize,
         cluster,
         config.rollout_timeout,
         config.restrict_namespace,
         metrics,
-    )
+    );
+    checker.self_heal = config.self_heal;
+    checker
 }
 
 /// A name for this process on its leases: host, pid and a random suffix.

@@ -316,6 +316,10 @@ async fn bad_sources_are_rejected_and_nothing_is_stored() {
             "interval_seconds",
         ),
         (with(seed(), "suspended", json!("yes")), "suspended"),
+        (with(seed(), "prune", json!("yes")), "prune"),
+        (with(seed(), "prune", json!(1)), "prune"),
+        (with(seed(), "prune", json!(null)), "prune"),
+        (with(seed(), "deleting", json!(true)), "deleting"),
     ];
     for (body, field) in cases {
         let (s, b) = call(&c, Method::POST, "/api/sources/create", Some(body.clone())).await;
@@ -445,6 +449,160 @@ async fn bad_updates_change_nothing() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (_, now) = call(&c, Method::GET, "/api/sources/1", None).await;
     assert_eq!(now, original);
+}
+
+#[tokio::test]
+async fn prune_is_stored_shown_and_kept_by_patch() {
+    let c = Chump::start();
+    // Default: on; never being deleted on its own.
+    let a = create(&c, seed()).await;
+    assert_eq!(
+        (&a["prune"], &a["deleting"]),
+        (&json!(true), &json!(false)),
+        "{a}"
+    );
+    let b = create(
+        &c,
+        with(
+            with(seed(), "container_name", json!("two")),
+            "prune",
+            json!(false),
+        ),
+    )
+    .await;
+    assert_eq!(b["prune"], false, "{b}");
+    let (_, got) = call(&c, Method::GET, &format!("/api/sources/{}", b["id"]), None).await;
+    assert_eq!(
+        (&got["prune"], &got["deleting"]),
+        (&json!(false), &json!(false)),
+        "{got}"
+    );
+    let list = sources(&c).await;
+    assert_eq!(
+        list.iter().map(|s| s["prune"].clone()).collect::<Vec<_>>(),
+        vec![json!(true), json!(false)]
+    );
+    // PATCH without it keeps it; with it changes it; PUT without it: on.
+    let path = format!("/api/sources/{}", b["id"]);
+    let (s, r) = call(&c, Method::PATCH, &path, Some(json!({"branch": "main"}))).await;
+    assert_eq!(
+        (s, &r["source"]["prune"]),
+        (StatusCode::OK, &json!(false)),
+        "{r}"
+    );
+    let (s, r) = call(&c, Method::PATCH, &path, Some(json!({"prune": true}))).await;
+    assert_eq!(
+        (s, &r["source"]["prune"]),
+        (StatusCode::OK, &json!(true)),
+        "{r}"
+    );
+    let (s, r) = call(&c, Method::PATCH, &path, Some(json!({"prune": false}))).await;
+    assert_eq!(
+        (s, &r["source"]["prune"]),
+        (StatusCode::OK, &json!(false)),
+        "{r}"
+    );
+    let (s, r) = call(
+        &c,
+        Method::PUT,
+        &path,
+        Some(with(seed(), "container_name", json!("two"))),
+    )
+    .await;
+    assert_eq!(
+        (s, &r["source"]["prune"]),
+        (StatusCode::OK, &json!(true)),
+        "{r}"
+    );
+    // A bad value changes nothing, and names the field.
+    let (s, r) = call(&c, Method::PATCH, &path, Some(json!({"prune": "no"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    assert_eq!(r["errors"]["prune"], "must be true or false", "{r}");
+    let (_, got) = call(&c, Method::GET, &path, None).await;
+    assert_eq!(got["prune"], true);
+    // The status says whether the source is being deleted.
+    let (s, st) = call(&c, Method::GET, &format!("{path}/status"), None).await;
+    assert_eq!(
+        (s, &st["deleting"]),
+        (StatusCode::OK, &json!(false)),
+        "{st}"
+    );
+}
+
+#[tokio::test]
+async fn delete_with_prune() {
+    let c = Chump::start_with(ChumpOptions::default().env("CHUMP_INTERVAL", "600"));
+    let a = create(&c, seed()).await;
+    let path = format!("/api/sources/{}", a["id"]);
+    // prune is true or false, nothing else; other parameters are refused;
+    // nothing is deleted.
+    for query in [
+        "prune=bogus",
+        "prune=1",
+        "prune=0",
+        "prune=TRUE",
+        "prune=yes",
+        "prune=",
+        "prune",
+    ] {
+        for route in [path.clone(), format!("{path}/delete")] {
+            let (s, b) = call(&c, Method::DELETE, &format!("{route}?{query}"), None).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{route}?{query}: {b}");
+            assert!(b["msg"].as_str().unwrap().contains("'prune'"), "{b}");
+            assert_eq!(b["errors"]["prune"], "must be true or false", "{b}");
+        }
+    }
+    let (s, b) = call(&c, Method::DELETE, &format!("{path}?purge=true"), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        b["msg"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown query parameter 'purge'"),
+        "{b}"
+    );
+    let (s, got) = call(&c, Method::GET, &path, None).await;
+    assert_eq!((s, &got["deleting"]), (StatusCode::OK, &json!(false)));
+    // A bad id still answers as before.
+    let (s, b) = call(&c, Method::DELETE, "/api/sources/abc?prune=true", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = call(&c, Method::DELETE, "/api/sources/99?prune=true", None).await;
+    assert_eq!(
+        (s, b),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"msg": "[WARN] Source doesn't exist!"})
+        )
+    );
+
+    // Never deployed (nothing recorded as applied): deleted at once.
+    let (s, b) = call(&c, Method::DELETE, &format!("{path}?prune=true"), None).await;
+    assert_eq!(
+        (s, b),
+        (
+            StatusCode::OK,
+            json!({"msg": "[INFO] Source has been deleted!"})
+        )
+    );
+    let (s, _) = call(&c, Method::GET, &path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // prune=false, on the legacy route: as without it.
+    let b = create(&c, seed()).await;
+    let (s, r) = call(
+        &c,
+        Method::DELETE,
+        &format!("/api/sources/{}/delete?prune=false", b["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, r),
+        (
+            StatusCode::OK,
+            json!({"msg": "[INFO] Source has been deleted!"})
+        )
+    );
+    assert!(sources(&c).await.is_empty());
 }
 
 #[tokio::test]

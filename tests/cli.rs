@@ -606,3 +606,105 @@ async fn status_shows_what_was_applied() {
     assert_eq!(v["source_id"], id);
     assert!(v.get("objects").is_none(), "{v}");
 }
+
+#[test]
+fn prune_flags_on_add_and_update() {
+    let c = Chump::start();
+    let mut args = vec!["sources", "add"];
+    args.extend_from_slice(SEED_FLAGS);
+    args.extend(["--prune=false", "--json"]);
+    let out = ok(&c, &args);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source"]["prune"], false, "{v}");
+    assert_eq!(json(&c, &["sources", "get", "1"])["prune"], false);
+    let got = ok(&c, &["sources", "get", "1"]);
+    assert!(
+        got.lines()
+            .any(|l| l.split_whitespace().eq(["prune:", "false"])),
+        "{got}"
+    );
+    assert!(
+        got.lines()
+            .any(|l| l.split_whitespace().eq(["deleting:", "false"])),
+        "{got}"
+    );
+    let out = json(&c, &["sources", "update", "1", "--prune"]);
+    assert_eq!(out["source"]["prune"], true, "{out}");
+    let out = json(&c, &["sources", "update", "1", "--prune", "false"]);
+    assert_eq!(out["source"]["prune"], false, "{out}");
+    // `get --json` output sent back with -f: `deleting` is the server's.
+    let dir = tempfile::tempdir().unwrap();
+    let doc = serde_json::to_string(&json(&c, &["sources", "get", "1"])).unwrap();
+    let file = write(dir.path(), "s.json", &doc);
+    ok(&c, &["sources", "update", "1", "-f", &file]);
+    // Not a boolean: refused before anything is sent.
+    let err = fails(&c, &["sources", "update", "1", "--prune=maybe"], 2);
+    assert!(err.contains("--prune"), "{err}");
+    // Plain delete --prune of a source never deployed: deleted at once.
+    let out = ok(&c, &["sources", "delete", "1", "--prune"]);
+    assert!(out.contains("[INFO] Source has been deleted!"), "{out}");
+    fails(&c, &["sources", "get", "1"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_prune_asks_the_server_to_prune() {
+    use support::env::{create, wait_history, Env};
+    let env = Env::new().await;
+    env.app_repo("web", "shop", "web", "nginx:1");
+    let c = env.chump_with(env.options().env("CHUMP_INTERVAL", "600"));
+    let id = create(&c, &env.source("web", "shop", "web")).await;
+    wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
+    // The cluster away, the prune cannot finish: the source stays deleting.
+    env.kube.stop().await;
+    let id = id.to_string();
+    let out = ok_async(&c, &["sources", "delete", &id, "--prune"]).await;
+    assert!(
+        out.contains(
+            "[INFO] Source is being deleted: the objects chump applied for it are pruned first"
+        ),
+        "{out}"
+    );
+    let got: Value =
+        serde_json::from_str(&ok_async(&c, &["sources", "get", &id, "--json"]).await).unwrap();
+    assert_eq!(got["deleting"], true, "{got}");
+    let list = ok_async(&c, &["sources", "list"]).await;
+    assert!(
+        list.lines()
+            .nth(1)
+            .is_some_and(|row| row.split_whitespace().any(|c| c == "deleting")),
+        "{list}"
+    );
+    // Read-only meanwhile: the server's 409, exit 1.
+    let cmd = cli(&c);
+    let args = [
+        "sources".to_string(),
+        "update".into(),
+        id.clone(),
+        "--branch".into(),
+        "x".into(),
+    ];
+    let o = tokio::task::spawn_blocking(move || {
+        run(cmd, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("being deleted"), "{}", stderr(&o));
+    // --json: the server's answer.
+    let v: Value = serde_json::from_str(
+        &ok_async(&c, &["sources", "delete", &id, "--prune=true", "--json"]).await,
+    )
+    .unwrap();
+    assert_eq!(v["deleting"], true, "{v}");
+    // Without --prune (or --prune=false): deleted at once, prune abandoned.
+    let out = ok_async(&c, &["sources", "delete", &id, "--prune=false"]).await;
+    assert!(out.contains("[INFO] Source has been deleted!"), "{out}");
+    let cmd = cli(&c);
+    let args = ["sources".to_string(), "get".into(), id.clone()];
+    let o = tokio::task::spawn_blocking(move || {
+        run(cmd, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -160,7 +160,10 @@ async fn a_check_of_a_source_deleted_mid_check_goes_on() {
     let claims = claimed(&store, "p1", &["deleted"]).await;
     let deleted = guard(&claims[0]);
     let first_end = claims[0].lease_until;
-    store.delete_source(claims[0].source.id).await.unwrap();
+    store
+        .delete_source(claims[0].source.id, false)
+        .await
+        .unwrap();
     let (_load, stop) = keeper(store.clone(), &[&deleted]);
     assert!(
         !lost_within(&deleted, LEASE * 2).await,

@@ -698,3 +698,141 @@ async fn metrics_health_and_openapi() {
         .sum();
     assert_eq!(documented, endpoints.len());
 }
+
+async fn send(
+    c: &Chump,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Client::new().request(method, c.url(path));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_deleted_with_prune_is_read_only_until_its_objects_are_gone() {
+    use reqwest::Method;
+    let env = Env::new().await;
+    env.app_repo("web", "shop", "web", "nginx:1");
+    let c = env.chump_with(env.options().env("CHUMP_WEBHOOK_SECRET", SECRET));
+    let spec = env.source("web", "shop", "web");
+    let id = create(&c, &spec).await;
+    wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
+    let path = format!("/api/sources/{id}");
+
+    // The cluster is away: the prune cannot finish, the source stays.
+    env.kube.stop().await;
+    let deleting = json!({
+        "msg": "[INFO] Source is being deleted: the objects chump applied for it are pruned first",
+        "deleting": true,
+    });
+    let (s, b) = send(&c, Method::DELETE, &format!("{path}?prune=true"), None).await;
+    assert_eq!((s, &b), (StatusCode::ACCEPTED, &deleting));
+    let (s, got) = send(&c, Method::GET, &path, None).await;
+    assert_eq!(
+        (s, &got["deleting"]),
+        (StatusCode::OK, &json!(true)),
+        "{got}"
+    );
+    assert_eq!(
+        get(&c, "/api/sources").await["sources"][0]["deleting"],
+        true
+    );
+    assert_eq!(get(&c, &format!("{path}/status")).await["deleting"], true);
+    // Asked again (the legacy route): the same answer.
+    let (s, b) = send(
+        &c,
+        Method::DELETE,
+        &format!("{path}/delete?prune=true"),
+        None,
+    )
+    .await;
+    assert_eq!((s, &b), (StatusCode::ACCEPTED, &deleting));
+
+    // Read-only: no updates, no manual checks, its target still taken.
+    let being_deleted = json!({"msg": "[WARN] Source is being deleted: it takes no changes and no checks until its objects are pruned"});
+    for (method, route, body) in [
+        (
+            Method::PATCH,
+            path.clone(),
+            Some(json!({"branch": "other"})),
+        ),
+        (
+            Method::PATCH,
+            format!("{path}/update"),
+            Some(json!({"suspended": true})),
+        ),
+        (Method::PUT, path.clone(), Some(spec.clone())),
+        (Method::POST, format!("{path}/check"), None),
+    ] {
+        let (s, b) = send(&c, method.clone(), &route, body).await;
+        assert_eq!(
+            (s, &b),
+            (StatusCode::CONFLICT, &being_deleted),
+            "{method} {route}"
+        );
+    }
+    let (s, b) = send(&c, Method::POST, "/api/sources", Some(spec.clone())).await;
+    assert_eq!(
+        (s, b),
+        (
+            StatusCode::CONFLICT,
+            json!({"msg": "[WARN] Source already exist!"})
+        )
+    );
+    // A push does not check it.
+    let body = github_push(&env, "web", "main");
+    let sig = format!("sha256={}", sign(SECRET.as_bytes(), &body));
+    let (s, b) = post_json(
+        &c,
+        "/api/webhooks/github",
+        &[
+            ("x-github-event", "push".into()),
+            ("x-hub-signature-256", sig),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (s, &b["triggered"]),
+        (StatusCode::ACCEPTED, &json!([])),
+        "{b}"
+    );
+    assert_eq!(get(&c, &path).await["branch"], "main");
+    // The prune is tried, and fails while the cluster is away.
+    wait_history(&c, id, "a failed prune", |e| {
+        e["trigger"] == "delete" && e["outcome"] == "failed"
+    })
+    .await;
+    assert_eq!(get(&c, &path).await["deleting"], true);
+
+    // The cluster is back: the objects go, then the source.
+    env.kube.restart().await;
+    wait_for("the source deleted", WAIT, || async {
+        let (s, _) = send(&c, Method::GET, &path, None).await;
+        (s == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(env.deployed_image("shop", "web").is_none());
+    let entry = wait_history(&c, id, "the prune", |e| e["outcome"] == "deleted").await;
+    assert_eq!(entry["trigger"], "delete", "{entry}");
+    let objects = entry["objects"].as_array().unwrap();
+    assert!(!objects.is_empty(), "{entry}");
+    assert!(objects.iter().all(|o| o["action"] == "deleted"), "{entry}");
+    let (s, h) = send(&c, Method::GET, "/api/history?outcome=deleted", None).await;
+    assert_eq!(
+        (s, h["history"][0]["id"].clone()),
+        (StatusCode::OK, entry["id"].clone())
+    );
+    // The target is free again.
+    create(&c, &spec).await;
+}

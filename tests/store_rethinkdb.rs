@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chump::store::rethinkdb::RethinkStore;
-use chump_jobs::history::Outcome;
-use chump_jobs::store::{Store, StoreError};
+use chump_jobs::history::{Outcome, Trigger};
+use chump_jobs::store::{Deletion, Store, StoreError};
 use reql::r;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::conformance::{inventory, report, spec};
 use support::rethinkdb::{delete, fresh_config, python_doc, raw_all, raw_run, raw_session};
 use time::OffsetDateTime;
@@ -283,7 +283,7 @@ async fn inventory_documents_go_with_their_source() {
     assert_eq!(doc["source_id"], a.id, "{doc}");
     assert_eq!(doc["objects"][1]["kind"], "ConfigMap", "{doc}");
     assert_eq!(raw_all(&session, inventories()).await.len(), 2);
-    store.delete_source(a.id).await.unwrap();
+    store.delete_source(a.id, false).await.unwrap();
     assert!(raw_run(&session, inventories().get(a.id)).await.is_null());
 
     // Left behind by a delete cut short (source and status gone, the
@@ -302,4 +302,156 @@ async fn inventory_documents_go_with_their_source() {
     let again = RethinkStore::open(&config).await.unwrap();
     assert!(raw_all(&session, inventories()).await.is_empty());
     assert_eq!(again.inventory(b.id).await.unwrap(), None);
+}
+
+/// Source `name`, suspended, deployed once (a manual check) with an
+/// inventory of one ConfigMap.
+async fn deployed_suspended(store: &RethinkStore, name: &str) -> chump_jobs::source::Source {
+    let mut s = spec(name);
+    s.suspended = true;
+    let source = store.create_source(&s, t(0)).await.unwrap();
+    store
+        .request_check(source.id, Trigger::Manual, t(0))
+        .await
+        .unwrap();
+    let claim = store
+        .claim_due(t(0), 10, "p1", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.source.id == source.id)
+        .unwrap();
+    let mut done = report(&claim, Outcome::Deployed, t(1));
+    done.inventory = Some(inventory(
+        "1111111111111111111111111111111111111111",
+        &["x"],
+    ));
+    store.finish_check(&claim, &done, t(100)).await.unwrap();
+    source
+}
+
+/// Claims at a time past `t(200)` and the wall clock (a delete makes a
+/// source due at the real time).
+async fn claims_later(store: &RethinkStore) -> Vec<chump_jobs::store::Claim> {
+    let at = t(200).max(OffsetDateTime::now_utc() + Duration::from_secs(1));
+    store
+        .claim_due(at, 10, "p9", Duration::from_secs(60))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_and_deleting_live_on_the_documents() {
+    let Some(config) = fresh_config() else { return };
+    let store = RethinkStore::open(&config).await.unwrap();
+    let session = raw_session(&config).await;
+    let db = || r.db(config.db.clone());
+    let mut keep = spec("keep");
+    keep.prune = false;
+    let k = store.create_source(&keep, t(0)).await.unwrap();
+    let raw = raw_run(&session, db().table("sources").get(k.id)).await;
+    assert_eq!(raw["prune"], false, "{raw}");
+    let a = deployed_suspended(&store, "a").await;
+    assert_eq!(
+        store.delete_source(a.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    let raw = raw_run(&session, db().table("sources").get(a.id)).await;
+    assert_eq!(
+        (&raw["deleting"], &raw["prune"]),
+        (&json!(true), &json!(true)),
+        "{raw}"
+    );
+    let st = raw_run(&session, db().table("chump_status").get(a.id)).await;
+    assert_eq!(
+        (&st["deleting"], &st["requested_trigger"]),
+        (&json!(true), &json!("delete")),
+        "{st}"
+    );
+    // A document without the fields (the Python tool's) reads as prune on,
+    // not being deleted.
+    raw_run(&session, db().table("sources").insert(python_doc(50, "py"))).await;
+    let py = store.get_source(50).await.unwrap().unwrap();
+    assert!(py.spec.prune && !py.deleting, "{py:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_cut_before_the_status_mark_is_finished_by_reconcile() {
+    let Some(config) = fresh_config() else { return };
+    let store = RethinkStore::open(&config).await.unwrap();
+    let session = raw_session(&config).await;
+    let a = deployed_suspended(&store, "a").await;
+    // The source document marked, the process gone before its status was.
+    raw_run(
+        &session,
+        r.db(config.db.clone())
+            .table("sources")
+            .get(a.id)
+            .update(json!({"deleting": true})),
+    )
+    .await;
+    assert!(store.get_source(a.id).await.unwrap().unwrap().deleting);
+    // Suspended, and its status not marked: nothing claims it yet.
+    assert!(claims_later(&store).await.is_empty());
+    // The next process to open the database schedules the prune.
+    let again = RethinkStore::open(&config).await.unwrap();
+    let claims = claims_later(&again).await;
+    assert_eq!(
+        claims
+            .iter()
+            .map(|c| (c.source.id, c.trigger))
+            .collect::<Vec<_>>(),
+        vec![(a.id, Trigger::Delete)]
+    );
+    assert_eq!(claims[0].inventory.objects.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_cut_before_the_status_mark_is_finished_by_a_following_replica() {
+    let Some(config) = fresh_config() else { return };
+    let store = Arc::new(RethinkStore::open(&config).await.unwrap());
+    let session = raw_session(&config).await;
+    let a = deployed_suspended(&store, "a").await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = {
+        let (store, wake, stop) = (store.clone(), wake.clone(), stop.clone());
+        tokio::spawn(async move { store.follow_changes(wake, stop).await })
+    };
+    // The sources feed is live once a source another client inserts gets
+    // a status (so what follows is the feed's doing, not a reconcile's).
+    let statuses = || r.db(config.db.clone()).table("chump_status");
+    raw_run(
+        &session,
+        r.db(config.db.clone())
+            .table("sources")
+            .insert(python_doc(60, "probe")),
+    )
+    .await;
+    support::chump::wait_for("the sources feed", Duration::from_secs(30), || async {
+        (!raw_run(&session, statuses().get(60)).await.is_null()).then_some(())
+    })
+    .await;
+    raw_run(
+        &session,
+        r.db(config.db.clone())
+            .table("sources")
+            .get(a.id)
+            .update(json!({"deleting": true})),
+    )
+    .await;
+    support::chump::wait_for(
+        "the status marked by the feed",
+        Duration::from_secs(30),
+        || async {
+            let st = raw_run(&session, statuses().get(a.id)).await;
+            (st["deleting"] == json!(true)).then_some(())
+        },
+    )
+    .await;
+    let claims = claims_later(&store).await;
+    let claim = claims.iter().find(|c| c.source.id == a.id).unwrap();
+    assert_eq!(claim.trigger, Trigger::Delete);
+    stop.cancel();
+    follower.await.unwrap();
 }

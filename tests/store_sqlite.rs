@@ -39,7 +39,7 @@ async fn reopening_keeps_everything() {
             .create_source(&support::conformance::spec("b"), now)
             .await
             .unwrap();
-        store.delete_source(2).await.unwrap();
+        store.delete_source(2, false).await.unwrap();
         store.close().await;
     }
     let store = SqliteStore::open(path).await.unwrap();
@@ -52,4 +52,53 @@ async fn reopening_keeps_everything() {
             .id,
         3
     );
+}
+
+#[tokio::test]
+async fn a_database_from_before_pruning_is_upgraded() {
+    // The schema as the previous release left it (its two migrations), with
+    // a source in it.
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    for name in ["0001_init.sql", "0002_inventory.sql"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations/sqlite")
+                .join(name),
+            old.join(name),
+        )
+        .unwrap();
+    }
+    let path = dir.path().join("chump.db");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO sources (namespace, deployment_name, git_url, branch, deploy_path, \
+             container_name, image_version_file, created_at, updated_at) \
+             VALUES ('production', 'a', 'https://github.com/stvnorg/helloworld.git', 'master', \
+             './deploy/helloworld/deployment.yaml', 'app', './deploy/helloworld/deployment.yaml', 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let a = store.get_source(1).await.unwrap().unwrap();
+    assert_eq!(a.spec, support::conformance::spec("a"));
+    assert!(a.spec.prune && !a.deleting, "{a:?}");
+    assert!(matches!(
+        store.delete_source(1, true).await,
+        Ok(chump_jobs::store::Deletion::Deleted)
+    ));
 }

@@ -20,6 +20,7 @@ fn base() -> SourceSpec {
         image_version_file: "deploy/deployment.yaml".into(),
         interval_seconds: None,
         suspended: false,
+        prune: true,
     }
 }
 

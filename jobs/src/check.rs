@@ -1,15 +1,24 @@
 //! One check of one source: what the repository renders is what runs.
 //!
 //! 1. git: the branch head (one ref query, shared), fetched only when new;
-//! 2. same head as the recorded inventory: one GET of the Deployment tells
-//!    the running image and whether its rollout failed — nothing is built;
+//! 2. same head as the recorded inventory: observe the recorded objects
+//!    (one GET per object, one LIST per kind and namespace holding several)
+//!    — nothing is built while every object is as chump left it (the
+//!    fields chump applies, per the server's managed fields: see
+//!    [`crate::cluster::drift`]) and the container runs the build's image;
 //! 3. a new head (or nothing recorded yet): build it, and compare a digest
 //!    of every rendered object with the recorded inventory; a build that is
-//!    identical (a README change) and runs the image it declares is
-//!    `up_to_date` at the new commit, with nothing written to the cluster;
-//! 4. anything different, or the container's image not the one the build
-//!    gives it: server-side apply every object (labelled as chump's), wait
-//!    for the rollout, and record the new inventory with the result.
+//!    identical (a README change), with nothing drifted, is `up_to_date` at
+//!    the new commit, with nothing written to the cluster;
+//! 4. anything different, drifted, or the container's image not the one
+//!    the build gives it: server-side apply every object (labelled as
+//!    chump's), then prune what the recorded inventory holds and the build
+//!    lacks (unless the source's `prune` is off), wait for the rollout, and
+//!    record the new inventory with the result.
+//!
+//! A source being deleted with `prune=true` (trigger `delete`) runs no git
+//! and no build: its recorded objects are pruned, and the store deletes it
+//! once none is left.
 //!
 //! A check never fails as a Rust error: whatever happens becomes a
 //! [`CheckReport`] with an [`Outcome`] and, for failures, the [`Stage`] that
@@ -19,6 +28,7 @@
 //! apply stage it makes sure the lease is still held, and stops with nothing
 //! applied when it is not (another process may own the source now).
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,11 +37,12 @@ use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::cluster::Cluster;
+use crate::cluster::drift::drift_of;
+use crate::cluster::{Cluster, Drift, PruneScope, Running};
 use crate::git::GitCache;
 use crate::history::{AppliedObject, ApplyAction, CheckReport, Outcome, Stage, Trigger};
 use crate::image::same_image;
-use crate::inventory::{digest, Inventory, InventoryObject};
+use crate::inventory::{digest, group_of, Inventory, InventoryObject, ObjectKey};
 use crate::kustomize::Kustomize;
 use crate::lease::LeaseGuard;
 use crate::manifest::{desired_image_from_file, image_in_build};
@@ -59,6 +70,9 @@ pub struct Checker {
     pub rollout_timeout: Duration,
     /// Refuse objects outside the source's namespace.
     pub restrict_namespace: bool,
+    /// Undo drift: observe every recorded object on each check (on by
+    /// default). Off: only the source's Deployment is read, for its image.
+    pub self_heal: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -84,6 +98,7 @@ pub struct StageTimes {
     pub build: Duration,
     pub apply: Duration,
     pub rollout: Duration,
+    pub prune: Duration,
 }
 
 /// The label every object chump applies carries (with the value `chump`).
@@ -100,6 +115,9 @@ struct Failure {
 struct Ended {
     outcome: Outcome,
     failure: Option<Failure>,
+    /// For an outcome that is not a failure: what to say about it (the
+    /// drift a deploy undid).
+    note: Option<String>,
     objects: Vec<AppliedObject>,
     inventory: Option<Inventory>,
 }
@@ -109,6 +127,7 @@ impl Ended {
         Ended {
             outcome,
             failure: None,
+            note: None,
             objects,
             inventory,
         }
@@ -118,6 +137,7 @@ impl Ended {
         Ended {
             outcome: Outcome::Failed,
             failure: Some(failure),
+            note: None,
             objects,
             inventory,
         }
@@ -147,6 +167,7 @@ impl Checker {
             cluster: OnceCell::new(),
             rollout_timeout,
             restrict_namespace,
+            self_heal: true,
             metrics,
         }
     }
@@ -182,17 +203,22 @@ impl Checker {
         let started_at = OffsetDateTime::now_utc();
         let mut times = StageTimes::default();
         let span = tracing::info_span!("check", source_id = source.id, %trigger);
-        let result = self
-            .run(source, recorded, fresh_since, progress, lease, &mut times)
-            .instrument(span.clone())
-            .await;
+        let result = if source.deleting || trigger == Trigger::Delete {
+            self.run_delete(source, recorded, progress, lease, &mut times)
+                .instrument(span.clone())
+                .await
+        } else {
+            self.run(source, recorded, fresh_since, progress, lease, &mut times)
+                .instrument(span.clone())
+                .await
+        };
         let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
         let secrets = url_secrets(&source.spec.git_url);
         let ended = result.unwrap_or_else(Ended::from);
         let (outcome, objects, inventory) = (ended.outcome, ended.objects, ended.inventory);
         let (stage, message) = match ended.failure {
             Some(f) => (Some(f.stage), Some(redact_secrets(&f.message, &secrets))),
-            None => (None, None),
+            None => (None, ended.note),
         };
         span.in_scope(|| {
             tracing::info!(
@@ -208,6 +234,7 @@ impl Checker {
                 build_ms = times.build.as_millis() as u64,
                 apply_ms = times.apply.as_millis() as u64,
                 rollout_ms = times.rollout.as_millis() as u64,
+                prune_ms = times.prune.as_millis() as u64,
                 "check finished"
             )
         });
@@ -254,23 +281,33 @@ impl Checker {
         let cluster = self.cluster().await.map_err(|e| fail(Stage::Cluster, e))?;
 
         // 2. The head the recorded inventory was built from: nothing to
-        // build; one GET tells the running image and a failed rollout.
-        let same_head = !recorded.objects.is_empty() && recorded.commit == commit;
+        // build while every recorded object is as chump left it (one GET
+        // per object, or a LIST per kind holding several) and the container
+        // runs the build's image.
+        let prune_pending = recorded.objects.iter().any(|o| o.prune_pending);
+        let same_head = !recorded.objects.is_empty() && recorded.commit == commit && !prune_pending;
         // Read once, on whichever path needs it first.
         let mut seen: Option<crate::cluster::Running> = None;
+        let mut drift_note: Option<String> = None;
         if same_head {
             let desired = recorded.desired_image.clone();
             set(&|p| p.desired_image = desired.clone());
-            let running = self.running(cluster, source, times, progress).await?;
-            seen = Some(running.clone());
-            if let Some(ended) = steady(source, desired.as_deref(), &running) {
-                return Ok(ended);
+            let look = self
+                .look(cluster, source, recorded, times, progress)
+                .await?;
+            seen = Some(look.running.clone());
+            if look.drift.is_empty() {
+                if let Some(ended) = steady(source, desired.as_deref(), &look.running) {
+                    return Ok(ended);
+                }
+                tracing::info!(
+                    desired = desired.as_deref(),
+                    running = look.running.image.as_deref(),
+                    "running image differs from the build's: deploying"
+                );
+            } else {
+                drift_note = Some(look.note());
             }
-            tracing::info!(
-                desired = desired.as_deref(),
-                running = running.image.as_deref(),
-                "running image differs from the build's: deploying"
-            );
         }
 
         // 3. Build the head.
@@ -288,7 +325,10 @@ impl Checker {
         if objects.is_empty() {
             return Err(fail(
                 Stage::Build,
-                format!("{} renders no objects: nothing applied", spec.deploy_path),
+                format!(
+                    "{} renders no objects: nothing applied, nothing pruned",
+                    spec.deploy_path
+                ),
             ));
         }
 
@@ -326,9 +366,9 @@ impl Checker {
                 crate::cluster::ApplyFailure::Cluster { .. } => fail(Stage::Cluster, e.to_string()),
                 _ => fail(Stage::Apply, e.to_string()),
             })?;
-        let previous: std::collections::HashMap<_, _> =
+        let previous: HashMap<ObjectKey, &InventoryObject> =
             recorded.objects.iter().map(|o| (o.key(), o)).collect();
-        let inventory = Inventory {
+        let mut inventory = Inventory {
             commit: commit.clone(),
             desired_image: desired.clone(),
             objects: objects
@@ -342,10 +382,13 @@ impl Checker {
                         name: place.name.clone(),
                         digest: digest(object),
                         commit: commit.clone(),
+                        live: None,
+                        prune_pending: false,
                     };
                     if let Some(old) = previous.get(&entry.key()) {
-                        if old.digest == entry.digest {
+                        if old.digest == entry.digest && !old.prune_pending {
                             entry.commit = old.commit.clone();
+                            entry.live = old.live.clone();
                         }
                     }
                     entry
@@ -357,12 +400,16 @@ impl Checker {
             && inventory.objects.iter().all(|o| {
                 previous
                     .get(&o.key())
-                    .is_some_and(|old| old.digest == o.digest)
+                    .is_some_and(|old| old.digest == o.digest && !old.prune_pending)
             });
         if unchanged && !same_head {
-            let running = self.running(cluster, source, times, progress).await?;
-            seen = Some(running.clone());
-            if let Some(mut ended) = steady(source, desired.as_deref(), &running) {
+            let look = self
+                .look(cluster, source, recorded, times, progress)
+                .await?;
+            seen = Some(look.running.clone());
+            if !look.drift.is_empty() {
+                drift_note = Some(look.note());
+            } else if let Some(mut ended) = steady(source, desired.as_deref(), &look.running) {
                 // Nothing the build renders changed: the inventory moves
                 // to the new commit, the cluster is left alone.
                 tracing::info!(commit = %commit, "the new commit renders what is applied: nothing to deploy");
@@ -372,7 +419,9 @@ impl Checker {
                 return Ok(ended);
             }
         }
-        if !unchanged {
+        if let Some(note) = &drift_note {
+            tracing::info!(commit = %commit, "{note}");
+        } else if !unchanged {
             tracing::info!(commit = %commit, "the build differs from what was applied: deploying");
         }
 
@@ -406,7 +455,9 @@ impl Checker {
                         a.kind == o.kind && a.name == o.name && a.namespace == o.namespace
                     });
                     if was_applied && !kept.objects.iter().any(|k| k.key() == o.key()) {
-                        kept.objects.push(o.clone());
+                        let mut o = o.clone();
+                        o.live = None;
+                        kept.objects.push(o);
                     }
                 }
                 let changed = kept != *recorded;
@@ -418,10 +469,69 @@ impl Checker {
             }
         };
         times.apply = t.elapsed();
+        if drift_note.is_some() {
+            self.metrics.drift_undone.inc();
+        }
+        // What the server made of each object: the digest drift is told by.
+        for entry in &mut inventory.objects {
+            if let Some(a) = applied.iter().find(|a| {
+                a.object.kind == entry.kind
+                    && a.object.name == entry.name
+                    && a.object.namespace == entry.namespace
+                    && group_of(&a.object.api_version) == group_of(&entry.api_version)
+            }) {
+                entry.live = Some(a.live.clone());
+            }
+        }
+        let nothing_changed = applied
+            .iter()
+            .all(|a| a.object.action == ApplyAction::Unchanged);
+        let mut history: Vec<AppliedObject> = applied.into_iter().map(|a| a.object).collect();
+
+        // 6. Prune what the recorded inventory holds and the build lacks.
+        let rendered: HashSet<ObjectKey> = inventory.objects.iter().map(|o| o.key()).collect();
+        let candidates: Vec<InventoryObject> = recorded
+            .objects
+            .iter()
+            .filter(|o| !rendered.contains(&o.key()))
+            .cloned()
+            .collect();
+        let mut pruned_any = false;
+        if !candidates.is_empty() && !spec.prune {
+            tracing::info!(
+                objects = candidates.len(),
+                "prune is off for this source: objects the build no longer renders stay in the cluster, unmanaged"
+            );
+        } else if !candidates.is_empty() {
+            set(&|p| p.stage = Some(Stage::Prune));
+            let t = Instant::now();
+            let id = source.id.to_string();
+            let report = cluster
+                .prune(&candidates, self.prune_scope(source, &id))
+                .await;
+            times.prune = t.elapsed();
+            pruned_any = !report.deleted.is_empty();
+            let failures = report.failures();
+            history.extend(report.deleted);
+            if !report.failed.is_empty() {
+                inventory
+                    .objects
+                    .extend(report.failed.into_iter().map(|(mut o, _)| {
+                        o.prune_pending = true;
+                        o.live = None;
+                        o
+                    }));
+                return Ok(Ended::failed(
+                    fail(Stage::Prune, format!("cannot prune: {failures}")),
+                    history,
+                    Some(inventory),
+                ));
+            }
+        }
 
         // An apply that changed nothing (the objects were in place: a
         // check cut after its apply, say) deployed nothing.
-        if applied.iter().all(|a| a.action == ApplyAction::Unchanged) {
+        if nothing_changed && !pruned_any {
             if let Some(mut ended) = steady(source, desired.as_deref(), &before) {
                 tracing::info!("every object was in place already: nothing deployed");
                 ended.inventory = Some(inventory);
@@ -429,7 +539,7 @@ impl Checker {
             }
         }
 
-        // 6. Roll out. The inventory is the new build's either way: it is
+        // 7. Roll out. The inventory is the new build's either way: it is
         // what the cluster was told to run.
         set(&|p| p.stage = Some(Stage::Rollout));
         let t = Instant::now();
@@ -440,11 +550,150 @@ impl Checker {
         if let Err(e) = rollout {
             return Ok(Ended::failed(
                 fail(Stage::Rollout, e.to_string()),
-                applied,
+                history,
                 Some(inventory),
             ));
         }
-        Ok(Ended::ok(Outcome::Deployed, applied, Some(inventory)))
+        let mut ended = Ended::ok(Outcome::Deployed, history, Some(inventory));
+        ended.note = drift_note;
+        Ok(ended)
+    }
+
+    /// Whose objects a prune of `source` may delete, and where.
+    fn prune_scope<'a>(&self, source: &'a Source, id: &'a str) -> PruneScope<'a> {
+        PruneScope {
+            managed_by: (MANAGED_BY, "chump"),
+            source: (SOURCE_LABEL, id),
+            allowed_namespace: self
+                .restrict_namespace
+                .then_some(source.spec.namespace.as_str()),
+        }
+    }
+
+    /// A source being deleted with `prune=true`: delete every object of
+    /// its recorded inventory that is still chump's (no git, no build).
+    /// All gone → [`Outcome::Deleted`], and the store deletes the source;
+    /// any failure → failed at stage `prune`, keeping what is left to prune.
+    async fn run_delete(
+        &self,
+        source: &Source,
+        recorded: &Inventory,
+        progress: &ProgressCell,
+        lease: &LeaseGuard,
+        times: &mut StageTimes,
+    ) -> Result<Ended, Failure> {
+        let fail = |stage: Stage, message: String| Failure { stage, message };
+        if let Ok(mut p) = progress.lock() {
+            p.stage = Some(Stage::Prune);
+            p.commit = (!recorded.commit.is_empty()).then(|| recorded.commit.clone());
+            p.desired_image = recorded.desired_image.clone();
+        }
+        let cluster = self.cluster().await.map_err(|e| fail(Stage::Cluster, e))?;
+        if !lease.held() {
+            return Err(fail(
+                Stage::Prune,
+                "the check's lease was lost before the prune: nothing deleted".to_string(),
+            ));
+        }
+        let t = Instant::now();
+        let id = source.id.to_string();
+        let report = cluster
+            .prune(&recorded.objects, self.prune_scope(source, &id))
+            .await;
+        times.prune = t.elapsed();
+        tracing::info!(
+            deleted = report.deleted.len(),
+            kept = report.kept.len(),
+            gone = report.gone.len(),
+            failed = report.failed.len(),
+            "source deleted with prune"
+        );
+        if report.failed.is_empty() {
+            return Ok(Ended::ok(Outcome::Deleted, report.deleted, None));
+        }
+        let failures = report.failures();
+        let left = Inventory {
+            objects: report
+                .failed
+                .into_iter()
+                .map(|(mut o, _)| {
+                    o.prune_pending = true;
+                    o
+                })
+                .collect(),
+            ..recorded.clone()
+        };
+        Ok(Ended::failed(
+            fail(
+                Stage::Prune,
+                format!("cannot prune, the source stays until it can: {failures}"),
+            ),
+            report.deleted,
+            Some(left),
+        ))
+    }
+
+    /// The recorded objects as the cluster has them: what drifted, and
+    /// what the source's Deployment runs (read with them when it is one of
+    /// them; one more GET when it is not).
+    async fn look<'r>(
+        &self,
+        cluster: &Cluster,
+        source: &Source,
+        recorded: &'r Inventory,
+        times: &mut StageTimes,
+        progress: &ProgressCell,
+    ) -> Result<Looked<'r>, Failure> {
+        let spec = &source.spec;
+        if !self.self_heal {
+            let running = self.running(cluster, source, times, progress).await?;
+            return Ok(Looked {
+                running,
+                drift: Vec::new(),
+            });
+        }
+        if let Ok(mut p) = progress.lock() {
+            p.stage = Some(Stage::Cluster);
+        }
+        let t = Instant::now();
+        let observed = cluster
+            .observe(&recorded.objects, SOURCE_LABEL, &source.id.to_string())
+            .await
+            .map_err(|e| Failure {
+                stage: Stage::Cluster,
+                message: e.to_string(),
+            })?;
+        times.cluster += t.elapsed();
+        let deployment = recorded.objects.iter().position(|o| {
+            group_of(&o.api_version) == "apps"
+                && o.kind == "Deployment"
+                && o.namespace.as_deref() == Some(spec.namespace.as_str())
+                && o.name == spec.deployment_name
+        });
+        let running = match deployment {
+            Some(i) => {
+                let running = match observed[i].object() {
+                    Some(d) => Running::of(d, &spec.container_name),
+                    None => Running {
+                        image: None,
+                        rollout_failed: None,
+                    },
+                };
+                let image = running.image.clone();
+                if let Ok(mut p) = progress.lock() {
+                    p.running_image = image;
+                }
+                running
+            }
+            None => self.running(cluster, source, times, progress).await?,
+        };
+        let drift = recorded
+            .objects
+            .iter()
+            .zip(&observed)
+            .filter_map(|(o, seen)| drift_of(o, seen).map(|d| (o, d)))
+            .collect();
+        Ok(Looked { running, drift })
     }
 
     /// The source's Deployment as the cluster runs it (one GET).
@@ -513,6 +762,38 @@ fn steady(
         }));
     }
     Some(Ended::ok(Outcome::UpToDate, Vec::new(), None))
+}
+
+/// What [`Checker::look`] saw.
+struct Looked<'r> {
+    running: Running,
+    /// Recorded objects that are not as chump left them.
+    drift: Vec<(&'r InventoryObject, Drift)>,
+}
+
+impl Looked<'_> {
+    /// "drift undone: Deployment prod/web changed, Service prod/web missing".
+    fn note(&self) -> String {
+        let objects: Vec<String> = self
+            .drift
+            .iter()
+            .map(|(o, d)| {
+                format!(
+                    "{} {}",
+                    describe_object(&o.kind, o.namespace.as_deref(), &o.name),
+                    d.as_str()
+                )
+            })
+            .collect();
+        format!("drift undone: {}", objects.join(", "))
+    }
+}
+
+fn describe_object(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
 }
 
 /// `object` with chump's labels: managed by chump, applied for `source`.

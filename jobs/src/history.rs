@@ -19,6 +19,9 @@ pub enum Outcome {
     UpToDate,
     /// A stage failed; see [`Stage`] and the message.
     Failed,
+    /// The source was deleted after its objects were pruned
+    /// (`DELETE ?prune=true`).
+    Deleted,
 }
 
 /// The stage of a check that failed.
@@ -37,6 +40,9 @@ pub enum Stage {
     Apply,
     /// Waiting for the Deployment to roll out.
     Rollout,
+    /// Deleting objects the build no longer renders (or, for a source
+    /// being deleted, every object chump applied for it).
+    Prune,
     /// The check ran past its deadline, or was cut at shutdown.
     Timeout,
 }
@@ -51,6 +57,9 @@ pub enum Trigger {
     Manual,
     /// A push event from a git host.
     Webhook,
+    /// The source was deleted with `prune=true`: its objects are pruned,
+    /// then it goes.
+    Delete,
 }
 
 macro_rules! str_enum {
@@ -78,12 +87,12 @@ macro_rules! str_enum {
     };
 }
 
-str_enum!(Outcome { Deployed => "deployed", UpToDate => "up_to_date", Failed => "failed" });
+str_enum!(Outcome { Deployed => "deployed", UpToDate => "up_to_date", Failed => "failed", Deleted => "deleted" });
 str_enum!(Stage {
     Git => "git", Manifest => "manifest", Cluster => "cluster", Build => "build",
-    Apply => "apply", Rollout => "rollout", Timeout => "timeout",
+    Apply => "apply", Rollout => "rollout", Prune => "prune", Timeout => "timeout",
 });
-str_enum!(Trigger { Schedule => "schedule", Manual => "manual", Webhook => "webhook" });
+str_enum!(Trigger { Schedule => "schedule", Manual => "manual", Webhook => "webhook", Delete => "delete" });
 
 /// What server-side apply did to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +104,9 @@ pub enum ApplyAction {
     Configured,
     /// The object existed and the apply left it as it was.
     Unchanged,
+    /// Pruned: chump had applied it, and the build no longer renders it
+    /// (or its source was deleted with `prune=true`).
+    Deleted,
 }
 
 /// One object of a kustomize build, as applied.

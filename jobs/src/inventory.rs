@@ -29,6 +29,16 @@ pub struct InventoryObject {
     pub digest: String,
     /// The commit whose deploy last changed (or created) this object.
     pub commit: String,
+    /// `live_digest` (crate::cluster) of the object as the API
+    /// server returned it from chump's apply: the fields chump manages and
+    /// their values. `None`: not known (applied by an older chump, or the
+    /// apply failed), so the next check applies it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// No longer rendered, but its deletion failed: the next check tries
+    /// to prune it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prune_pending: bool,
 }
 
 impl InventoryObject {
@@ -147,6 +157,8 @@ mod tests {
             name: "web".into(),
             digest: String::new(),
             commit: String::new(),
+            live: None,
+            prune_pending: false,
         };
         assert_eq!(o("autoscaling/v1").key(), o("autoscaling/v2").key());
         assert_eq!(group_of("v1"), "");

@@ -34,7 +34,8 @@ pub struct GitLabels {
 /// Labels of `chump_sources`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `up_to_date`, `deployed`, `failed`, `never_checked` or `suspended`.
+    /// `up_to_date`, `deployed`, `failed`, `never_checked`, `suspended` or
+    /// `deleting`.
     pub state: String,
 }
 
@@ -46,6 +47,10 @@ pub struct Metrics {
     /// Checks given up because their lease was lost (nothing recorded).
     pub checks_abandoned: Counter,
     pub deploys: Counter,
+    /// Objects deleted by prunes.
+    pub objects_pruned: Counter,
+    /// Checks that found drift and applied the build again.
+    pub drift_undone: Counter,
     pub git_syncs: Family<GitLabels, Counter>,
     pub queue_depth: Gauge,
     pub busy_workers: Gauge,
@@ -83,6 +88,18 @@ impl Metrics {
         );
         let deploys = Counter::default();
         registry.register("deploys", "Deploys applied and rolled out", deploys.clone());
+        let objects_pruned = Counter::default();
+        registry.register(
+            "objects_pruned",
+            "Objects deleted because the build no longer renders them (or their source was deleted with prune)",
+            objects_pruned.clone(),
+        );
+        let drift_undone = Counter::default();
+        registry.register(
+            "drift_undone",
+            "Checks that found objects changed or deleted in the cluster and applied the build again",
+            drift_undone.clone(),
+        );
         let git_syncs = Family::<GitLabels, Counter>::default();
         registry.register(
             "git_syncs",
@@ -119,6 +136,8 @@ impl Metrics {
             check_duration,
             checks_abandoned,
             deploys,
+            objects_pruned,
+            drift_undone,
             git_syncs,
             queue_depth,
             busy_workers,
@@ -142,6 +161,12 @@ impl Metrics {
         if report.outcome == crate::history::Outcome::Deployed {
             self.deploys.inc();
         }
+        let pruned = report
+            .objects
+            .iter()
+            .filter(|o| o.action == crate::history::ApplyAction::Deleted)
+            .count();
+        self.objects_pruned.inc_by(pruned as u64);
     }
 
     /// Counts a git sync.

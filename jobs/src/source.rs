@@ -4,7 +4,8 @@
 //! `container_name`), a git repository and branch, the kustomize directory to
 //! apply (`deploy_path`) and the file that declares the image
 //! (`image_version_file`). These are the original tool's seven fields; chump
-//! adds an optional per-source `interval_seconds` and a `suspended` switch.
+//! adds an optional per-source `interval_seconds`, a `suspended` switch and
+//! a `prune` switch (default on).
 //!
 //! Validation happens here, once, for every way a source can arrive (create,
 //! full replace, partial update), and reports every bad field at once.
@@ -44,6 +45,14 @@ pub struct SourceSpec {
     /// A suspended source is not checked by the schedule or webhooks.
     #[serde(default)]
     pub suspended: bool,
+    /// Delete objects a new build no longer renders (objects chump applied
+    /// for this source only). Default on.
+    #[serde(default = "default_prune")]
+    pub prune: bool,
+}
+
+fn default_prune() -> bool {
+    true
 }
 
 /// A stored source: its spec, the id the store gave it and the server-kept
@@ -57,6 +66,10 @@ pub struct Source {
     pub revision: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// Asked to be deleted with its objects (`DELETE ?prune=true`): the
+    /// source stays, read-only, until a worker has pruned what chump
+    /// applied for it; then the store deletes it.
+    pub deleting: bool,
 }
 
 impl Source {
@@ -81,6 +94,8 @@ impl Source {
             s.interval_seconds.map_or(Value::Null, Value::from),
         );
         m.insert("suspended".into(), s.suspended.into());
+        m.insert("prune".into(), s.prune.into());
+        m.insert("deleting".into(), self.deleting.into());
         m.insert("created_at".into(), rfc3339(self.created_at).into());
         m.insert("updated_at".into(), rfc3339(self.updated_at).into());
         m
@@ -148,7 +163,7 @@ pub const REQUIRED_FIELDS: [&str; 7] = [
     "image_version_file",
 ];
 
-const OPTIONAL_FIELDS: [&str; 2] = ["interval_seconds", "suspended"];
+const OPTIONAL_FIELDS: [&str; 3] = ["interval_seconds", "suspended", "prune"];
 
 /// How a request body relates to the stored source.
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +250,15 @@ impl SourceSpec {
             }
         };
 
+        let prune = match obj.get("prune") {
+            None => base.is_none_or(|b| b.prune),
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                errors.add("prune", "must be true or false");
+                true
+            }
+        };
+
         // Field rules, only for fields that arrived as non-empty strings.
         let check =
             |errors: &mut ValidationErrors, field: &str, f: &dyn Fn(&str) -> Result<(), String>| {
@@ -266,6 +290,7 @@ impl SourceSpec {
             image_version_file: take("image_version_file"),
             interval_seconds,
             suspended,
+            prune,
         })
     }
 

@@ -38,9 +38,26 @@ pub enum StoreError {
     /// later may succeed.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The source is being deleted (its objects are being pruned): it
+    /// takes no updates and no check requests.
+    #[error("source {0} is being deleted")]
+    BeingDeleted(SourceId),
     /// Anything else the backend reported.
     #[error("store error: {0}")]
     Backend(String),
+}
+
+/// What [`Store::delete_source`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deletion {
+    /// The source and its schedule are gone (its history stays).
+    Deleted,
+    /// The source is marked `deleting` and due at once: a worker prunes
+    /// its recorded inventory (trigger [`Trigger::Delete`]), and the
+    /// store deletes it when [`Store::finish_check`] records outcome
+    /// [`Outcome::Deleted`].
+    Pruning,
 }
 
 /// Shorthand for store results.
@@ -134,14 +151,19 @@ pub trait Store: Send + Sync + 'static {
         spec: &SourceSpec,
         now: OffsetDateTime,
     ) -> StoreResult<Source>;
-    /// Deletes a source and its schedule; its history stays.
-    async fn delete_source(&self, id: SourceId) -> StoreResult<()>;
+    /// Deletes a source and its schedule; its history stays. With `prune`
+    /// and a non-empty recorded inventory, the source is only marked
+    /// `deleting` and made due at once ([`Deletion::Pruning`]); a source
+    /// already `deleting` is deleted at once without `prune` (the prune is
+    /// abandoned) and left as it is with it.
+    async fn delete_source(&self, id: SourceId, prune: bool) -> StoreResult<Deletion>;
 
     // --- schedule ---
 
     /// Makes a source due at once with `trigger`, unless a check is already
     /// waiting or (for manual requests) running. Suspended sources are only
     /// queued for manual requests.
+    /// A source being deleted: [`StoreError::BeingDeleted`].
     async fn request_check(
         &self,
         id: SourceId,
@@ -150,7 +172,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<RequestResult>;
     /// Takes up to `limit` due sources that no live lease holds, earliest
     /// first, and leases them to `owner` for `lease`. Suspended sources are
-    /// skipped unless a manual check was requested.
+    /// skipped unless a manual check was requested. A source being deleted
+    /// is claimed (suspended or not) with trigger [`Trigger::Delete`].
     async fn claim_due(
         &self,
         now: OffsetDateTime,
@@ -164,6 +187,10 @@ pub trait Store: Send + Sync + 'static {
     /// lease. Only the lease's holder writes: when the claim's lease is no
     /// longer `claim.owner`'s (released, or taken by another process),
     /// nothing is written. A deleted source only gets its history entry.
+    /// A source being deleted whose report's outcome is
+    /// [`Outcome::Deleted`] is deleted with its schedule and inventory (the
+    /// history entry stays); any other outcome records it like a check and
+    /// keeps it `deleting`, to be claimed again.
     async fn finish_check(
         &self,
         claim: &Claim,

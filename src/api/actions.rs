@@ -20,7 +20,8 @@ use super::error::ApiError;
 use super::AppState;
 
 /// `POST /api/sources/{id}/check`: 202 with when it was queued. A second
-/// request while one is queued or running adds nothing (and says so).
+/// request while one is queued or running adds nothing (and says so). A
+/// source being deleted takes none (409).
 pub async fn check(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -48,7 +49,7 @@ pub async fn check(
 }
 
 /// `POST /api/webhooks/{provider}`: a push checks every matching source
-/// (not suspended ones). Other events are acknowledged and ignored.
+/// (not suspended ones, nor those being deleted). Other events are acknowledged and ignored.
 pub async fn webhook(
     State(state): State<AppState>,
     Path(provider_name): Path<String>,
@@ -108,7 +109,7 @@ pub async fn webhook(
     let mut triggered = Vec::new();
     let mut results = HashMap::new();
     for source in state.store.list_sources().await? {
-        if source.spec.suspended || !webhook::matches(&source, &push) {
+        if source.spec.suspended || source.deleting || !webhook::matches(&source, &push) {
             continue;
         }
         match state
@@ -120,8 +121,11 @@ pub async fn webhook(
                 triggered.push(source.id);
                 results.insert(source.id.to_string(), result);
             }
-            // Deleted since the listing: nothing to check.
-            Err(chump_jobs::store::StoreError::NotFound(_)) => {}
+            // Deleted (or being deleted) since the listing: nothing to check.
+            Err(
+                chump_jobs::store::StoreError::NotFound(_)
+                | chump_jobs::store::StoreError::BeingDeleted(_),
+            ) => {}
             Err(e) => return Err(e.into()),
         }
     }

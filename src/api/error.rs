@@ -14,6 +14,9 @@ use serde_json::json;
 /// The original tool's messages.
 pub const MSG_NOT_FOUND: &str = "[WARN] Source doesn't exist!";
 pub const MSG_DUPLICATE: &str = "[WARN] Source already exist!";
+/// A source deleted with `prune=true` whose objects are still being pruned.
+pub const MSG_BEING_DELETED: &str =
+    "[WARN] Source is being deleted: it takes no changes and no checks until its objects are pruned";
 
 /// An error answer of the API.
 #[derive(Debug)]
@@ -37,6 +40,15 @@ impl ApiError {
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, MSG_NOT_FOUND)
     }
+    /// A bad query parameter: 400, the `msg` naming it and `errors` giving
+    /// the reason under its name.
+    pub fn bad_query(name: &str, why: &str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            msg: format!("[WARN] Invalid query parameter '{name}': {why}"),
+            errors: Some(BTreeMap::from([(name.to_string(), why.to_string())])),
+        }
+    }
 }
 
 impl From<ValidationErrors> for ApiError {
@@ -54,6 +66,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(_) => Self::not_found(),
             StoreError::Duplicate(_) => Self::new(StatusCode::CONFLICT, MSG_DUPLICATE),
+            StoreError::BeingDeleted(_) => Self::new(StatusCode::CONFLICT, MSG_BEING_DELETED),
             StoreError::Unavailable(detail) => {
                 // Logged once per outage by the scheduler; not per request.
                 tracing::debug!(error = %detail, "store unavailable");

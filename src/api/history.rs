@@ -54,11 +54,10 @@ fn parse_query(
                 );
             }
             "outcome" if allowed.contains(&"outcome") => {
-                q.outcome = Some(
-                    value
-                        .parse::<Outcome>()
-                        .map_err(|_| bad(key, "must be deployed, up_to_date or failed"))?,
-                );
+                q.outcome =
+                    Some(value.parse::<Outcome>().map_err(|_| {
+                        bad(key, "must be deployed, up_to_date, failed or deleted")
+                    })?);
             }
             "namespace" if allowed.contains(&"namespace") => {
                 chump_jobs::source::validate_dns_label(value).map_err(|e| bad(key, &e))?;
@@ -137,6 +136,7 @@ pub async fn status(
     let mut v = serde_json::to_value(&status).unwrap_or_else(|_| json!({}));
     v["source_id"] = json!(id);
     v["suspended"] = json!(source.spec.suspended);
+    v["deleting"] = json!(source.deleting);
     Ok(Json(v))
 }
 

@@ -186,9 +186,12 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         ("failed", 0),
         ("never_checked", 0),
         ("suspended", 0),
+        ("deleting", 0),
     ]);
     for s in &sources {
-        let state = if s.spec.suspended {
+        let state = if s.deleting {
+            "deleting"
+        } else if s.spec.suspended {
             "suspended"
         } else {
             match statuses.get(&s.id).and_then(|st| st.last_outcome) {

@@ -28,6 +28,9 @@ pub struct SourceBody {
     interval_seconds: Option<u32>,
     /// Not checked by the schedule or webhooks while true.
     suspended: Option<bool>,
+    /// Delete objects chump applied for this source that a new build no
+    /// longer renders (default true; PATCH keeps the stored value).
+    prune: Option<bool>,
 }
 
 /// A source as the API shows it (credentials in `git_url` masked as `***`).
@@ -44,6 +47,10 @@ pub struct Source {
     image_version_file: String,
     interval_seconds: Option<u32>,
     suspended: bool,
+    prune: bool,
+    /// Deleted with `prune=true`: its objects are being pruned; it takes no
+    /// updates and no checks (409), then it is gone.
+    deleting: bool,
     created_at: String,
     updated_at: String,
     /// In listings: the source's status.
@@ -58,18 +65,20 @@ pub struct Status {
     last_commit: Option<String>,
     /// deployed, up_to_date or failed.
     last_outcome: Option<String>,
-    /// git, manifest, cluster, build, apply, rollout or timeout.
+    /// git, manifest, cluster, build, apply, rollout, prune or timeout.
     last_stage: Option<String>,
     last_message: Option<String>,
     desired_image: Option<String>,
     running_image: Option<String>,
     consecutive_failures: u32,
     next_check_at: Option<String>,
-    /// manual or webhook: a requested check not yet started.
+    /// manual, webhook, schedule or delete: a requested check not yet started.
     requested: Option<String>,
     /// A check of this source is queued or running.
     in_flight: bool,
     suspended: Option<bool>,
+    /// The source is being deleted (its objects pruned first).
+    deleting: Option<bool>,
 }
 
 /// A deploy or a failure.
@@ -81,7 +90,8 @@ pub struct HistoryEntry {
     namespace: String,
     deployment_name: String,
     container_name: String,
-    /// schedule, manual or webhook.
+    /// schedule, manual, webhook or delete (the prune of a source deleted
+    /// with `prune=true`).
     trigger: String,
     started_at: String,
     finished_at: String,
@@ -89,7 +99,7 @@ pub struct HistoryEntry {
     desired_image: Option<String>,
     /// The image running before the check.
     running_image: Option<String>,
-    /// deployed or failed.
+    /// deployed, failed, or deleted (its objects pruned, the source gone).
     outcome: String,
     stage: Option<String>,
     message: Option<String>,
@@ -104,7 +114,7 @@ pub struct AppliedObject {
     kind: String,
     namespace: Option<String>,
     name: String,
-    /// created, configured or unchanged.
+    /// created, configured, unchanged or deleted (pruned).
     action: String,
 }
 
@@ -150,6 +160,16 @@ pub struct Error {
     errors: Option<std::collections::BTreeMap<String, String>>,
 }
 
+/// A delete with `prune=true` under way.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Deleting {
+    /// [INFO] Source is being deleted: the objects chump applied for it are pruned first
+    msg: String,
+    /// Always true.
+    deleting: bool,
+}
+
 /// A message with the source it concerns.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -167,7 +187,7 @@ pub struct SourceMessage {
         doc::status, doc::objects, doc::history_of_source, doc::check, doc::history, doc::webhook, doc::metrics,
         doc::healthz, doc::readyz
     ),
-    components(schemas(SourceBody, Source, Status, HistoryEntry, AppliedObject, Objects, InventoryObject, HistoryPage, Error, SourceMessage)),
+    components(schemas(SourceBody, Source, Status, HistoryEntry, AppliedObject, Objects, InventoryObject, HistoryPage, Error, SourceMessage, Deleting)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -196,6 +216,12 @@ pub async fn document() -> Json<Value> {
 mod doc {
     use super::*;
 
+    const CONFLICT: &str =
+        "another source has the target ([WARN] Source already exist!), or the source is being deleted";
+    const PRUNE: &str = "true: delete the objects chump applied for the source first (202 while \
+        they are pruned; 200 when none were recorded); false (default): delete the source at once, \
+        leaving its objects";
+
     #[utoipa::path(get, path = "/api", responses((status = 200, description = "`{\"endpoints\": [...]}`")))]
     pub fn index() {}
     #[utoipa::path(get, path = "/api/health", responses((status = 200, description = "`{\"status\": \"healthy\"}`")))]
@@ -215,22 +241,24 @@ mod doc {
         (status = 200, body = Source), (status = 400, body = Error), (status = 404, body = Error, description = "[WARN] Source doesn't exist!")))]
     pub fn get() {}
     #[utoipa::path(patch, path = "/api/sources/{id}", params(("id" = i64, Path)), request_body = SourceBody, responses(
-        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error, description = CONFLICT)))]
     pub fn patch() {}
     #[utoipa::path(put, path = "/api/sources/{id}", params(("id" = i64, Path)), request_body = SourceBody, responses(
-        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error, description = CONFLICT)))]
     pub fn put() {}
-    #[utoipa::path(delete, path = "/api/sources/{id}", params(("id" = i64, Path)), responses(
-        (status = 200, description = "[INFO] Source has been deleted!"), (status = 404, body = Error)))]
+    #[utoipa::path(delete, path = "/api/sources/{id}", params(("id" = i64, Path), ("prune" = Option<bool>, Query, description = PRUNE)), responses(
+        (status = 200, description = "[INFO] Source has been deleted!"), (status = 202, body = Deleting, description = "pruning its objects first"),
+        (status = 400, body = Error, description = "a bad id, prune not true or false, or an unknown query parameter"), (status = 404, body = Error)))]
     pub fn delete() {}
     #[utoipa::path(patch, path = "/api/sources/{id}/update", params(("id" = i64, Path)), request_body = SourceBody, responses(
-        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error, description = CONFLICT)))]
     pub fn patch_legacy() {}
     #[utoipa::path(put, path = "/api/sources/{id}/update", params(("id" = i64, Path)), request_body = SourceBody, responses(
-        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error)))]
+        (status = 200, body = SourceMessage), (status = 400, body = Error), (status = 404, body = Error), (status = 409, body = Error, description = CONFLICT)))]
     pub fn put_legacy() {}
-    #[utoipa::path(delete, path = "/api/sources/{id}/delete", params(("id" = i64, Path)), responses(
-        (status = 200, description = "[INFO] Source has been deleted!"), (status = 404, body = Error)))]
+    #[utoipa::path(delete, path = "/api/sources/{id}/delete", params(("id" = i64, Path), ("prune" = Option<bool>, Query, description = PRUNE)), responses(
+        (status = 200, description = "[INFO] Source has been deleted!"), (status = 202, body = Deleting, description = "pruning its objects first"),
+        (status = 400, body = Error), (status = 404, body = Error)))]
     pub fn delete_legacy() {}
     #[utoipa::path(get, path = "/api/sources/{id}/status", params(("id" = i64, Path)), responses(
         (status = 200, body = Status), (status = 404, body = Error)))]
@@ -240,12 +268,12 @@ mod doc {
     pub fn objects() {}
     #[utoipa::path(get, path = "/api/sources/{id}/history", params(("id" = i64, Path),
         ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("before" = Option<i64>, Query, description = "paging cursor: entries with a smaller id"),
-        ("outcome" = Option<String>, Query, description = "deployed, failed")), responses(
+        ("outcome" = Option<String>, Query, description = "deployed, up_to_date, failed or deleted")), responses(
         (status = 200, body = HistoryPage), (status = 400, body = Error), (status = 404, body = Error)))]
     pub fn history_of_source() {}
     #[utoipa::path(post, path = "/api/sources/{id}/check", params(("id" = i64, Path)), responses(
         (status = 202, description = "`{\"msg\", \"result\": queued|already_queued|already_running|queued_after_running, \"queued_at\"}`"),
-        (status = 404, body = Error)))]
+        (status = 404, body = Error), (status = 409, body = Error, description = "the source is being deleted")))]
     pub fn check() {}
     #[utoipa::path(get, path = "/api/history", params(
         ("limit" = Option<u32>, Query), ("before" = Option<i64>, Query), ("outcome" = Option<String>, Query),

@@ -1,12 +1,17 @@
 //! `/api/sources`: create, read, update and delete git sources, with the
-//! original tool's paths, messages and status codes.
+//! original tool's paths, messages and status codes. `DELETE ?prune=true`
+//! never touches the cluster itself: the store marks the source `deleting`
+//! and a worker prunes its objects before the store deletes it (202).
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chump_jobs::redact::redact_url;
 use chump_jobs::source::{parse_source_id, Merge, SourceId, SourceSpec};
+use chump_jobs::store::{Deletion, StoreError};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -100,6 +105,9 @@ async fn update(
         .get_source(id)
         .await?
         .ok_or_else(ApiError::not_found)?;
+    if current.deleting {
+        return Err(StoreError::BeingDeleted(id).into());
+    }
     // A client that sends back the masked URL it was shown keeps the stored
     // credentials.
     if let Some(Value::String(url)) = body.get("git_url") {
@@ -124,14 +132,62 @@ async fn update(
     ))
 }
 
-/// `DELETE /api/sources/{id}[/delete]`: the source and its schedule go; its
-/// history stays.
+/// `DELETE /api/sources/{id}[/delete][?prune=true]`: the source and its
+/// schedule go; its history stays. With `prune=true` and objects recorded
+/// as applied, the source is marked `deleting` instead (202): a worker
+/// deletes those objects, then the store deletes the source. Without
+/// `prune` (or `prune=false`), a source being deleted goes at once and its
+/// prune is abandoned.
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = source_id(&id)?;
-    state.store.delete_source(id).await?;
-    tracing::info!(source_id = id, "source deleted");
-    Ok(Json(json!({ "msg": "[INFO] Source has been deleted!" })))
+    let prune = delete_params(&params)?;
+    match state.store.delete_source(id, prune).await? {
+        Deletion::Deleted => {
+            tracing::info!(source_id = id, "source deleted");
+            Ok((
+                StatusCode::OK,
+                Json(json!({ "msg": "[INFO] Source has been deleted!" })),
+            ))
+        }
+        Deletion::Pruning => {
+            tracing::info!(
+                source_id = id,
+                "source being deleted: pruning its objects first"
+            );
+            state.wake_scheduler();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "msg": "[INFO] Source is being deleted: the objects chump applied for it are pruned first",
+                    "deleting": true,
+                })),
+            ))
+        }
+    }
+}
+
+/// The query of a delete: `prune`, exactly `true` or `false` (default false).
+fn delete_params(params: &HashMap<String, String>) -> Result<bool, ApiError> {
+    let mut prune = false;
+    for (key, value) in params {
+        match key.as_str() {
+            "prune" => {
+                prune = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::bad_query(key, "must be true or false")),
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "[WARN] Unknown query parameter '{other}': this route takes prune"
+                )))
+            }
+        }
+    }
+    Ok(prune)
 }

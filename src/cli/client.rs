@@ -131,8 +131,8 @@ impl Client {
         self.send(Method::PATCH, path, &[], Some(body)).await
     }
 
-    pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
-        self.send(Method::DELETE, path, &[], None).await
+    pub async fn delete(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CliError> {
+        self.send(Method::DELETE, path, query, None).await
     }
 
     async fn send(

@@ -94,11 +94,18 @@ pub enum SourcesCommand {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: Option<PathBuf>,
     },
-    /// Delete a source (its history stays readable).
+    /// Delete a source (its history stays readable). With --prune, the
+    /// objects chump applied for it are deleted from the cluster first: the
+    /// server answers at once, and the source goes once they are pruned
+    /// (`chump sources get ID` shows `deleting: true` until then).
     Delete {
         /// Source id.
         #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         id: u64,
+        /// Prune the source's objects first (--prune, or --prune=false: the
+        /// default, leaving them in the cluster).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        prune: Option<bool>,
     },
     /// Stop scheduled and webhook checks of a source (a manual check still runs).
     Suspend {
@@ -144,6 +151,10 @@ pub struct SourceFields {
     /// Suspend the source (--suspended, or --suspended=false).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub suspended: Option<bool>,
+    /// Delete objects a new build no longer renders (--prune=false to keep
+    /// them; server default: true).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub prune: Option<bool>,
 }
 
 /// The seven required fields: JSON name and flag.
@@ -159,7 +170,7 @@ const REQUIRED: [(&str, &str); 7] = [
 
 /// Fields the server sets; dropped from a `-f` document so that the output
 /// of `chump sources get ID --json` can be edited and sent back.
-const READ_ONLY: [&str; 4] = ["id", "created_at", "updated_at", "status"];
+const READ_ONLY: [&str; 5] = ["id", "created_at", "updated_at", "status", "deleting"];
 
 impl SourceFields {
     fn into_json(self) -> Map<String, Value> {
@@ -181,6 +192,9 @@ impl SourceFields {
         }
         if let Some(s) = self.suspended {
             m.insert("suspended".into(), s.into());
+        }
+        if let Some(p) = self.prune {
+            m.insert("prune".into(), p.into());
         }
         m
     }
@@ -211,7 +225,7 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub before: Option<u64>,
     /// Only this outcome.
-    #[arg(long, value_parser = ["deployed", "up_to_date", "failed"])]
+    #[arg(long, value_parser = ["deployed", "up_to_date", "failed", "deleted"])]
     pub outcome: Option<String>,
     /// Only sources in this namespace (all sources only).
     #[arg(long, conflicts_with = "id")]
@@ -343,8 +357,12 @@ async fn sources(c: &Client, json: bool, command: SourcesCommand) -> Result<(), 
             }
             patch(c, json, id, body).await
         }
-        SourcesCommand::Delete { id } => {
-            let v = c.delete(&format!("/api/sources/{id}")).await?;
+        SourcesCommand::Delete { id, prune } => {
+            let query: Vec<(&str, String)> = prune
+                .map(|p| ("prune", p.to_string()))
+                .into_iter()
+                .collect();
+            let v = c.delete(&format!("/api/sources/{id}"), &query).await?;
             emit(json, &v, output::message)
         }
         SourcesCommand::Suspend { id } => {

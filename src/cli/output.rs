@@ -19,6 +19,8 @@ const SOURCE_FIELDS: &[&str] = &[
     "image_version_file",
     "interval_seconds",
     "suspended",
+    "prune",
+    "deleting",
     "created_at",
     "updated_at",
 ];
@@ -27,6 +29,7 @@ const SOURCE_FIELDS: &[&str] = &[
 const STATUS_FIELDS: &[&str] = &[
     "source_id",
     "suspended",
+    "deleting",
     "last_checked_at",
     "last_outcome",
     "last_stage",
@@ -40,7 +43,8 @@ const STATUS_FIELDS: &[&str] = &[
     "in_flight",
 ];
 
-/// `GET /api/sources` as a table.
+/// `GET /api/sources` as a table. A source being deleted shows `deleting`
+/// as its last outcome (`chump status ID` has the outcome of its last try).
 pub fn source_list(v: &Value) -> String {
     let sources = v["sources"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if sources.is_empty() {
@@ -57,7 +61,11 @@ pub fn source_list(v: &Value) -> String {
                 cell(&s["container_name"]),
                 cell(&s["branch"]),
                 cell(&s["suspended"]),
-                cell(&st["last_outcome"]),
+                if s["deleting"] == Value::Bool(true) {
+                    "deleting".to_string()
+                } else {
+                    cell(&st["last_outcome"])
+                },
                 time_cell(&st["next_check_at"]),
             ]
         })
@@ -158,6 +166,8 @@ fn inventory(v: &Value) -> Inventory {
                 name: text(o, "name"),
                 digest: String::new(),
                 commit: text(o, "commit"),
+                live: None,
+                prune_pending: false,
             })
             .collect(),
     }

@@ -9,6 +9,10 @@
 //! second process refuses to start on the same file; that is also why
 //! opening the store may release every lease it finds — their holder is
 //! gone (a crash or `kill -9`), and their checks are due again at once.
+//!
+//! A source deleted with `prune=true` keeps its row, marked `deleting`, until
+//! the check that pruned its objects is recorded: that transaction deletes
+//! the source, its status and its inventory, and writes the history entry.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
 use chump_jobs::inventory::Inventory;
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
-    Claim, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
+    Claim, Deletion, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -27,7 +31,8 @@ use time::OffsetDateTime;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const SOURCE_COLUMNS: &str = "id, namespace, deployment_name, git_url, branch, deploy_path, \
-    container_name, image_version_file, interval_seconds, suspended, revision, created_at, updated_at";
+    container_name, image_version_file, interval_seconds, suspended, prune, deleting, revision, \
+    created_at, updated_at";
 
 /// A [`Store`] on a SQLite file.
 #[derive(Clone)]
@@ -172,10 +177,12 @@ fn source_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Source, sqlx::Error>
                 .try_get::<Option<i64>, _>("interval_seconds")?
                 .map(|v| v as u32),
             suspended: row.try_get::<i64, _>("suspended")? != 0,
+            prune: row.try_get::<i64, _>("prune")? != 0,
         },
         revision: row.try_get("revision")?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
+        deleting: row.try_get::<i64, _>("deleting")? != 0,
     })
 }
 
@@ -197,8 +204,8 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let row = sqlx::query(&format!(
             "INSERT INTO sources (namespace, deployment_name, git_url, branch, deploy_path, \
-             container_name, image_version_file, interval_seconds, suspended, revision, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING {SOURCE_COLUMNS}"
+             container_name, image_version_file, interval_seconds, suspended, prune, revision, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING {SOURCE_COLUMNS}"
         ))
         .bind(&spec.namespace)
         .bind(&spec.deployment_name)
@@ -209,6 +216,7 @@ impl Store for SqliteStore {
         .bind(&spec.image_version_file)
         .bind(spec.interval_seconds.map(i64::from))
         .bind(spec.suspended as i64)
+        .bind(spec.prune as i64)
         .bind(ms(now))
         .bind(ms(now))
         .fetch_one(&mut *tx)
@@ -257,7 +265,8 @@ impl Store for SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE sources SET namespace = ?, deployment_name = ?, git_url = ?, branch = ?, \
              deploy_path = ?, container_name = ?, image_version_file = ?, interval_seconds = ?, \
-             suspended = ?, revision = revision + 1, updated_at = ? WHERE id = ? RETURNING {SOURCE_COLUMNS}"
+             suspended = ?, prune = ?, revision = revision + 1, updated_at = ? \
+             WHERE id = ? AND deleting = 0 RETURNING {SOURCE_COLUMNS}"
         ))
         .bind(&spec.namespace)
         .bind(&spec.deployment_name)
@@ -268,13 +277,24 @@ impl Store for SqliteStore {
         .bind(&spec.image_version_file)
         .bind(spec.interval_seconds.map(i64::from))
         .bind(spec.suspended as i64)
+        .bind(spec.prune as i64)
         .bind(ms(now))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| if is_unique_violation(&e) { duplicate(spec) } else { db_err(e) })?;
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                duplicate(spec)
+            } else {
+                db_err(e)
+            }
+        })?;
         let Some(row) = row else {
-            return Err(StoreError::NotFound(id));
+            // Missing, or being deleted (its row takes no updates).
+            return Err(match deleting(&mut tx, id).await? {
+                None => StoreError::NotFound(id),
+                Some(_) => StoreError::BeingDeleted(id),
+            });
         };
         let source = source_from_row(&row).map_err(db_err)?;
         sqlx::query(
@@ -289,25 +309,56 @@ impl Store for SqliteStore {
         Ok(source)
     }
 
-    async fn delete_source(&self, id: SourceId) -> StoreResult<()> {
+    async fn delete_source(&self, id: SourceId, prune: bool) -> StoreResult<Deletion> {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
-        for table in ["source_status", "source_inventory"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE source_id = ?"))
+        let Some(being_deleted) = deleting(&mut tx, id).await? else {
+            return Err(StoreError::NotFound(id));
+        };
+        if prune && being_deleted {
+            return Ok(Deletion::Pruning);
+        }
+        if prune {
+            let row = sqlx::query(
+                "SELECT commit_sha, desired_image, objects FROM source_inventory WHERE source_id = ?",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let applied = match row.as_ref().map(inventory_from_row) {
+                None => false,
+                Some(Ok(inv)) => !inv.objects.is_empty(),
+                // A check would see it as empty (nothing to prune): so does this.
+                Some(Err(e)) => {
+                    tracing::warn!(source = id, error = %e, "unreadable inventory: deleting at once");
+                    false
+                }
+            };
+            if applied {
+                // Due at once; a check running now is followed by the prune
+                // at once (a requested check survives its finish).
+                sqlx::query("UPDATE sources SET deleting = 1 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query(
+                    "UPDATE source_status SET next_check_at = MIN(next_check_at, ?), \
+                     requested_trigger = COALESCE(requested_trigger, ?) WHERE source_id = ?",
+                )
+                .bind(ms(OffsetDateTime::now_utc()))
+                .bind(Trigger::Delete.as_str())
                 .bind(id)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                return Ok(Deletion::Pruning);
+            }
         }
-        let done = sqlx::query("DELETE FROM sources WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(id));
-        }
+        delete_rows(&mut tx, id).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(())
+        Ok(Deletion::Deleted)
     }
 
     async fn request_check(
@@ -318,7 +369,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<RequestResult> {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let row = sqlx::query(
-            "SELECT s.suspended, st.requested_trigger, st.lease_owner, st.lease_until \
+            "SELECT s.deleting, st.requested_trigger, st.lease_owner, st.lease_until \
              FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id = ?",
         )
         .bind(id)
@@ -328,6 +379,9 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Err(StoreError::NotFound(id));
         };
+        if row.try_get::<i64, _>("deleting").map_err(db_err)? != 0 {
+            return Err(StoreError::BeingDeleted(id));
+        }
         let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
         let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
         let running = lease_until.is_some_and(|t| t > ms(now));
@@ -377,7 +431,7 @@ impl Store for SqliteStore {
              FROM source_status st JOIN sources s ON s.id = st.source_id \
              WHERE st.next_check_at <= ?1 \
                AND (st.lease_until IS NULL OR st.lease_until <= ?1) \
-               AND (s.suspended = 0 OR st.requested_trigger = 'manual') \
+               AND (s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1) \
              ORDER BY st.next_check_at, s.id LIMIT ?2",
             cols = SOURCE_COLUMNS
                 .split(", ")
@@ -406,8 +460,13 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            let trigger = if source.deleting {
+                Trigger::Delete
+            } else {
+                parse_opt(requested).unwrap_or(Trigger::Schedule)
+            };
             claims.push(Claim {
-                trigger: parse_opt(requested).unwrap_or(Trigger::Schedule),
+                trigger,
                 consecutive_failures: failures.max(0) as u32,
                 due_at,
                 inventory: Inventory::default(),
@@ -466,7 +525,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
-        if let Some((holder,)) = holder {
+        if let Some((holder,)) = &holder {
             if holder.as_deref() != Some(claim.owner.as_str()) {
                 return Ok(());
             }
@@ -496,6 +555,17 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        }
+        // The prune of a source being deleted is done: it goes, with its
+        // status and inventory (the history entry above stays). Only while
+        // the lease is ours: a status row that is gone means a plain delete
+        // came first (and the lease check above let the history through).
+        if claim.trigger == Trigger::Delete && report.outcome == Outcome::Deleted {
+            if holder.is_some() && deleting(&mut tx, source.id).await? == Some(true) {
+                delete_rows(&mut tx, source.id).await?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            return Ok(());
         }
         let failed = report.outcome == Outcome::Failed;
         // Due at once instead when the source changed or a check was asked
@@ -607,7 +677,7 @@ impl Store for SqliteStore {
             "SELECT MIN(CASE WHEN st.lease_until IS NOT NULL AND st.lease_until > st.next_check_at \
                     THEN st.lease_until ELSE st.next_check_at END) \
              FROM source_status st JOIN sources s ON s.id = st.source_id \
-             WHERE s.suspended = 0 OR st.requested_trigger = 'manual'",
+             WHERE s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1",
         )
         .fetch_optional(&self.reader)
         .await
@@ -685,6 +755,36 @@ impl Store for SqliteStore {
         }
         inventory_from_row(&row).map(Some)
     }
+}
+
+/// Whether source `id` is being deleted (None: no such source).
+async fn deleting(tx: &mut sqlx::SqliteConnection, id: SourceId) -> StoreResult<Option<bool>> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT deleting FROM sources WHERE id = ?")
+        .bind(id)
+        .fetch_optional(tx)
+        .await
+        .map_err(db_err)?;
+    Ok(row.map(|(d,)| d != 0))
+}
+
+/// Deletes source `id` with its status and inventory (its history stays).
+async fn delete_rows(tx: &mut sqlx::SqliteConnection, id: SourceId) -> StoreResult<()> {
+    for table in ["source_status", "source_inventory"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE source_id = ?"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    }
+    let done = sqlx::query("DELETE FROM sources WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(id));
+    }
+    Ok(())
 }
 
 /// A `source_inventory` row (`commit_sha`, `desired_image`, `objects`).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chump_jobs::history::{AppliedObject, ApplyAction, CheckReport, Outcome, Stage, Trigger};
 use chump_jobs::inventory::{Inventory, InventoryObject};
 use chump_jobs::source::SourceSpec;
-use chump_jobs::store::{Claim, HistoryQuery, RequestResult, Store, StoreError};
+use chump_jobs::store::{Claim, Deletion, HistoryQuery, RequestResult, Store, StoreError};
 use time::OffsetDateTime;
 
 pub fn spec(name: &str) -> SourceSpec {
@@ -23,6 +23,7 @@ pub fn spec(name: &str) -> SourceSpec {
         image_version_file: "./deploy/helloworld/deployment.yaml".into(),
         interval_seconds: None,
         suspended: false,
+        prune: true,
     }
 }
 
@@ -88,10 +89,10 @@ pub async fn crud(store: Arc<dyn Store>) {
         Err(StoreError::NotFound(9))
     ));
     assert!(matches!(
-        store.delete_source(9).await,
+        store.delete_source(9, false).await,
         Err(StoreError::NotFound(9))
     ));
-    store.delete_source(2).await.unwrap();
+    store.delete_source(2, false).await.unwrap();
     assert!(store.get_source(2).await.unwrap().is_none());
     assert!(store.status(2).await.unwrap().is_none());
     // Never reused, not even the highest.
@@ -121,7 +122,7 @@ pub async fn duplicates(store: Arc<dyn Store>) {
     other.container_name = "sidecar".into();
     store.create_source(&other, t(0)).await.unwrap();
     // A deleted target can be registered again (with a new id).
-    store.delete_source(b.id).await.unwrap();
+    store.delete_source(b.id, false).await.unwrap();
     assert_eq!(store.create_source(&spec("b"), t(0)).await.unwrap().id, 4);
     assert_eq!(store.list_sources().await.unwrap().len(), 3);
 }
@@ -176,7 +177,7 @@ pub async fn new_sources_are_due_at_once(store: Arc<dyn Store>) {
     assert_eq!(all.len(), 2);
     assert_eq!(all[&a.id], st);
     assert_eq!(all[&b.id].next_check_at, Some(t(1)));
-    store.delete_source(b.id).await.unwrap();
+    store.delete_source(b.id, false).await.unwrap();
     assert_eq!(store.next_due().await.unwrap(), Some(t(0)));
     assert!(store
         .claim_due(t(-1), 10, "p1", LEASE)
@@ -584,7 +585,7 @@ pub async fn history_outlives_its_source_and_pages(store: Arc<dyn Store>) {
     let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
     assert_eq!(seen, ids);
 
-    store.delete_source(a.id).await.unwrap();
+    store.delete_source(a.id, false).await.unwrap();
     let kept = store
         .history(&HistoryQuery {
             source_id: Some(a.id),
@@ -603,7 +604,7 @@ pub async fn deleted_sources_are_never_claimed(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .remove(0);
-    store.delete_source(a.id).await.unwrap();
+    store.delete_source(a.id, false).await.unwrap();
     // The check in flight finishes after the delete: history kept, no schedule revived.
     store
         .finish_check(&claim, &report(&claim, Outcome::Failed, t(1)), t(2))
@@ -817,6 +818,8 @@ pub fn inventory(commit: &str, configs: &[&str]) -> Inventory {
             name: name.into(),
             digest: format!("{:0>64}", format!("{kind}{name}").len()),
             commit: commit.into(),
+            live: None,
+            prune_pending: false,
         };
     let mut objects = vec![object("v1", "Namespace", None, "production")];
     for c in configs {
@@ -1011,7 +1014,7 @@ pub async fn deleted_sources_have_no_inventory(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .remove(0);
-    store.delete_source(a.id).await.unwrap();
+    store.delete_source(a.id, false).await.unwrap();
     assert_eq!(store.inventory(a.id).await.unwrap(), None);
     // A check in flight during the delete records no inventory either.
     store
@@ -1038,6 +1041,469 @@ pub async fn deleted_sources_have_no_inventory(store: Arc<dyn Store>) {
     assert_eq!(claim.inventory, Inventory::default());
 }
 
+pub async fn prune_defaults_on_and_round_trips(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    assert!(a.spec.prune && !a.deleting, "{a:?}");
+    let mut keep = spec("b");
+    keep.prune = false;
+    let b = store.create_source(&keep, t(0)).await.unwrap();
+    assert_eq!(b.spec, keep);
+    let got = store.get_source(b.id).await.unwrap().unwrap();
+    assert!(!got.spec.prune && !got.deleting, "{got:?}");
+    // Switched on and off again by updates; listed as stored.
+    let mut on = keep.clone();
+    on.prune = true;
+    assert!(
+        store
+            .update_source(b.id, &on, t(1))
+            .await
+            .unwrap()
+            .spec
+            .prune
+    );
+    assert!(store.get_source(b.id).await.unwrap().unwrap().spec.prune);
+    assert!(
+        !store
+            .update_source(b.id, &keep, t(2))
+            .await
+            .unwrap()
+            .spec
+            .prune
+    );
+    let listed = store.list_sources().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.spec.prune).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+    assert!(listed.iter().all(|s| !s.deleting));
+}
+
+/// A time after `t(secs)` and after the wall clock: a delete with prune makes
+/// a source due at the real time, which claims at test times must pass.
+fn after_now(secs: i64) -> OffsetDateTime {
+    t(secs).max(OffsetDateTime::now_utc() + Duration::from_secs(1))
+}
+
+/// Source `name` (suspended if asked) deployed once by p1 with an inventory
+/// of ConfigMaps `configs`, due next at `t(100)`.
+async fn deployed(
+    store: &Arc<dyn Store>,
+    name: &str,
+    suspended: bool,
+    configs: &[&str],
+) -> (chump_jobs::source::Source, Inventory) {
+    let mut s = spec(name);
+    s.suspended = suspended;
+    let source = store.create_source(&s, t(0)).await.unwrap();
+    if suspended {
+        store
+            .request_check(source.id, Trigger::Manual, t(0))
+            .await
+            .unwrap();
+    }
+    let claim = store
+        .claim_due(t(0), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.source.id == source.id)
+        .unwrap();
+    let inv = inventory("1111111111111111111111111111111111111111", configs);
+    store
+        .finish_check(
+            &claim,
+            &with_inventory(report(&claim, Outcome::Deployed, t(1)), &inv),
+            t(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(source.id).await.unwrap(), Some(inv.clone()));
+    (source, inv)
+}
+
+/// The report of a prune that deleted every object of `inv`.
+fn pruned(claim: &Claim, inv: &Inventory, at: OffsetDateTime) -> CheckReport {
+    let mut r = report(claim, Outcome::Deleted, at);
+    r.desired_image = None;
+    r.running_image = None;
+    r.objects = inv
+        .objects
+        .iter()
+        .map(|o| AppliedObject {
+            api_version: o.api_version.clone(),
+            kind: o.kind.clone(),
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+            action: ApplyAction::Deleted,
+        })
+        .collect();
+    r
+}
+
+pub async fn deleting_with_prune_and_nothing_applied_deletes_at_once(store: Arc<dyn Store>) {
+    // Never checked: no inventory.
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    assert_eq!(
+        store.delete_source(a.id, true).await.unwrap(),
+        Deletion::Deleted
+    );
+    assert!(store.get_source(a.id).await.unwrap().is_none());
+    assert!(store.status(a.id).await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_source(a.id, true).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Checked, with an empty inventory recorded.
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    let claim = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let empty = Inventory {
+        commit: "1111111111111111111111111111111111111111".into(),
+        ..Default::default()
+    };
+    store
+        .finish_check(
+            &claim,
+            &with_inventory(report(&claim, Outcome::Deployed, t(1)), &empty),
+            t(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(b.id).await.unwrap(), Some(empty));
+    assert_eq!(
+        store.delete_source(b.id, true).await.unwrap(),
+        Deletion::Deleted
+    );
+    assert!(store.get_source(b.id).await.unwrap().is_none());
+    assert_eq!(store.inventory(b.id).await.unwrap(), None);
+    // Its target is free again.
+    store.create_source(&spec("b"), t(2)).await.unwrap();
+}
+
+pub async fn deleting_with_prune_waits_for_the_prune(store: Arc<dyn Store>) {
+    // Suspended: the prune runs all the same.
+    let (a, inv) = deployed(&store, "a", true, &["x", "y"]).await;
+    let other = store.create_source(&spec("other"), t(0)).await.unwrap();
+    assert_eq!(
+        store.delete_source(a.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    let marked = store.get_source(a.id).await.unwrap().unwrap();
+    assert!(marked.deleting, "{marked:?}");
+    assert_eq!(
+        (marked.spec.clone(), marked.revision),
+        (a.spec.clone(), a.revision)
+    );
+    assert!(store
+        .list_sources()
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.id == a.id && s.deleting));
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert!(
+        st.next_check_at.unwrap() <= OffsetDateTime::now_utc(),
+        "due at once: {st:?}"
+    );
+    assert_eq!(st.requested, Some(Trigger::Delete));
+    assert!(store.next_due().await.unwrap().unwrap() <= OffsetDateTime::now_utc());
+    // Asked again with prune: left as it is.
+    assert_eq!(
+        store.delete_source(a.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+
+    // Read-only: no updates, no requested checks; its target stays taken.
+    let mut changed = a.spec.clone();
+    changed.branch = "main".into();
+    assert!(matches!(
+        store.update_source(a.id, &changed, t(5)).await,
+        Err(StoreError::BeingDeleted(id)) if id == a.id
+    ));
+    for trigger in [Trigger::Manual, Trigger::Webhook] {
+        assert!(matches!(
+            store.request_check(a.id, trigger, t(5)).await,
+            Err(StoreError::BeingDeleted(id)) if id == a.id
+        ));
+    }
+    assert!(matches!(
+        store.create_source(&spec("a"), t(5)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    // Moving another source onto its target collides too.
+    assert!(matches!(
+        store.update_source(other.id, &spec("a"), t(5)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(store.get_source(a.id).await.unwrap().unwrap(), marked);
+
+    // Claimed, suspended as it is, with trigger delete and its inventory.
+    let at = after_now(200);
+    let claims = store.claim_due(at, 10, "p1", LEASE).await.unwrap();
+    let claim = claims.iter().find(|c| c.source.id == a.id).unwrap().clone();
+    assert_eq!(claim.trigger, Trigger::Delete);
+    assert!(claim.source.deleting);
+    assert_eq!(claim.inventory, inv);
+    assert!(store
+        .claim_due(at, 10, "p2", LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.source.id != a.id));
+
+    // The prune fails half way: recorded like a check, still deleting.
+    let mut left = inv.clone();
+    left.objects.retain(|o| o.name != "x");
+    left.objects.iter_mut().for_each(|o| o.prune_pending = true);
+    let mut failed = report(&claim, Outcome::Failed, at);
+    failed.stage = Some(Stage::Prune);
+    failed.message = Some("forbidden".into());
+    failed.inventory = Some(left.clone());
+    let retry_at = at + Duration::from_secs(50);
+    store.finish_check(&claim, &failed, retry_at).await.unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            st.last_outcome,
+            st.last_stage,
+            st.consecutive_failures,
+            st.next_check_at,
+            st.in_flight
+        ),
+        (
+            Some(Outcome::Failed),
+            Some(Stage::Prune),
+            1,
+            Some(retry_at),
+            false
+        )
+    );
+    assert!(store.get_source(a.id).await.unwrap().unwrap().deleting);
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(left.clone()));
+    assert!(matches!(
+        store.request_check(a.id, Trigger::Manual, at).await,
+        Err(StoreError::BeingDeleted(_))
+    ));
+    // Not before its backoff; then claimed again, with what is left.
+    assert!(store
+        .claim_due(retry_at - Duration::from_secs(1), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.source.id != a.id));
+    let claims = store.claim_due(retry_at, 10, "p1", LEASE).await.unwrap();
+    let claim = claims.iter().find(|c| c.source.id == a.id).unwrap().clone();
+    assert_eq!(
+        (claim.trigger, claim.consecutive_failures),
+        (Trigger::Delete, 1)
+    );
+    assert_eq!(claim.inventory, left);
+
+    // Every object pruned: the source goes, with status and inventory.
+    let done = pruned(&claim, &left, retry_at);
+    store
+        .finish_check(&claim, &done, retry_at + Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert!(store.get_source(a.id).await.unwrap().is_none());
+    assert!(store.status(a.id).await.unwrap().is_none());
+    assert!(!store.list_statuses().await.unwrap().contains_key(&a.id));
+    assert_eq!(store.inventory(a.id).await.unwrap(), None);
+    assert!(store
+        .list_sources()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.id != a.id));
+    // The history stays: deploy, failed prune, prune; filterable by outcome.
+    let h = store
+        .history(&HistoryQuery {
+            source_id: Some(a.id),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        h.iter()
+            .map(|e| (e.report.trigger, e.report.outcome))
+            .collect::<Vec<_>>(),
+        vec![
+            (Trigger::Delete, Outcome::Deleted),
+            (Trigger::Delete, Outcome::Failed),
+            (Trigger::Manual, Outcome::Deployed)
+        ]
+    );
+    assert_eq!(h[0].report, done);
+    assert!(h[0]
+        .report
+        .objects
+        .iter()
+        .all(|o| o.action == ApplyAction::Deleted));
+    assert_eq!(h[0].report.objects.len(), left.objects.len());
+    assert_eq!(h[1].report.stage, Some(Stage::Prune));
+    let deleted = store
+        .history(&HistoryQuery {
+            outcome: Some(Outcome::Deleted),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted
+            .iter()
+            .map(|e| e.report.source_id)
+            .collect::<Vec<_>>(),
+        vec![a.id]
+    );
+    // The target is free; nothing of a is claimed again.
+    let again = store.create_source(&spec("a"), at).await.unwrap();
+    assert_ne!(again.id, a.id);
+    assert!(store
+        .claim_due(retry_at + Duration::from_secs(1000), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.source.id != a.id));
+}
+
+pub async fn a_plain_delete_abandons_a_prune(store: Arc<dyn Store>) {
+    let (a, inv) = deployed(&store, "a", false, &["x"]).await;
+    let (b, _) = deployed(&store, "b", false, &["y"]).await;
+    assert_eq!(
+        store.delete_source(a.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    assert_eq!(
+        store.delete_source(b.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    // b, not claimed: a plain delete deletes it at once.
+    assert_eq!(
+        store.delete_source(b.id, false).await.unwrap(),
+        Deletion::Deleted
+    );
+    assert!(store.get_source(b.id).await.unwrap().is_none());
+    assert!(store.status(b.id).await.unwrap().is_none());
+    assert_eq!(store.inventory(b.id).await.unwrap(), None);
+    // a, its prune running: deleted at once too; the prune's report only
+    // adds its history entry.
+    let at = after_now(200);
+    let claims = store.claim_due(at, 10, "p1", LEASE).await.unwrap();
+    assert_eq!(
+        claims.iter().map(|c| c.source.id).collect::<Vec<_>>(),
+        vec![a.id]
+    );
+    assert_eq!(
+        store.delete_source(a.id, false).await.unwrap(),
+        Deletion::Deleted
+    );
+    assert!(store.get_source(a.id).await.unwrap().is_none());
+    let done = pruned(&claims[0], &inv, at);
+    store
+        .finish_check(&claims[0], &done, at + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(store.get_source(a.id).await.unwrap().is_none());
+    assert!(store.status(a.id).await.unwrap().is_none());
+    assert_eq!(store.inventory(a.id).await.unwrap(), None);
+    let h = store.history(&all_history()).await.unwrap();
+    assert_eq!(h[0].report, done);
+    assert!(store
+        .claim_due(at + Duration::from_secs(1000), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn a_prune_whose_lease_was_lost_deletes_nothing(store: Arc<dyn Store>) {
+    let (a, inv) = deployed(&store, "a", false, &["x"]).await;
+    assert_eq!(
+        store.delete_source(a.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    let at = after_now(200);
+    let stale = store.claim_due(at, 1, "p1", LEASE).await.unwrap().remove(0);
+    assert_eq!(stale.trigger, Trigger::Delete);
+    // p1 stalls past its lease; p2 takes the prune over.
+    let later = at + LEASE + Duration::from_secs(1);
+    let current = store
+        .claim_due(later, 1, "p2", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (current.source.id, current.trigger),
+        (a.id, Trigger::Delete)
+    );
+    let history_before = store.history(&all_history()).await.unwrap();
+    // p1's report: nothing written, the source stays (p2's).
+    store
+        .finish_check(&stale, &pruned(&stale, &inv, later), later)
+        .await
+        .unwrap();
+    assert!(store.get_source(a.id).await.unwrap().unwrap().deleting);
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert!(st.in_flight, "p2's lease stays: {st:?}");
+    assert_eq!(st.last_outcome, Some(Outcome::Deployed));
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(inv.clone()));
+    assert_eq!(store.history(&all_history()).await.unwrap(), history_before);
+    // p2's report deletes it.
+    store
+        .finish_check(&current, &pruned(&current, &inv, later), later)
+        .await
+        .unwrap();
+    assert!(store.get_source(a.id).await.unwrap().is_none());
+    assert!(store.status(a.id).await.unwrap().is_none());
+    assert_eq!(
+        store.history(&all_history()).await.unwrap().len(),
+        history_before.len() + 1
+    );
+}
+
+pub async fn a_check_running_at_a_delete_with_prune_is_followed_by_the_prune(
+    store: Arc<dyn Store>,
+) {
+    let (a, _) = deployed(&store, "a", false, &["x"]).await;
+    // A scheduled check is running when the delete with prune comes.
+    let running = store
+        .claim_due(t(100), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(running.trigger, Trigger::Schedule);
+    assert_eq!(
+        store.delete_source(a.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    // Its deploy is recorded (what it applied is pruned too), and the
+    // source is due at once, not at the next interval.
+    let newer = inventory("2222222222222222222222222222222222222222", &["x", "z"]);
+    let at = after_now(200);
+    store
+        .finish_check(
+            &running,
+            &with_inventory(report(&running, Outcome::Deployed, at), &newer),
+            at + Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.inventory(a.id).await.unwrap(), Some(newer.clone()));
+    assert!(store.get_source(a.id).await.unwrap().unwrap().deleting);
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(st.next_check_at, Some(at + Duration::from_secs(1)));
+    let claim = store
+        .claim_due(at + Duration::from_secs(1), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((claim.trigger, &claim.inventory), (Trigger::Delete, &newer));
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -1052,7 +1518,11 @@ macro_rules! conformance_tests {
             leases_taken_by_another_are_not_renewed, renewing_leases_never_held_returns_none,
             finishing_after_the_lease_was_lost_writes_nothing,
             inventories_are_recorded_with_the_status, a_lost_lease_writes_no_inventory,
-            deleted_sources_have_no_inventory);
+            deleted_sources_have_no_inventory, prune_defaults_on_and_round_trips,
+            deleting_with_prune_and_nothing_applied_deletes_at_once,
+            deleting_with_prune_waits_for_the_prune, a_plain_delete_abandons_a_prune,
+            a_prune_whose_lease_was_lost_deletes_nothing,
+            a_check_running_at_a_delete_with_prune_is_followed_by_the_prune);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(

@@ -60,6 +60,14 @@ impl ApplyError {
     }
 }
 
+/// One object as applied: what happened, and its
+/// [`super::drift::live_digest`] as the server returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub object: AppliedObject,
+    pub live: String,
+}
+
 /// Where one object of a build goes: its kind and the namespace it is
 /// applied in (None: cluster-scoped), in build order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,24 +112,28 @@ impl Cluster {
         objects: &[Value],
         default_ns: &str,
         allowed_namespace: Option<&str>,
-    ) -> Result<Vec<AppliedObject>, ApplyError> {
+    ) -> Result<Vec<Applied>, ApplyError> {
         let mut items = self.plan(objects, default_ns, allowed_namespace).await?;
         items.sort_by_key(|i| i.rank);
-        let mut applied = Vec::with_capacity(items.len());
+        let mut applied: Vec<Applied> = Vec::with_capacity(items.len());
         for item in &mut items {
             match self.apply_one(item).await {
-                Ok(action) => {
+                Ok((action, live)) => {
                     tracing::info!(object = %item.describe(), action = ?action, "applied");
-                    applied.push(AppliedObject {
-                        api_version: item.gvk.api_version(),
-                        kind: item.gvk.kind.clone(),
-                        namespace: item.namespace.clone(),
-                        name: item.name.clone(),
-                        action,
+                    applied.push(Applied {
+                        object: AppliedObject {
+                            api_version: item.gvk.api_version(),
+                            kind: item.gvk.kind.clone(),
+                            namespace: item.namespace.clone(),
+                            name: item.name.clone(),
+                            action,
+                        },
+                        live,
                     });
                 }
                 Err(failure) => {
                     tracing::warn!(object = %item.describe(), error = %failure, "apply failed");
+                    let applied = applied.into_iter().map(|a| a.object).collect();
                     return Err(ApplyError { failure, applied });
                 }
             }
@@ -261,7 +273,7 @@ impl Cluster {
         Ok(items)
     }
 
-    async fn apply_one(&self, item: &mut Item) -> Result<ApplyAction, ApplyFailure> {
+    async fn apply_one(&self, item: &mut Item) -> Result<(ApplyAction, String), ApplyFailure> {
         let cluster_err = |error: ClusterError| ApplyFailure::Cluster {
             object: item.describe(),
             error,
@@ -299,11 +311,15 @@ impl Cluster {
             .map_err(|e| cluster_err(e.into()))?
             .map(|m| m.metadata.resource_version);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let after = match api
+        let (after, live) = match api
             .patch(&item.name, &params, &Patch::Apply(&item.body))
             .await
         {
-            Ok(obj) => obj.metadata.resource_version,
+            Ok(obj) => {
+                let live =
+                    super::drift::live_digest(&serde_json::to_value(&obj).unwrap_or(Value::Null));
+                (obj.metadata.resource_version, live)
+            }
             Err(kube::Error::Api(s)) => {
                 return Err(ApplyFailure::Rejected {
                     object: item.describe(),
@@ -314,10 +330,11 @@ impl Cluster {
             }
             Err(e) => return Err(cluster_err(e.into())),
         };
-        Ok(match before {
+        let action = match before {
             None => ApplyAction::Created,
             Some(rv) if rv != after => ApplyAction::Configured,
             Some(_) => ApplyAction::Unchanged,
-        })
+        };
+        Ok((action, live))
     }
 }

@@ -2,7 +2,10 @@
 //! check uses, one module each:
 //!
 //! - [`apply`]: server-side apply of a build (namespaces and CRDs first);
-//! - [`rollout`]: reading a Deployment's image and waiting for its rollout.
+//! - [`rollout`]: reading a Deployment's image and waiting for its rollout;
+//! - [`drift`]: observing applied objects and telling whether the fields
+//!   chump applies were changed in the cluster;
+//! - [`prune`]: deleting applied objects the build no longer renders.
 //!
 //! Built on kube + k8s-openapi. Every request has connect, read and write
 //! timeouts, so an unreachable cluster fails within seconds instead of
@@ -11,9 +14,13 @@
 //! kinds that appear later (a CRD applied in the same build) are found.
 
 mod apply;
+pub mod drift;
+mod prune;
 mod rollout;
 
-pub use apply::{ApplyError, ApplyFailure, Placement};
+pub use apply::{Applied, ApplyError, ApplyFailure, Placement};
+pub use drift::{Drift, Observed};
+pub use prune::{Kept, PruneReport, PruneScope, PRUNE_ANNOTATION};
 pub use rollout::{RolloutError, Running};
 
 use std::collections::HashMap;

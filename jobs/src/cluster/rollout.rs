@@ -24,6 +24,26 @@ pub struct Running {
     pub rollout_failed: Option<String>,
 }
 
+impl Running {
+    /// What Deployment `d` runs for `container`, and whether its current
+    /// rollout has failed.
+    pub fn of(d: &DynamicObject, container: &str) -> Running {
+        let image = d.data["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+            .and_then(|c| c["image"].as_str())
+            .map(str::to_string);
+        let rollout_failed = match rollout_state(d) {
+            Progress::Failed(message) => Some(message),
+            _ => None,
+        };
+        Running {
+            image,
+            rollout_failed,
+        }
+    }
+}
+
 /// [`Cluster::wait_rollout`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -83,19 +103,7 @@ impl Cluster {
             tracing::debug!(namespace = ns, deployment, "deployment not found");
             return Ok(None);
         };
-        let image = d.data["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["name"] == container))
-            .and_then(|c| c["image"].as_str())
-            .map(str::to_string);
-        let rollout_failed = match rollout_state(&d) {
-            Progress::Failed(message) => Some(message),
-            _ => None,
-        };
-        Ok(Some(Running {
-            image,
-            rollout_failed,
-        }))
+        Ok(Some(Running::of(&d, container)))
     }
 
     /// Deployments of one namespace, read as plain JSON so that chump does not

@@ -61,11 +61,23 @@ pub(super) fn source_from_doc(doc: &Value) -> StoreResult<Source> {
                 .get("suspended")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            // The Python tool's documents have neither: pruning on, not
+            // being deleted.
+            prune: doc.get("prune").and_then(Value::as_bool).unwrap_or(true),
         },
         revision: opt_int(doc, "revision").unwrap_or(1),
         created_at,
         updated_at: opt_int(doc, "updated_at").map_or(created_at, from_ms),
+        deleting: is_deleting(doc),
     })
+}
+
+/// Whether a source (or status) document is marked `deleting` (a missing
+/// field: no).
+pub(super) fn is_deleting(doc: &Value) -> bool {
+    doc.get("deleting")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 pub(super) fn spec_fields(spec: &SourceSpec) -> serde_json::Map<String, Value> {
@@ -79,6 +91,7 @@ pub(super) fn spec_fields(spec: &SourceSpec) -> serde_json::Map<String, Value> {
         "image_version_file": spec.image_version_file,
         "interval_seconds": spec.interval_seconds,
         "suspended": spec.suspended,
+        "prune": spec.prune,
     });
     match v {
         Value::Object(m) => m,
@@ -86,15 +99,11 @@ pub(super) fn spec_fields(spec: &SourceSpec) -> serde_json::Map<String, Value> {
     }
 }
 
-/// A fresh status document: due at `next_check_at`, no lease, no check yet.
-pub(super) fn new_status(
-    id: SourceId,
-    next_check_at: i64,
-    suspended: bool,
-    revision: i64,
-) -> Value {
+/// A fresh status document of `source`: due at `next_check_at`, no lease,
+/// no check yet, with copies of its `suspended`, `deleting` and `revision`.
+pub(super) fn new_status(source: &Source, next_check_at: i64) -> Value {
     json!({
-        "source_id": id,
+        "source_id": source.id,
         "next_check_at": next_check_at,
         "requested_trigger": null,
         "lease_owner": null,
@@ -107,8 +116,9 @@ pub(super) fn new_status(
         "desired_image": null,
         "running_image": null,
         "consecutive_failures": 0,
-        "suspended": suspended,
-        "revision": revision,
+        "suspended": source.spec.suspended,
+        "deleting": source.deleting,
+        "revision": source.revision,
     })
 }
 

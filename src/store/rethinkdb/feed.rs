@@ -7,7 +7,9 @@
 //!   inserts, updates or deletes in the sources table are scheduled,
 //!   rescheduled or dropped at once. chump's own writes come through too and
 //!   are recognised (an update by chump bumps `revision`; inserting a status
-//!   or target key chump already wrote is a harmless conflict).
+//!   or target key chump already wrote is a harmless conflict). A source
+//!   marked `deleting` gets its status marked too (due at once), in case
+//!   the delete that marked it was cut before it got there.
 //! - **statuses**: a check requested, a new source, a schedule moved earlier
 //!   or a lease handed back — on any replica — wakes this replica's
 //!   scheduler, so whichever replica has a free worker takes it at once.
@@ -169,6 +171,12 @@ impl RethinkStore {
                         return Ok(());
                     }
                 };
+                // Marked `deleting` (by chump's delete with prune, on any
+                // replica): its status too, in case that delete was cut
+                // before it got there.
+                if new.deleting && !old.deleting {
+                    self.mark_status_deleting(new.id, now).await?;
+                }
                 // chump's own update bumps the revision and reschedules.
                 if old.revision != new.revision || old.spec == new.spec {
                     return Ok(());
@@ -209,7 +217,7 @@ impl RethinkStore {
                 });
                 let result = self.pool.one(self.statuses().get(new.id).update(f)).await?;
                 if count(&result, "skipped") > 0 {
-                    let status = new_status(new.id, now_ms, suspended, new.revision);
+                    let status = new_status(&new, now_ms);
                     self.pool
                         .one(term(TermType::Insert, [self.statuses(), lit(status)]))
                         .await?;

@@ -7,8 +7,8 @@
 //!
 //! | table | primary key | holds |
 //! |---|---|---|
-//! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them) |
-//! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, and copies of the source's `suspended` and `revision` |
+//! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `prune`, `deleting`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them; a missing `prune` reads as true, a missing `deleting` as false) |
+//! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, and copies of the source's `suspended`, `deleting` and `revision` |
 //! | `chump_history` | `id` (integer, from a counter) | deploys and failures; they outlive their source |
 //! | `chump_counters` | `id` (`"sources"`, `"history"`) | `value`: the last id handed out |
 //! | `chump_targets` | `id` = `namespace/deployment/container` | `source_id` (null while its create is in flight), `token`, `at`: who owns a target |
@@ -51,6 +51,18 @@
 //! - **changes during a check**: `update_source` writes the new revision into
 //!   the status document too, so `finish_check` compares revisions inside its
 //!   own atomic update.
+//! - **deleting with prune**: `delete_source(id, true)` marks the source
+//!   document `deleting` (the truth), then its status (due at once, the
+//!   copy `claim_due`, `request_check` and `next_due` read); a cut between
+//!   the two is finished by the sources changefeed or `reconcile`.
+//!   `update_source` refuses a marked document inside its atomic update.
+//!   When a prune is recorded (`finish_check`, outcome `deleted`), the status
+//!   update (still only while the lease is the caller's) keeps the lease;
+//!   then the history entry is written, the source document deleted (only
+//!   while marked), and its status, inventory and target key dropped. A cut
+//!   before the source goes leaves it leased and `deleting`: it is pruned
+//!   again once the lease expires; a cut after leaves orphans `reconcile`
+//!   drops.
 //!
 //! # Faults
 //!
@@ -76,7 +88,7 @@ use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
 use chump_jobs::inventory::Inventory;
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
-    Claim, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
+    Claim, Deletion, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
 };
 use ql2::term::TermType;
 use reql::cmd::{between, update, ReturnChanges};
@@ -231,15 +243,21 @@ impl RethinkStore {
         // Statuses before sources: a source is written before its status and
         // deleted before it, so a status read here whose source is missing
         // from the later read is an orphan, never a create in flight.
-        let with_status: HashSet<i64> = self
+        let statuses = self
             .pool
             .run(term(
-                TermType::Map,
-                [self.statuses(), lambda(|st| field(&st, "source_id"))],
+                TermType::Pluck,
+                [self.statuses(), lit("source_id"), lit("deleting")],
             ))
-            .await?
+            .await?;
+        let with_status: HashSet<i64> = statuses
             .iter()
-            .filter_map(as_int)
+            .filter_map(|st| opt_int(st, "source_id"))
+            .collect();
+        let marked_deleting: HashSet<i64> = statuses
+            .iter()
+            .filter(|st| is_deleting(st))
+            .filter_map(|st| opt_int(st, "source_id"))
             .collect();
         // Inventories too: one is only written for a source that exists.
         let with_inventory: HashSet<i64> = self
@@ -288,7 +306,7 @@ impl RethinkStore {
         let missing: Vec<Value> = sources
             .iter()
             .filter(|s| !with_status.contains(&s.id))
-            .map(|s| new_status(s.id, ms(now), s.spec.suspended, s.revision))
+            .map(|s| new_status(s, ms(now)))
             .collect();
         if !missing.is_empty() {
             tracing::info!(
@@ -299,6 +317,17 @@ impl RethinkStore {
             self.pool
                 .one(term(TermType::Insert, [self.statuses(), lit(missing)]))
                 .await?;
+        }
+        // A delete with prune cut between the source's mark and its
+        // status's: the prune is due at once.
+        for s in &sources {
+            if s.deleting && with_status.contains(&s.id) && !marked_deleting.contains(&s.id) {
+                tracing::info!(
+                    source = s.id,
+                    "a source being deleted: scheduling its prune"
+                );
+                self.mark_status_deleting(s.id, now).await?;
+            }
         }
         let orphans: Vec<i64> = with_status.difference(&ids).copied().collect();
         if !orphans.is_empty() {
@@ -358,7 +387,7 @@ impl RethinkStore {
         source: &Source,
         now: OffsetDateTime,
     ) -> StoreResult<()> {
-        let status = new_status(source.id, ms(now), source.spec.suspended, source.revision);
+        let status = new_status(source, ms(now));
         // A conflict is chump's own create (or another replica) first: fine.
         self.pool
             .one(term(TermType::Insert, [self.statuses(), lit(status)]))
@@ -395,6 +424,95 @@ impl RethinkStore {
         Ok(())
     }
 
+    /// Drops the schedule of a source just deleted, then its target key
+    /// (when its document was readable: otherwise the key is reclaimed as
+    /// stale).
+    async fn forget_source(&self, id: SourceId, source: Option<&Source>) -> StoreResult<()> {
+        self.drop_schedule(id).await?;
+        if let Some(source) = source {
+            self.delete_target_if(&target_key(&source.spec), |d| {
+                eq(field_or(&d, "source_id", null()), lit(id))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether source `id` has a recorded inventory with objects in it (an
+    /// unreadable one counts as empty, as it does for a check).
+    async fn has_applied(&self, id: SourceId) -> StoreResult<bool> {
+        let doc = self.pool.one(self.inventories().get(id)).await?;
+        if doc.is_null() {
+            return Ok(false);
+        }
+        match inventory_from_doc(&doc) {
+            Ok((_, inv)) => Ok(!inv.objects.is_empty()),
+            Err(e) => {
+                tracing::warn!(source = id, error = %e, "unreadable inventory: deleting at once");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Marks source `id` `deleting` (its document, the truth, first), then
+    /// its status (due at once). A cut between the two is finished by the
+    /// sources changefeed or by [`RethinkStore::reconcile`].
+    async fn mark_deleting(&self, id: SourceId) -> StoreResult<Deletion> {
+        let result = self
+            .pool
+            .one(
+                self.sources()
+                    .get(id)
+                    .update(lit(json!({"deleting": true}))),
+            )
+            .await?;
+        if count(&result, "skipped") > 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        self.mark_status_deleting(id, OffsetDateTime::now_utc())
+            .await?;
+        Ok(Deletion::Pruning)
+    }
+
+    /// Copies a source's `deleting` mark into its status, making it due at
+    /// once (with a requested trigger, so a check running now is followed
+    /// by the prune at once). A status marked already is left alone.
+    pub(super) async fn mark_status_deleting(
+        &self,
+        id: SourceId,
+        now: OffsetDateTime,
+    ) -> StoreResult<()> {
+        let now_ms = ms(now);
+        let f = lambda(|st| {
+            let requested = field_or(&st, "requested_trigger", null());
+            branch(
+                eq(field_or(&st, "deleting", lit(false)), lit(true)),
+                lit(json!({})),
+                object(vec![
+                    ("deleting", lit(true)),
+                    (
+                        "next_check_at",
+                        min_term(field_or(&st, "next_check_at", lit(now_ms)), lit(now_ms)),
+                    ),
+                    (
+                        "requested_trigger",
+                        branch(
+                            eq(requested.clone(), null()),
+                            lit(Trigger::Delete.as_str()),
+                            requested,
+                        ),
+                    ),
+                ]),
+            )
+        });
+        let result = self.pool.one(self.statuses().get(id).update(f)).await?;
+        if count(&result, "skipped") > 0 {
+            // No status yet: a new one copies the mark from the source.
+            self.ensure_status(id, now).await?;
+        }
+        Ok(())
+    }
+
     /// The recorded inventories of `ids` (those that have one), in one
     /// `get_all`.
     async fn inventories_of(&self, ids: &[SourceId]) -> StoreResult<HashMap<SourceId, Inventory>> {
@@ -417,6 +535,49 @@ impl RethinkStore {
             }
         }
         Ok(found)
+    }
+
+    /// Deletes a source whose prune is done, under a lease `finish_check`
+    /// just found to be ours: the history entry first, then the source
+    /// document (only while it is still marked `deleting`), then its status,
+    /// inventory and target key. A cut before the source goes leaves it
+    /// `deleting` and leased: claimed again once the lease expires, pruned
+    /// (nothing left) and deleted, with a second entry; a cut after it
+    /// leaves a status and inventory without source, which `reconcile`
+    /// drops, and a target key reclaimed as stale.
+    async fn delete_pruned(&self, claim: &Claim, report: &CheckReport) -> StoreResult<()> {
+        let id = claim.source.id;
+        self.insert_history(claim, report).await?;
+        let only_deleting = lambda(|d| {
+            branch(
+                eq(field_or(&d, "deleting", lit(false)), lit(true)),
+                null(),
+                d,
+            )
+        });
+        let result = self
+            .pool
+            .one(term(
+                TermType::Replace,
+                [self.sources().get(id), only_deleting],
+            ))
+            .await?;
+        if count(&result, "errors") > 0 {
+            let first = result
+                .get("first_error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
+            return Err(StoreError::Backend(format!(
+                "deleting pruned source {id}: {first}"
+            )));
+        }
+        if count(&result, "deleted") == 0 {
+            // Gone already (a plain delete), or not being deleted (never
+            // unmarked, so never): give the lease back.
+            return self.release_claims(&claim.owner, &[id]).await;
+        }
+        tracing::info!(source = id, "source deleted after its objects were pruned");
+        self.forget_source(id, Some(&claim.source)).await
     }
 
     /// Writes a history entry for `report`, with the next history id.
@@ -526,7 +687,7 @@ impl RethinkStore {
             return Ok(false);
         }
         let source = source_from_doc(&doc)?;
-        let status = new_status(id, ms(now), source.spec.suspended, source.revision);
+        let status = new_status(&source, ms(now));
         self.pool
             .one(term(TermType::Insert, [self.statuses(), lit(status)]))
             .await?;
@@ -643,7 +804,8 @@ impl Store for RethinkStore {
             give_back(token).await;
             return Err(e);
         }
-        let status = new_status(id, ms(now), spec.suspended, 1);
+        let source = source_from_doc(&doc)?;
+        let status = new_status(&source, ms(now));
         self.pool
             .one(term(TermType::Insert, [self.statuses(), lit(status)]))
             .await?;
@@ -657,7 +819,7 @@ impl Store for RethinkStore {
         self.pool
             .one(self.targets().get(&key).update(owned))
             .await?;
-        source_from_doc(&doc)
+        Ok(source)
     }
 
     async fn get_source(&self, id: SourceId) -> StoreResult<Option<Source>> {
@@ -687,6 +849,9 @@ impl Store for RethinkStore {
         let Some(old) = self.get_source(id).await? else {
             return Err(StoreError::NotFound(id));
         };
+        if old.deleting {
+            return Err(StoreError::BeingDeleted(id));
+        }
         let old_key = target_key(&old.spec);
         let new_key = target_key(spec);
         let moved = old_key != new_key;
@@ -700,13 +865,19 @@ impl Store for RethinkStore {
             .map(|(k, v)| (k, lit(v)))
             .collect();
         fields.push(("updated_at".into(), lit(ms(now))));
+        // A source marked `deleting` since it was read is left as it is
+        // (unchanged: a real update always bumps the revision).
         let f = lambda(move |d| {
             let mut fields = fields;
             fields.push((
                 "revision".into(),
                 add(field_or(&d, "revision", lit(1)), lit(1)),
             ));
-            object(fields)
+            branch(
+                eq(field_or(&d, "deleting", lit(false)), lit(true)),
+                lit(json!({})),
+                object(fields),
+            )
         });
         let result = self
             .pool
@@ -737,6 +908,8 @@ impl Store for RethinkStore {
             }
             return if count(&result, "skipped") > 0 {
                 Err(StoreError::NotFound(id))
+            } else if count(&result, "unchanged") > 0 {
+                Err(StoreError::BeingDeleted(id))
             } else {
                 Err(StoreError::Backend(format!(
                     "updating source {id} changed nothing: {result}"
@@ -771,10 +944,18 @@ impl Store for RethinkStore {
         Ok(source)
     }
 
-    async fn delete_source(&self, id: SourceId) -> StoreResult<()> {
+    async fn delete_source(&self, id: SourceId, prune: bool) -> StoreResult<Deletion> {
         let doc = self.pool.one(self.sources().get(id)).await?;
         if doc.is_null() {
             return Err(StoreError::NotFound(id));
+        }
+        if prune {
+            if is_deleting(&doc) {
+                return Ok(Deletion::Pruning);
+            }
+            if self.has_applied(id).await? {
+                return self.mark_deleting(id).await;
+            }
         }
         // The source first: a status without its source is cleaned up by
         // `claim_due`, a source without status would never be checked.
@@ -785,14 +966,9 @@ impl Store for RethinkStore {
         if count(&result, "deleted") == 0 {
             return Err(StoreError::NotFound(id));
         }
-        self.drop_schedule(id).await?;
-        if let Ok(source) = source_from_doc(&doc) {
-            self.delete_target_if(&target_key(&source.spec), |d| {
-                eq(field_or(&d, "source_id", null()), lit(id))
-            })
+        self.forget_source(id, source_from_doc(&doc).ok().as_ref())
             .await?;
-        }
-        Ok(())
+        Ok(Deletion::Deleted)
     }
 
     async fn request_check(
@@ -808,8 +984,9 @@ impl Store for RethinkStore {
                 let requested = field_or(&st, "requested_trigger", null());
                 let lease = field_or(&st, "lease_until", null());
                 let running = and(ne(lease.clone(), null()), gt(lease, lit(now_ms)));
+                let deleting = eq(field_or(&st, "deleting", lit(false)), lit(true));
                 branch(
-                    ne(requested, null()),
+                    or(deleting, ne(requested, null())),
                     lit(json!({})),
                     branch(
                         and(lit(manual), running),
@@ -845,6 +1022,9 @@ impl Store for RethinkStore {
         if doc.is_null() {
             return Err(StoreError::NotFound(id));
         }
+        if is_deleting(&doc) {
+            return Err(StoreError::BeingDeleted(id));
+        }
         let requested = opt_str(&doc, "requested_trigger").is_some();
         let running = opt_int(&doc, "lease_until").is_some_and(|t| t > now_ms);
         Ok(if !requested && running {
@@ -867,18 +1047,13 @@ impl Store for RethinkStore {
         let now_ms = ms(now);
         let lease_until = now + lease;
         let until_ms = ms(lease_until);
-        // Due, unleased, and runnable (not suspended, or asked for by hand).
+        // Due, unleased, and runnable (not suspended, asked for by hand, or
+        // being deleted).
         let claimable = move |st: &Command| {
             let lease = field_or(st, "lease_until", null());
             and(
                 or(eq(lease.clone(), null()), le(lease, lit(now_ms))),
-                or(
-                    ne(field_or(st, "suspended", lit(false)), lit(true)),
-                    eq(
-                        field_or(st, "requested_trigger", null()),
-                        lit(Trigger::Manual.as_str()),
-                    ),
-                ),
+                runnable(st),
             )
         };
         let candidates = self.statuses().between(
@@ -933,7 +1108,7 @@ impl Store for RethinkStore {
             {
                 continue;
             }
-            let trigger = parse_opt(opt_str(old, "requested_trigger")).unwrap_or(Trigger::Schedule);
+            let requested = parse_opt(opt_str(old, "requested_trigger"));
             let consecutive_failures = opt_int(old, "consecutive_failures")
                 .unwrap_or(0)
                 .clamp(0, u32::MAX as i64) as u32;
@@ -954,7 +1129,12 @@ impl Store for RethinkStore {
                     continue;
                 }
             };
-            if source.spec.suspended && trigger != Trigger::Manual {
+            let trigger = if source.deleting {
+                Trigger::Delete
+            } else {
+                requested.unwrap_or(Trigger::Schedule)
+            };
+            if source.spec.suspended && !matches!(trigger, Trigger::Manual | Trigger::Delete) {
                 self.release_claims(owner, &[id]).await?;
                 continue;
             }
@@ -994,6 +1174,8 @@ impl Store for RethinkStore {
     ) -> StoreResult<()> {
         let source = &claim.source;
         let failed = report.outcome == Outcome::Failed;
+        // The prune of a source being deleted is done: the source goes.
+        let gone = claim.trigger == Trigger::Delete && report.outcome == Outcome::Deleted;
         let finished = ms(report.finished_at);
         let next = ms(next_check_at);
         let owner = claim.owner.clone();
@@ -1018,29 +1200,31 @@ impl Store for RethinkStore {
             } else {
                 lit(0)
             };
-            branch(
-                ours,
-                object(vec![
-                    ("last_checked_at", lit(finished)),
-                    ("last_commit", keep_or(&st, "last_commit", &report.commit)),
-                    ("last_outcome", lit(report.outcome.as_str())),
-                    ("last_stage", lit(report.stage.map(Stage::as_str))),
-                    ("last_message", lit(&report.message)),
-                    (
-                        "desired_image",
-                        keep_or(&st, "desired_image", &report.desired_image),
-                    ),
-                    (
-                        "running_image",
-                        keep_or(&st, "running_image", &running_image),
-                    ),
-                    ("consecutive_failures", failures),
-                    ("next_check_at", branch(changed, lit(finished), lit(next))),
-                    ("lease_owner", null()),
-                    ("lease_until", null()),
-                ]),
-                lit(json!({})),
-            )
+            let mut fields = vec![
+                ("last_checked_at", lit(finished)),
+                ("last_commit", keep_or(&st, "last_commit", &report.commit)),
+                ("last_outcome", lit(report.outcome.as_str())),
+                ("last_stage", lit(report.stage.map(Stage::as_str))),
+                ("last_message", lit(&report.message)),
+                (
+                    "desired_image",
+                    keep_or(&st, "desired_image", &report.desired_image),
+                ),
+                (
+                    "running_image",
+                    keep_or(&st, "running_image", &running_image),
+                ),
+                ("consecutive_failures", failures),
+                ("next_check_at", branch(changed, lit(finished), lit(next))),
+            ];
+            // A source about to go keeps its lease: no other process claims
+            // it before it is deleted, and after a crash here it comes back
+            // (its lease expired, still `deleting`) to be pruned and deleted.
+            if !gone {
+                fields.push(("lease_owner", null()));
+                fields.push(("lease_until", null()));
+            }
+            branch(ours, object(fields), lit(json!({})))
         });
         // The status first, only while the lease is still ours: a check
         // whose lease was lost records nothing (another process owns the
@@ -1056,6 +1240,9 @@ impl Store for RethinkStore {
                 "lease lost before the check was recorded"
             );
             return Ok(());
+        }
+        if gone && count(&result, "replaced") > 0 {
+            return self.delete_pruned(claim, report).await;
         }
         // The inventory only with a status written under our lease (a
         // deleted source's update is skipped: it gets none).
@@ -1145,15 +1332,7 @@ impl Store for RethinkStore {
     }
 
     async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>> {
-        let runnable = lambda(|st| {
-            or(
-                ne(field_or(&st, "suspended", lit(false)), lit(true)),
-                eq(
-                    field_or(&st, "requested_trigger", null()),
-                    lit(Trigger::Manual.as_str()),
-                ),
-            )
-        });
+        let runnable = lambda(|st| runnable(&st));
         let due_at = lambda(|st| {
             let lease = field_or(&st, "lease_until", null());
             let next = field(&st, "next_check_at");
@@ -1228,6 +1407,22 @@ impl Store for RethinkStore {
     }
 }
 
+/// Whether a status document's source may be checked: not suspended, a
+/// manual check asked for, or being deleted (its prune runs even while
+/// suspended).
+fn runnable(st: &Command) -> Command {
+    or(
+        or(
+            ne(field_or(st, "suspended", lit(false)), lit(true)),
+            eq(
+                field_or(st, "requested_trigger", null()),
+                lit(Trigger::Manual.as_str()),
+            ),
+        ),
+        eq(field_or(st, "deleting", lit(false)), lit(true)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1257,6 +1452,8 @@ mod tests {
         assert_eq!(s.id, 7);
         assert_eq!(s.revision, 1);
         assert!(!s.spec.suspended);
+        assert!(s.spec.prune, "pruning is on unless switched off");
+        assert!(!s.deleting);
         assert_eq!(s.spec.interval_seconds, None);
         let mut odd = doc.clone();
         odd.as_object_mut().unwrap().remove("branch");
