@@ -5,8 +5,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use chump_jobs::cluster::{ApplyFailure, Cluster, RolloutError};
+use chump_jobs::cluster::drift::drift_of;
+use chump_jobs::cluster::{ApplyFailure, Cluster, Drift, Kept, Observed, PruneScope, RolloutError};
 use chump_jobs::history::ApplyAction;
+use chump_jobs::inventory::InventoryObject;
 use serde_json::{json, Value};
 use support::kube_api::{KubeApi, RolloutMode};
 use tempfile::TempDir;
@@ -58,6 +60,17 @@ fn cluster_role(name: &str) -> Value {
         "metadata": {"name": name},
         "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]
     })
+}
+
+/// [`Cluster::apply`], keeping what happened to each object.
+async fn apply_objects(
+    cluster: &Cluster,
+    objects: &[Value],
+    default_ns: &str,
+    allowed: Option<&str>,
+) -> Result<Vec<chump_jobs::history::AppliedObject>, chump_jobs::cluster::ApplyError> {
+    let applied = cluster.apply(objects, default_ns, allowed).await?;
+    Ok(applied.into_iter().map(|a| a.object).collect())
 }
 
 fn actions(
@@ -139,8 +152,7 @@ async fn apply_orders_namespaces_first_defaults_namespace_and_reports_actions() 
         namespace("shop"),
     ];
 
-    let applied = cluster
-        .apply(&objects, "shop", None)
+    let applied = apply_objects(&cluster, &objects, "shop", None)
         .await
         .expect("first apply");
     let shop = Some("shop".to_string());
@@ -200,8 +212,7 @@ async fn apply_orders_namespaces_first_defaults_namespace_and_reports_actions() 
     // The same build again: nothing changes.
     let rv = api.resource_version();
     api.clear_requests();
-    let again = cluster
-        .apply(&objects, "shop", None)
+    let again = apply_objects(&cluster, &objects, "shop", None)
         .await
         .expect("second apply");
     assert!(
@@ -221,8 +232,7 @@ async fn apply_orders_namespaces_first_defaults_namespace_and_reports_actions() 
     // A new image: only the Deployment is configured, at a new generation.
     let mut changed = objects.clone();
     changed[0] = deployment(None, "web", "web:2");
-    let third = cluster
-        .apply(&changed, "shop", None)
+    let third = apply_objects(&cluster, &changed, "shop", None)
         .await
         .expect("third apply");
     let by_name: Vec<_> = third.iter().map(|a| (a.name.as_str(), a.action)).collect();
@@ -253,9 +263,13 @@ async fn apply_orders_namespaces_first_defaults_namespace_and_reports_actions() 
 async fn apply_reverts_drift() {
     let (api, _dir, cluster) = setup().await;
     let objects = vec![namespace("prod"), deployment(Some("prod"), "web", "web:1")];
-    cluster.apply(&objects, "prod", None).await.unwrap();
+    apply_objects(&cluster, &objects, "prod", None)
+        .await
+        .unwrap();
     api.set_image("prod", "web", "web", "web:by-hand");
-    let applied = cluster.apply(&objects, "prod", None).await.unwrap();
+    let applied = apply_objects(&cluster, &objects, "prod", None)
+        .await
+        .unwrap();
     assert_eq!(applied[1].action, ApplyAction::Configured);
     assert_eq!(
         cluster
@@ -274,7 +288,9 @@ async fn apply_into_a_missing_namespace_names_the_object() {
         config_map(None, "first", "ok"),
         config_map(Some("ghost"), "settings", "a"),
     ];
-    let err = cluster.apply(&objects, "default", None).await.unwrap_err();
+    let err = apply_objects(&cluster, &objects, "default", None)
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("ConfigMap ghost/settings"), "{text}");
     assert!(text.contains("namespaces \"ghost\" not found"), "{text}");
@@ -324,8 +340,7 @@ async fn apply_refuses_objects_outside_the_allowed_namespace_before_writing() {
         ),
     ];
     for (objects, default_ns, named) in cases {
-        let err = cluster
-            .apply(&objects, default_ns, Some("team"))
+        let err = apply_objects(&cluster, &objects, default_ns, Some("team"))
             .await
             .unwrap_err();
         assert!(
@@ -341,17 +356,17 @@ async fn apply_refuses_objects_outside_the_allowed_namespace_before_writing() {
         );
     }
 
-    let ok = cluster
-        .apply(
-            &[
-                config_map(None, "a", "1"),
-                deployment(Some("team"), "web", "web:1"),
-            ],
-            "team",
-            Some("team"),
-        )
-        .await
-        .unwrap();
+    let ok = apply_objects(
+        &cluster,
+        &[
+            config_map(None, "a", "1"),
+            deployment(Some("team"), "web", "web:1"),
+        ],
+        "team",
+        Some("team"),
+    )
+    .await
+    .unwrap();
     assert_eq!(ok.len(), 2);
 }
 
@@ -360,10 +375,14 @@ async fn apply_rejects_unknown_kinds_and_invalid_objects_before_writing() {
     let (api, _dir, cluster) = setup().await;
     let unknown =
         json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
-    let err = cluster
-        .apply(&[config_map(None, "a", "1"), unknown], "default", None)
-        .await
-        .unwrap_err();
+    let err = apply_objects(
+        &cluster,
+        &[config_map(None, "a", "1"), unknown],
+        "default",
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err.failure, ApplyFailure::UnknownKind { .. }),
         "{err:?}"
@@ -371,8 +390,7 @@ async fn apply_rejects_unknown_kinds_and_invalid_objects_before_writing() {
     assert!(err.to_string().contains("Widget"), "{err}");
 
     let nameless = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}});
-    let err = cluster
-        .apply(&[nameless], "default", None)
+    let err = apply_objects(&cluster, &[nameless], "default", None)
         .await
         .unwrap_err();
     assert!(
@@ -398,8 +416,7 @@ async fn apply_custom_resources_with_their_definition() {
         }
     });
     let widget = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1}});
-    let applied = cluster
-        .apply(&[widget, crd], "default", None)
+    let applied = apply_objects(&cluster, &[widget, crd], "default", None)
         .await
         .expect("apply");
     assert_eq!(applied[0].kind, "CustomResourceDefinition");
@@ -412,14 +429,14 @@ async fn apply_custom_resources_with_their_definition() {
 #[tokio::test]
 async fn rollout_immediate_never_fail_and_after() {
     let (api, _dir, cluster) = setup().await;
-    cluster
-        .apply(
-            &[namespace("prod"), deployment(None, "web", "web:1")],
-            "prod",
-            None,
-        )
-        .await
-        .unwrap();
+    apply_objects(
+        &cluster,
+        &[namespace("prod"), deployment(None, "web", "web:1")],
+        "prod",
+        None,
+    )
+    .await
+    .unwrap();
     cluster
         .wait_rollout("prod", "web", Duration::from_secs(5))
         .await
@@ -427,8 +444,7 @@ async fn rollout_immediate_never_fail_and_after() {
 
     // Never: times out, not before the timeout and not long after it.
     api.set_rollout_for("prod", "web", RolloutMode::Never);
-    cluster
-        .apply(&[deployment(None, "web", "web:2")], "prod", None)
+    apply_objects(&cluster, &[deployment(None, "web", "web:2")], "prod", None)
         .await
         .unwrap();
     let started = Instant::now();
@@ -472,8 +488,7 @@ async fn rollout_immediate_never_fail_and_after() {
         "web",
         RolloutMode::After(Duration::from_millis(600)),
     );
-    cluster
-        .apply(&[deployment(None, "web", "web:3")], "prod", None)
+    apply_objects(&cluster, &[deployment(None, "web", "web:3")], "prod", None)
         .await
         .unwrap();
     let d = api
@@ -520,8 +535,7 @@ async fn unreachable_cluster_fails_fast() {
         "{err}"
     );
 
-    let err = cluster
-        .apply(&[config_map(None, "a", "1")], "prod", None)
+    let err = apply_objects(&cluster, &[config_map(None, "a", "1")], "prod", None)
         .await
         .unwrap_err();
     assert!(
@@ -576,4 +590,274 @@ async fn bad_kubeconfig_is_a_config_error() {
             .contains("cannot load the Kubernetes configuration"),
         "{err}"
     );
+}
+
+/// `o` with chump's labels for source `id` (what a check applies).
+fn chumps(mut o: Value, id: &str) -> Value {
+    o["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("chump");
+    o["metadata"]["labels"]["chump.dev/source"] = json!(id);
+    o
+}
+
+/// The inventory entries of `applied` (digests of chump's fields as the
+/// server returned them).
+fn recorded(applied: &[chump_jobs::cluster::Applied]) -> Vec<InventoryObject> {
+    applied
+        .iter()
+        .map(|a| InventoryObject {
+            api_version: a.object.api_version.clone(),
+            kind: a.object.kind.clone(),
+            namespace: a.object.namespace.clone(),
+            name: a.object.name.clone(),
+            digest: String::new(),
+            commit: "c1".into(),
+            live: Some(a.live.clone()),
+            prune_pending: false,
+        })
+        .collect()
+}
+
+/// Replace an object as another client would (`kubectl replace`, manager
+/// `test`), after `change`.
+fn edit(
+    api: &KubeApi,
+    gv: &str,
+    plural: &str,
+    ns: &str,
+    name: &str,
+    change: impl FnOnce(&mut Value),
+) {
+    let mut o = api
+        .get_object(gv, plural, Some(ns), name)
+        .expect("the object");
+    if let Some(m) = o["metadata"].as_object_mut() {
+        m.remove("managedFields");
+        m.remove("resourceVersion");
+    }
+    change(&mut o);
+    api.put_object(o);
+}
+
+fn drifts(objects: &[InventoryObject], observed: &[Observed]) -> Vec<(String, Option<Drift>)> {
+    objects
+        .iter()
+        .zip(observed)
+        .map(|(o, seen)| (o.name.clone(), drift_of(o, seen)))
+        .collect()
+}
+
+#[tokio::test]
+async fn observe_tells_drift_of_the_fields_chump_applies_and_nothing_else() {
+    let (api, _dir, cluster) = setup().await;
+    let objects = vec![
+        chumps(namespace("prod"), "7"),
+        chumps(deployment(Some("prod"), "web", "web:1"), "7"),
+        chumps(config_map(Some("prod"), "a", "1"), "7"),
+        chumps(config_map(Some("prod"), "b", "1"), "7"),
+    ];
+    let applied = cluster.apply(&objects, "prod", None).await.unwrap();
+    let inventory = recorded(&applied);
+    let names = |d: Vec<(String, Option<Drift>)>| -> Vec<(String, Drift)> {
+        d.into_iter()
+            .filter_map(|(n, d)| d.map(|d| (n, d)))
+            .collect()
+    };
+
+    // As applied: no drift; one GET per single object, one LIST for the two
+    // ConfigMaps, and no write.
+    api.clear_requests();
+    let seen = cluster
+        .observe(&inventory, "chump.dev/source", "7")
+        .await
+        .unwrap();
+    assert_eq!(names(drifts(&inventory, &seen)), vec![]);
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert!(api.writes().is_empty());
+    let list = reqs
+        .iter()
+        .find(|r| r.path.ends_with("/configmaps"))
+        .expect("a LIST");
+    assert!(
+        list.query.contains("labelSelector=chump.dev%2Fsource%3D7"),
+        "{}",
+        list.query
+    );
+
+    // The Deployment's status, a label of someone else's and an annotation
+    // a controller adds are not drift.
+    edit(&api, "apps/v1", "deployments", "prod", "web", |d| {
+        d["metadata"]["labels"]["team"] = json!("x");
+        d["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "3"});
+    });
+    let seen = cluster
+        .observe(&inventory, "chump.dev/source", "7")
+        .await
+        .unwrap();
+    assert_eq!(names(drifts(&inventory, &seen)), vec![]);
+
+    // A changed field chump applies, and a deleted object, are.
+    assert!(api.set_image("prod", "web", "web", "web:by-hand"));
+    edit(&api, "v1", "configmaps", "prod", "a", |a| {
+        a["data"]["key"] = json!("edited")
+    });
+    let req = reqwest::Client::new()
+        .delete(format!("{}/api/v1/namespaces/prod/configmaps/b", api.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(req.status().is_success());
+    let seen = cluster
+        .observe(&inventory, "chump.dev/source", "7")
+        .await
+        .unwrap();
+    assert_eq!(
+        names(drifts(&inventory, &seen)),
+        vec![
+            ("web".to_string(), Drift::Changed),
+            ("a".to_string(), Drift::Changed),
+            ("b".to_string(), Drift::Missing)
+        ]
+    );
+
+    // Applying again puts it right, and the new digests match again.
+    let again = cluster.apply(&objects, "prod", None).await.unwrap();
+    let inventory = recorded(&again);
+    let seen = cluster
+        .observe(&inventory, "chump.dev/source", "7")
+        .await
+        .unwrap();
+    assert_eq!(names(drifts(&inventory, &seen)), vec![]);
+    assert_eq!(
+        cluster
+            .running_image("prod", "web", "web")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("web:1")
+    );
+}
+
+#[tokio::test]
+async fn prune_deletes_only_what_chump_applied_for_the_source() {
+    let (api, _dir, cluster) = setup().await;
+    let mut keep = chumps(config_map(Some("prod"), "keep", "1"), "7");
+    keep["metadata"]["annotations"] = json!({"chump.dev/prune": "disabled"});
+    let objects = vec![
+        chumps(namespace("prod"), "7"),
+        chumps(namespace("other"), "7"),
+        chumps(config_map(Some("prod"), "gone", "1"), "7"),
+        keep,
+        chumps(config_map(Some("prod"), "theirs", "1"), "8"),
+        chumps(config_map(Some("prod"), "unlabelled", "1"), "7"),
+        chumps(config_map(Some("other"), "elsewhere", "1"), "7"),
+        chumps(deployment(Some("prod"), "web", "web:1"), "7"),
+    ];
+    let applied = cluster.apply(&objects, "prod", None).await.unwrap();
+    let inventory = recorded(&applied);
+    // Someone takes "unlabelled" over: it no longer says it is chump's.
+    edit(&api, "v1", "configmaps", "prod", "unlabelled", |u| {
+        u["metadata"]["labels"] = json!({"owner": "someone"})
+    });
+    // Someone deleted "gone" already.
+    let client = reqwest::Client::new();
+    client
+        .delete(format!(
+            "{}/api/v1/namespaces/prod/configmaps/gone",
+            api.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+
+    let scope = PruneScope {
+        managed_by: ("app.kubernetes.io/managed-by", "chump"),
+        source: ("chump.dev/source", "7"),
+        allowed_namespace: Some("prod"),
+    };
+    api.clear_requests();
+    let report = cluster.prune(&inventory, scope).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let deleted: Vec<(&str, ApplyAction)> = report
+        .deleted
+        .iter()
+        .map(|o| (o.name.as_str(), o.action))
+        .collect();
+    assert_eq!(deleted, vec![("web", ApplyAction::Deleted)]);
+    let kept: Vec<(&str, Kept)> = report
+        .kept
+        .iter()
+        .map(|(o, k)| (o.name.as_str(), k.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("keep", Kept::Disabled),
+            ("theirs", Kept::NotOurs),
+            ("unlabelled", Kept::NotOurs),
+            ("elsewhere", Kept::Restricted),
+            ("prod", Kept::Restricted),
+            ("other", Kept::Restricted),
+        ]
+    );
+    assert_eq!(report.gone.len(), 1);
+    // Deletes are background, conditional on the uid read.
+    let deletes: Vec<_> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    let options: Value = serde_json::from_str(&deletes[0].body).unwrap();
+    assert_eq!(options["propagationPolicy"], "Background", "{options}");
+    assert!(options["preconditions"]["uid"].is_string(), "{options}");
+    assert!(api
+        .get_object("apps/v1", "deployments", Some("prod"), "web")
+        .is_none());
+    for name in ["keep", "theirs", "unlabelled"] {
+        assert!(
+            api.get_object("v1", "configmaps", Some("prod"), name)
+                .is_some(),
+            "{name}"
+        );
+    }
+
+    // Unrestricted, the namespaces go too: last, after what is inside them.
+    let scope = PruneScope {
+        allowed_namespace: None,
+        ..scope
+    };
+    api.clear_requests();
+    let report = cluster.prune(&inventory, scope).await;
+    let deleted: Vec<&str> = report.deleted.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(deleted, vec!["elsewhere", "prod", "other"]);
+}
+
+#[tokio::test]
+async fn prune_reports_failures_and_keeps_going() {
+    let (api, _dir, cluster) = setup().await;
+    let objects = vec![
+        chumps(namespace("prod"), "7"),
+        chumps(config_map(Some("prod"), "a", "1"), "7"),
+        chumps(config_map(Some("prod"), "b", "1"), "7"),
+    ];
+    let applied = cluster.apply(&objects, "prod", None).await.unwrap();
+    let inventory = recorded(&applied);
+    api.stop().await;
+    let scope = PruneScope {
+        managed_by: ("app.kubernetes.io/managed-by", "chump"),
+        source: ("chump.dev/source", "7"),
+        allowed_namespace: Some("prod"),
+    };
+    let report = cluster.prune(&inventory, scope).await;
+    let failed: Vec<&str> = report.failed.iter().map(|(o, _)| o.name.as_str()).collect();
+    assert_eq!(failed, vec!["a", "b"]);
+    assert!(
+        report.failures().contains("ConfigMap prod/a: cannot reach"),
+        "{}",
+        report.failures()
+    );
+    api.restart().await;
+    let report = cluster.prune(&inventory, scope).await;
+    assert_eq!(report.deleted.len(), 2, "{report:?}");
 }

@@ -250,7 +250,7 @@ fn assert_restricted(objects: &[Value]) {
     }
 }
 
-/// Every rule grants only get/list/create/patch.
+/// Every rule grants only get/list/create/patch/delete.
 fn assert_least_privilege(role: &Value) {
     for rule in role["rules"].as_array().unwrap() {
         let verbs: BTreeSet<&str> = rule["verbs"]
@@ -260,7 +260,7 @@ fn assert_least_privilege(role: &Value) {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert!(
-            verbs.is_subset(&BTreeSet::from(["get", "list", "create", "patch"])),
+            verbs.is_subset(&BTreeSet::from(["get", "list", "create", "patch", "delete"])),
             "{rule}"
         );
         for field in ["apiGroups", "resources"] {
@@ -279,10 +279,11 @@ fn assert_least_privilege(role: &Value) {
     }
 }
 
-/// Whether `role` lets chump get, create and patch `o`'s kind.
+/// Whether `role` lets chump get, create and patch `o`'s kind (apply),
+/// list it (drift) and delete it (prune).
 fn grants_apply(role: &Value, o: &Value) -> bool {
     let k = kind_spec(o);
-    ["get", "create", "patch"].iter().all(|verb| {
+    ["get", "create", "patch", "list", "delete"].iter().all(|verb| {
         role["rules"].as_array().unwrap().iter().any(|r| {
             r["apiGroups"].as_array().unwrap().contains(&json!(k.group))
                 && r["resources"]

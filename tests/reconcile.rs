@@ -185,3 +185,114 @@ async fn applied_objects_are_labelled_as_chumps() {
         );
     }
 }
+
+/// The app with a Service, its Deployment declaring `GREETING=hello` and
+/// one replica.
+fn app_with_service(env: &Env, repo: &str, ns: &str) {
+    let mut files = app_files(ns, "web", "nginx:1.25");
+    files.retain(|(p, _)| p != "deploy/kustomization.yaml" && p != "deploy/deployment.yaml");
+    files.push((
+        "deploy/kustomization.yaml".into(),
+        "resources:\n- namespace.yaml\n- deployment.yaml\n- config.yaml\n- service.yaml\n".into(),
+    ));
+    files.push((
+        "deploy/deployment.yaml".into(),
+        deployment_with_env(ns, "nginx:1.25", "hello"),
+    ));
+    files.push((
+        "deploy/service.yaml".into(),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n"
+            .into(),
+    ));
+    env.git.create_repo(repo, "main", files);
+}
+
+fn replicas(env: &Env, ns: &str) -> Option<i64> {
+    env.kube
+        .get_object("apps/v1", "deployments", Some(ns), "web")?["spec"]["replicas"]
+        .as_i64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_edits_and_deletes_are_undone_within_an_interval() {
+    let env = Env::new().await;
+    app_with_service(&env, "web", "shop");
+    let c = env.chump();
+    let id = create(&c, &env.source("web", "shop", "web")).await;
+    wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
+
+    // In step with git: checks read, and write nothing.
+    let st = wait_for("an up_to_date check", WAIT, || async {
+        let st = get(&c, &format!("/api/sources/{id}/status")).await;
+        (st["last_outcome"] == "up_to_date").then_some(st)
+    })
+    .await;
+    env.kube.clear_requests();
+    let st = wait_checked_after(&c, id, st["last_checked_at"].as_str().unwrap()).await;
+    wait_checked_after(&c, id, st["last_checked_at"].as_str().unwrap()).await;
+    assert!(
+        env.kube.writes().is_empty(),
+        "a steady check wrote: {:?}",
+        env.kube.writes()
+    );
+    assert!(
+        env.kube.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        env.kube.requests()
+    );
+
+    // An env var changed with kubectl: put back.
+    env.kubectl(&[
+        "set",
+        "env",
+        "deployment/web",
+        "-n",
+        "shop",
+        "-c",
+        "app",
+        "GREETING=tampered",
+    ]);
+    assert_eq!(
+        env_var(&env, "shop", "GREETING").as_deref(),
+        Some("tampered")
+    );
+    wait_for("the env var put back", WAIT, || async {
+        (env_var(&env, "shop", "GREETING").as_deref() == Some("hello")).then_some(())
+    })
+    .await;
+    let entry = wait_history(&c, id, "the drift recorded", |e| {
+        e["outcome"] == "deployed"
+            && e["message"].as_str().is_some_and(|m| {
+                m.contains("drift undone") && m.contains("Deployment shop/web changed")
+            })
+    })
+    .await;
+    assert_eq!(entry["trigger"], "schedule", "{entry}");
+
+    // The replica count changed with kubectl: put back.
+    env.kubectl(&["scale", "deployment/web", "-n", "shop", "--replicas=3"]);
+    assert_eq!(replicas(&env, "shop"), Some(3));
+    wait_for("the replicas put back", WAIT, || async {
+        (replicas(&env, "shop") == Some(1)).then_some(())
+    })
+    .await;
+
+    // A deleted Service: created again.
+    env.kubectl(&["delete", "service", "web", "-n", "shop"]);
+    assert!(env
+        .kube
+        .get_object("v1", "services", Some("shop"), "web")
+        .is_none());
+    wait_for("the Service back", WAIT, || async {
+        env.kube
+            .get_object("v1", "services", Some("shop"), "web")
+            .map(|_| ())
+    })
+    .await;
+    wait_history(&c, id, "the deleted Service recorded", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Service shop/web missing"))
+    })
+    .await;
+}

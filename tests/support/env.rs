@@ -166,3 +166,28 @@ pub async fn wait_checked_after(c: &Chump, id: i64, after: &str) -> Value {
     })
     .await
 }
+
+impl Env {
+    /// Runs the real `kubectl` against the API stand-in; panics unless it
+    /// succeeds. Returns its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kubectl-cache"))
+            .arg("--request-timeout=10s")
+            .args(args)
+            .env("HOME", self.dir.path())
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
