@@ -2,21 +2,36 @@
 //!
 //! No API server can run on our build machines, so tests talk to this
 //! in-process HTTP server on `127.0.0.1`. It speaks the subset of the
-//! Kubernetes API that chump (kube-rs) and the real `kubectl` use:
+//! Kubernetes 1.32 API that chump (kube-rs) and the real `kubectl` use:
 //!
 //! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}`,
 //!   `/apis/{g}/{v}` (non-aggregated; clients asking for aggregated discovery
-//!   get `application/json` and fall back), and a minimal OpenAPI v3 (`/openapi/v3`
-//!   and one document per group-version) that tells kubectl the server does
-//!   field validation, so `kubectl apply` needs no client-side schema;
+//!   get `application/json` and fall back; every kind lists the verbs
+//!   create, delete, deletecollection, get, list, patch, update and watch,
+//!   plus its `status`, `scale` and `namespaces/finalize` subresources), and a
+//!   minimal OpenAPI v3 (`/openapi/v3` and one document per group-version)
+//!   that tells kubectl the server does field validation, so `kubectl apply`
+//!   needs no client-side schema;
 //! - objects in memory: get, list (namespaced and across namespaces, label and
-//!   field selectors, `Table` and `PartialObjectMetadata` renderings), create,
-//!   replace, delete (a Namespace takes its objects with it), server-side apply
-//!   (`application/apply-patch+yaml`), merge patch and strategic merge patch,
-//!   the `status` subresource and `dryRun=All`;
+//!   field selectors, `Table` and `PartialObjectMetadata` renderings), watch
+//!   ([`watch`]), create, replace, server-side apply
+//!   (`application/apply-patch+yaml`, with field-manager conflicts unless
+//!   `force=true`), merge patch and strategic merge patch, the `status`
+//!   subresource, the `scale` subresource of Deployments, StatefulSets and
+//!   ReplicaSets (an `autoscaling/v1` `Scale`), and `dryRun=All`;
+//! - delete as the real server does it ([`gc`]): `DeleteOptions` (body or
+//!   query), preconditions, propagation policies and finalizers, deletion
+//!   timestamps, and the controllers that finish deletions: the garbage
+//!   collector (owner references), the namespace controller (a terminating
+//!   Namespace deletes what it holds, refuses new content, and goes once
+//!   empty) and the CRD finalizer (a CRD being deleted deletes its custom
+//!   resources first); they run on a timer shortly after each change;
 //! - server-kept metadata: `uid`, `creationTimestamp`, `resourceVersion` (one
 //!   global counter, bumped only when an object really changes), `generation`
-//!   (bumped when `spec` changes) and a minimal `managedFields`;
+//!   (bumped when `spec` changes, and when deletion starts), and
+//!   `managedFields` kept as structured-merge-diff keeps them ([`fields`]):
+//!   an update's changed fields move to its manager, an apply owns exactly
+//!   what it applies and removes what it stopped applying;
 //! - a Deployment "controller" whose behaviour the test steers with
 //!   [`RolloutMode`] (globally or per Deployment);
 //! - a log of every request, so a test can assert that nothing was written;
@@ -28,12 +43,21 @@
 //! Kinds live in a table ([`KINDS`]): adding a kind is one entry. Creating a
 //! CustomResourceDefinition adds its kinds while it exists.
 //!
-//! Approximations (documented, deliberate): server-side apply deep-merges the
-//! applied configuration into the object (maps merge, lists of objects that
-//! all carry `name` merge by name, other lists are replaced) and never reports
-//! field-manager conflicts (as if every apply were forced); fields a manager
-//! stops applying are not removed. No watch, no protobuf; no authentication
-//! unless started with [`KubeApi::start_tls`] (one bearer token, no RBAC).
+//! Approximations (documented, deliberate): there is no OpenAPI schema, so
+//! server-side apply deep-merges the applied configuration into the object
+//! (maps merge, lists of objects that all carry `name` merge by name, other
+//! lists are replaced), and field ownership types lists the same way (lists
+//! of named objects are associative by `name` — ports too, where the real
+//! key is port and protocol —, `metadata.ownerReferences` by `uid`,
+//! `metadata.finalizers` is a set, the rest atomic); no defaulting beyond a
+//! few fields (`replicas`, a Namespace's finalizer and label, a CRD's
+//! status). No controller but the ones above writes status or creates
+//! objects (no ReplicaSets or Pods for a Deployment). A Namespace that goes
+//! takes whatever it still holds (objects of kinds no longer served, or left
+//! when it was finalized by hand), where the real one leaves them in etcd.
+//! Pods are deleted at once (unscheduled, as the real server deletes them). Watches send no periodic bookmarks. No JSON patch, no
+//! protobuf; no authentication unless started with [`KubeApi::start_tls`]
+//! (one bearer token, no RBAC).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -51,6 +75,20 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+// Paths spelled out: the file is also included with `#[path]` (benches),
+// which would look for its modules next to it.
+#[path = "kube_api/fields.rs"]
+mod fields;
+#[path = "kube_api/gc.rs"]
+mod gc;
+#[path = "kube_api/subresources.rs"]
+mod subresources;
+#[path = "kube_api/watch.rs"]
+mod watch;
+
+use fields::Part;
+use subresources::has_scale;
 
 /// One kind the stand-in serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +168,16 @@ pub const KINDS: &[KindSpec] = &[
     kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", CLUSTER, &["crd", "crds"], true, true),
 ];
 
-const VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// How the stand-in's Deployment "controller" answers a spec change.
@@ -174,13 +221,22 @@ type Key = (String, String, String, String, String);
 enum Timer {
     /// A Deployment under [`RolloutMode::After`]: (key, generation, delay).
     Rollout(Key, i64, Duration),
-    /// The namespace controller removing what a deleted Namespace held.
-    NamespaceGc(String, Duration),
+    /// The garbage collector, namespace controller and CRD finalizer
+    /// ([`gc`]), after a change.
+    Controllers(Duration),
+    /// The namespace controller's turn to empty a terminating Namespace.
+    NamespaceDue(String, Duration),
 }
 
-/// How long after a Namespace is deleted its objects go away (they can still
-/// be read and deleted meanwhile, as with a real, terminating namespace).
-const NAMESPACE_GC_DELAY: Duration = Duration::from_secs(1);
+/// How long after a change the controllers look at it (the real ones react
+/// to watch events, a little later than the request that caused them).
+const CONTROLLER_DELAY: Duration = Duration::from_millis(100);
+
+/// How long after a Namespace is deleted the namespace controller starts
+/// deleting what it holds (the real one works from a queue; meanwhile its
+/// objects can still be read and deleted, as with a real, terminating
+/// namespace).
+const NAMESPACE_DELAY: Duration = Duration::from_secs(1);
 
 struct Inner {
     kinds: Vec<KindSpec>,
@@ -194,6 +250,16 @@ struct Inner {
     after_done: HashSet<(Key, i64)>,
     /// Timers to start once the lock is released.
     timers: Vec<Timer>,
+    /// A [`Timer::Controllers`] is pending.
+    controllers_scheduled: bool,
+    /// Terminating Namespaces the namespace controller may empty.
+    namespaces_due: HashSet<String>,
+    /// The last stored changes, oldest first ([`watch`]).
+    events: std::collections::VecDeque<watch::Event>,
+    /// The resourceVersion before the oldest logged event.
+    events_floor: u64,
+    /// The resourceVersion of the last logged event, for watches to wait on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 struct Shared {
@@ -207,6 +273,8 @@ struct Shared {
     unauthorized: std::sync::atomic::AtomicUsize,
     /// Added before answering each request (a slow API server).
     delay: Mutex<Duration>,
+    /// Bumped by [`KubeApi::stop`]: open watches end.
+    closing: tokio::sync::watch::Sender<u64>,
 }
 
 struct Running {
@@ -297,9 +365,19 @@ fn status_body(f: &Failure) -> Value {
         "code": f.code,
     });
     if !f.details.is_null() {
-        s["details"] = f.details.clone();
+        s["details"] = omit_empty(&f.details);
     }
     s
+}
+
+/// `StatusDetails` as Go encodes it: empty `name`, `group`, `kind` and
+/// `uid` are omitted.
+fn omit_empty(details: &Value) -> Value {
+    let mut d = details.clone();
+    if let Some(m) = d.as_object_mut() {
+        m.retain(|_, v| v.as_str() != Some(""));
+    }
+    d
 }
 
 fn json_response(code: u16, body: &Value) -> Response {
@@ -369,6 +447,7 @@ impl KubeApi {
             token,
             unauthorized: Default::default(),
             delay: Mutex::new(Duration::ZERO),
+            closing: tokio::sync::watch::Sender::new(0),
             inner: Mutex::new(Inner {
                 kinds: KINDS.to_vec(),
                 objects: BTreeMap::new(),
@@ -379,6 +458,11 @@ impl KubeApi {
                 rollout_for: HashMap::new(),
                 after_done: HashSet::new(),
                 timers: Vec::new(),
+                controllers_scheduled: false,
+                namespaces_due: HashSet::new(),
+                events: std::collections::VecDeque::new(),
+                events_floor: 1000,
+                changes: tokio::sync::watch::Sender::new(1000),
             }),
         });
         let api = KubeApi {
@@ -452,6 +536,7 @@ impl KubeApi {
     /// Stop listening (objects are kept); connections are closed once their
     /// request is answered. [`Self::restart`] listens again on the same port.
     pub async fn stop(&self) {
+        self.shared.closing.send_modify(|g| *g += 1);
         let running = self.running.lock().unwrap().take();
         if let Some(Running { stop, mut task }) = running {
             let _ = stop.send(());
@@ -608,8 +693,8 @@ impl KubeApi {
                 new["status"] = old.get("status").cloned().unwrap_or(Value::Null);
                 strip_nulls_top(&mut new);
             }
-            set_managed(&mut new, old.as_ref(), "test", "Update", &obj, &k);
-            inner.commit(&k, ns.as_deref(), &name, new, false)
+            fields::update(&mut new, old.as_ref(), Some(&obj), "test", Part::Main, &k);
+            inner.finish_write(&k, ns.as_deref(), &name, new, false, false)
         };
         self.start_timers();
         out
@@ -715,31 +800,50 @@ impl Drop for KubeApi {
     }
 }
 
+/// Start the timers the last change asked for (they stay queued while
+/// there is no Tokio runtime to run them on).
 fn start_timers(shared: &Arc<Shared>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let timers = std::mem::take(&mut shared.inner.lock().unwrap().timers);
     for timer in timers {
         let weak: Weak<Shared> = Arc::downgrade(shared);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             match timer {
                 Timer::Rollout(k, generation, delay) => {
                     tokio::time::sleep(delay).await;
                     if let Some(shared) = weak.upgrade() {
-                        let mut inner = shared.inner.lock().unwrap();
-                        inner.after_done.insert((k.clone(), generation));
-                        inner.reconcile_deployment(&k);
+                        {
+                            let mut inner = shared.inner.lock().unwrap();
+                            inner.after_done.insert((k.clone(), generation));
+                            inner.reconcile_deployment(&k);
+                        }
+                        start_timers(&shared);
                     }
                 }
-                Timer::NamespaceGc(ns, delay) => {
+                Timer::NamespaceDue(ns, delay) => {
                     tokio::time::sleep(delay).await;
                     if let Some(shared) = weak.upgrade() {
-                        let mut inner = shared.inner.lock().unwrap();
-                        if !inner.namespace_exists(&ns) {
-                            let before = inner.objects.len();
-                            inner.objects.retain(|key, _| key.3 != ns);
-                            if inner.objects.len() != before {
-                                inner.rv += 1;
+                        {
+                            let mut inner = shared.inner.lock().unwrap();
+                            inner.namespaces_due.insert(ns);
+                            inner.kick();
+                        }
+                        start_timers(&shared);
+                    }
+                }
+                Timer::Controllers(delay) => {
+                    tokio::time::sleep(delay).await;
+                    if let Some(shared) = weak.upgrade() {
+                        {
+                            let mut inner = shared.inner.lock().unwrap();
+                            inner.controllers_scheduled = false;
+                            if inner.run_controllers() {
+                                inner.kick();
                             }
                         }
+                        start_timers(&shared);
                     }
                 }
             }
@@ -798,7 +902,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let resp = {
         let mut inner = shared.inner.lock().unwrap();
         inner.requests.push(rec.clone());
-        match inner.route(&parts.method, &rec, &query, &bytes, shared.addr) {
+        match inner.route(&parts.method, &rec, &query, &bytes, &shared) {
             Ok(r) => r,
             Err(f) => json_response(f.code, &status_body(&f)),
         }
@@ -964,6 +1068,7 @@ struct Ctx<'a> {
     rec: &'a RecordedRequest,
     query: &'a HashMap<String, String>,
     body: &'a [u8],
+    shared: &'a Arc<Shared>,
 }
 
 impl Ctx<'_> {
@@ -973,17 +1078,22 @@ impl Ctx<'_> {
     fn accept(&self) -> &str {
         self.rec.accept.as_deref().unwrap_or("")
     }
-    fn manager(&self, default_op: &str) -> String {
+    /// The `fieldManager` parameter, else the user agent up to its first
+    /// `/` (`prefixFromUserAgent`), at most 128 characters.
+    fn manager(&self) -> String {
         if let Some(m) = self.query.get("fieldManager") {
             return m.clone();
         }
-        let ua = self.rec.user_agent.as_deref().unwrap_or("unknown");
-        let base = ua.split('/').next().unwrap_or("unknown");
-        if base == "kubectl" {
-            format!("kubectl-{default_op}")
-        } else {
-            base.to_string()
-        }
+        let ua = self.rec.user_agent.as_deref().unwrap_or("");
+        ua.split('/')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(128)
+            .collect()
+    }
+    fn force(&self) -> bool {
+        self.query.get("force").is_some_and(|f| f == "true")
     }
 }
 
@@ -1022,14 +1132,16 @@ impl Inner {
         rec: &RecordedRequest,
         query: &HashMap<String, String>,
         body: &[u8],
-        addr: SocketAddr,
+        shared: &Arc<Shared>,
     ) -> Res<Response> {
+        let addr = shared.addr;
         let segs: Vec<&str> = rec.path.split('/').filter(|s| !s.is_empty()).collect();
         let cx = Ctx {
             method,
             rec,
             query,
             body,
+            shared,
         };
         let get_only = |r: Value| -> Res<Response> {
             if method == Method::GET {
@@ -1243,11 +1355,13 @@ impl Inner {
                         .get("watch")
                         .is_some_and(|w| w == "true" || w == "1")
                     {
-                        return Err(failure(
-                            405,
-                            "MethodNotAllowed",
-                            "watch is not supported by the test API server",
-                        ));
+                        return self.watch(
+                            Arc::downgrade(cx.shared),
+                            cx.shared.closing.subscribe(),
+                            &kind,
+                            ns.as_deref(),
+                            cx,
+                        );
                     }
                     Ok(json_response(200, &self.list(&kind, ns.as_deref(), cx)?))
                 }
@@ -1258,6 +1372,7 @@ impl Inner {
                     let obj = self.create(&kind, ns.as_deref(), cx)?;
                     Ok(json_response(201, &obj))
                 }
+                Method::DELETE => self.delete_collection(&kind, ns.as_deref(), cx),
                 _ => Err(failure(
                     405,
                     "MethodNotAllowed",
@@ -1274,6 +1389,17 @@ impl Inner {
                 match sub.as_deref() {
                     None => {}
                     Some("status") if kind.status => {}
+                    Some("scale") if has_scale(&kind) => return self.scale(&kind, ns, &name, cx),
+                    Some("finalize") if kind.group.is_empty() && kind.plural == "namespaces" => {
+                        if cx.method != Method::PUT {
+                            return Err(failure(
+                                405,
+                                "MethodNotAllowed",
+                                "the server does not allow this method on the requested resource",
+                            ));
+                        }
+                        return self.finalize(&kind, &name, cx);
+                    }
                     Some(_) => return Err(page_not_found()),
                 }
                 let status_only = sub.is_some();
@@ -1291,8 +1417,9 @@ impl Inner {
                         Ok(json_response(if created { 201 } else { 200 }, &obj))
                     }
                     Method::DELETE if !status_only => {
-                        let obj = self.delete(&kind, ns, &name, cx.dry_run())?;
-                        Ok(json_response(200, &obj))
+                        let o = gc::delete_options(cx)?;
+                        let (obj, removed) = self.delete_object(&kind, ns, &name, &o)?;
+                        Ok(gc::delete_response(&kind, &obj, removed, &o))
                     }
                     _ => Err(failure(
                         405,
@@ -1347,6 +1474,26 @@ impl Inner {
                     "namespaced": k.namespaced,
                     "kind": k.kind,
                     "verbs": ["get", "patch", "update"],
+                }));
+            }
+            if has_scale(k) {
+                resources.push(json!({
+                    "name": format!("{}/scale", k.plural),
+                    "singularName": "",
+                    "namespaced": k.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
+                    "verbs": ["get", "patch", "update"],
+                }));
+            }
+            if k.group.is_empty() && k.plural == "namespaces" {
+                resources.push(json!({
+                    "name": "namespaces/finalize",
+                    "singularName": "",
+                    "namespaced": false,
+                    "kind": "Namespace",
+                    "verbs": ["update"],
                 }));
             }
         }
@@ -1502,21 +1649,101 @@ impl Inner {
         }
     }
 
+    /// Creating `name` is refused in a terminating namespace (admission
+    /// `NamespaceLifecycle`: 403) and, for `POST`, while its CRD is being
+    /// deleted (405).
+    fn refuse_creation(&self, k: &KindSpec, ns: Option<&str>, name: &str, post: bool) -> Res<()> {
+        if let Some(ns) = ns.filter(|_| k.namespaced) {
+            let nk = (
+                String::new(),
+                "v1".to_string(),
+                "namespaces".to_string(),
+                String::new(),
+                ns.to_string(),
+            );
+            if self.objects.get(&nk).is_some_and(gc::is_deleting) {
+                return Err(Failure {
+                    code: 403,
+                    reason: "Forbidden",
+                    message: format!(
+                        "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        resource_name(k)
+                    ),
+                    details: json!({
+                        "name": name, "group": k.group, "kind": k.plural,
+                        "causes": [{
+                            "reason": "NamespaceTerminating",
+                            "message": format!("namespace {ns} is being terminated"),
+                            "field": "metadata.namespace",
+                        }],
+                    }),
+                });
+            }
+        }
+        if post && gc::crd_terminating(self, k) {
+            return Err(Failure {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: "create not allowed while custom resource definition is terminating"
+                    .into(),
+                details: json!({"group": k.group, "kind": k.plural}),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes to an object being deleted may not add finalizers
+    /// (`ValidateObjectMetaUpdate`); its deletion timestamp is kept by
+    /// [`Self::commit`].
+    fn check_update(&self, k: &KindSpec, name: &str, old: &Value, new: &Value) -> Res<()> {
+        if !gc::is_deleting(old) {
+            return Ok(());
+        }
+        let before = gc::finalizers(old);
+        let mut extra: Vec<String> = gc::finalizers(new)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .collect();
+        extra.sort();
+        extra.dedup();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = extra.iter().map(|f| format!("{f:?}")).collect();
+        let cause = format!(
+            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+            list.join(", ")
+        );
+        Err(Failure {
+            code: 422,
+            reason: "Invalid",
+            message: format!(
+                "{} \"{name}\" is invalid: metadata.finalizers: {cause}",
+                group_kind(k)
+            ),
+            details: json!({
+                "name": name, "group": k.group, "kind": k.kind,
+                "causes": [{"reason": "FieldValueForbidden", "message": cause, "field": "metadata.finalizers"}],
+            }),
+        })
+    }
+
     fn create(&mut self, k: &KindSpec, ns: Option<&str>, cx: &Ctx) -> Res<Value> {
         let mut obj = self.parse_body(cx)?;
         let name = self.check_object(k, ns, None, &mut obj)?;
         self.require_namespace(k, ns)?;
+        self.refuse_creation(k, ns, &name, true)?;
         if self.objects.contains_key(&key(k, ns, &name)) {
             return Err(already_exists(k, &name));
         }
+        let request = obj.clone();
         strip_server_fields(&mut obj);
         if k.status && k.plural != "namespaces" {
             if let Some(m) = obj.as_object_mut() {
                 m.remove("status");
             }
         }
-        let applied = obj.clone();
-        set_managed(&mut obj, None, &cx.manager("create"), "Update", &applied, k);
+        fields::update(&mut obj, None, Some(&request), &cx.manager(), Part::Main, k);
         Ok(self.commit(k, ns, &name, obj, cx.dry_run()))
     }
 
@@ -1533,39 +1760,36 @@ impl Inner {
         let old = self.get(k, ns, name)?;
         if let Some(rv) = obj["metadata"]["resourceVersion"].as_str() {
             if rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
-                return Err(Failure {
-                    code: 409,
-                    reason: "Conflict",
-                    message: format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                        resource_name(k)
-                    ),
-                    details: json!({"name": name, "group": k.group, "kind": k.plural}),
-                });
+                return Err(modified_conflict(k, name));
             }
         }
         let new = if status_only {
             let mut n = old.clone();
             n["status"] = obj.get("status").cloned().unwrap_or(json!({}));
+            fields::update(&mut n, Some(&old), None, &cx.manager(), Part::Status, k);
             n
         } else {
+            let request = obj.clone();
             strip_server_fields(&mut obj);
             if k.status {
                 obj["status"] = old.get("status").cloned().unwrap_or(Value::Null);
                 strip_nulls_top(&mut obj);
             }
-            let applied = obj.clone();
-            set_managed(
+            fields::update(
                 &mut obj,
                 Some(&old),
-                &cx.manager("replace"),
-                "Update",
-                &applied,
+                Some(&request),
+                &cx.manager(),
+                Part::Main,
                 k,
             );
             obj
         };
-        Ok((self.commit(k, ns, name, new, cx.dry_run()), false))
+        self.check_update(k, name, &old, &new)?;
+        Ok((
+            self.finish_write(k, ns, name, new, cx.dry_run(), false),
+            false,
+        ))
     }
 
     fn patch(
@@ -1576,27 +1800,30 @@ impl Inner {
         status_only: bool,
         cx: &Ctx,
     ) -> Res<(Value, bool)> {
-        let ct = cx
-            .rec
-            .content_type
-            .as_deref()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let ct = content_type(cx);
+        let part = if status_only {
+            Part::Status
+        } else {
+            Part::Main
+        };
         match ct.as_str() {
             "application/apply-patch+yaml" => {
-                let Some(manager) = cx.query.get("fieldManager").filter(|m| !m.is_empty()) else {
-                    return Err(failure(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
-                };
+                let manager = apply_manager(cx)?;
                 let mut applied = self.parse_body(cx)?;
+                if applied["metadata"]["managedFields"]
+                    .as_array()
+                    .is_some_and(|m| !m.is_empty())
+                {
+                    return Err(bad_request("metadata.managedFields must be nil"));
+                }
                 self.check_object(k, ns, Some(name), &mut applied)?;
                 strip_server_fields(&mut applied);
                 self.require_namespace(k, ns)?;
                 let old = self.objects.get(&key(k, ns, name)).cloned();
                 let created = old.is_none();
+                if created {
+                    self.refuse_creation(k, ns, name, false)?;
+                }
                 let mut new = match &old {
                     Some(old) => {
                         let mut n = old.clone();
@@ -1628,18 +1855,38 @@ impl Inner {
                         n
                     }
                 };
-                set_managed(&mut new, old.as_ref(), manager, "Apply", &applied, k);
-                Ok((self.commit(k, ns, name, new, cx.dry_run()), created))
+                fields::apply(
+                    &mut new,
+                    old.as_ref(),
+                    &applied,
+                    &manager,
+                    part,
+                    cx.force(),
+                    k,
+                )?;
+                if let Some(old) = &old {
+                    self.check_update(k, name, old, &new)?;
+                }
+                Ok((
+                    self.finish_write(k, ns, name, new, cx.dry_run(), false),
+                    created,
+                ))
             }
             "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                 let strategic = ct.starts_with("application/strategic");
                 let patch = self.parse_body(cx)?;
                 let old = self.get(k, ns, name)?;
+                if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
+                    if rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+                        return Err(modified_conflict(k, name));
+                    }
+                }
                 let mut new = old.clone();
                 if status_only {
                     if let Some(s) = patch.get("status") {
                         merge_into(&mut new["status"], s, strategic);
                     }
+                    fields::update(&mut new, Some(&old), None, &cx.manager(), Part::Status, k);
                 } else {
                     let mut p = patch.clone();
                     if k.status {
@@ -1648,46 +1895,81 @@ impl Inner {
                         }
                     }
                     if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
-                        for f in ["uid", "creationTimestamp", "generation", "managedFields", "name", "namespace"] {
+                        for f in [
+                            "uid",
+                            "creationTimestamp",
+                            "generation",
+                            "name",
+                            "namespace",
+                        ] {
                             m.remove(f);
                         }
                     }
                     merge_into(&mut new, &p, strategic);
-                    set_managed(&mut new, Some(&old), &cx.manager("patch"), "Update", &p, k);
+                    let request = new.clone();
+                    fields::update(
+                        &mut new,
+                        Some(&old),
+                        Some(&request),
+                        &cx.manager(),
+                        Part::Main,
+                        k,
+                    );
                 }
                 if new["apiVersion"] != old["apiVersion"] || new["kind"] != old["kind"] {
                     return Err(bad_request("a patch may not change apiVersion or kind"));
                 }
-                Ok((self.commit(k, ns, name, new, cx.dry_run()), false))
+                self.check_update(k, name, &old, &new)?;
+                Ok((
+                    self.finish_write(k, ns, name, new, cx.dry_run(), false),
+                    false,
+                ))
             }
-            other => Err(failure(
-                415,
-                "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?}; json-patch is not supported by the test API server)"),
-            )),
+            other => Err(unsupported_patch(other)),
         }
     }
 
-    fn delete(&mut self, k: &KindSpec, ns: Option<&str>, name: &str, dry_run: bool) -> Res<Value> {
-        let kk = key(k, ns, name);
-        let obj = self
-            .objects
-            .get(&kk)
-            .cloned()
-            .ok_or_else(|| not_found(k, name))?;
-        if dry_run {
-            return Ok(obj);
+    /// `DELETE` on a collection: every listed object deleted with the
+    /// request's options; the answer is the list as it was.
+    fn delete_collection(&mut self, k: &KindSpec, ns: Option<&str>, cx: &Ctx) -> Res<Response> {
+        let o = gc::delete_options(cx)?;
+        let list = self.list(k, ns, cx)?;
+        for item in list["items"].as_array().into_iter().flatten() {
+            let name = item["metadata"]["name"].as_str().unwrap_or("");
+            let ns = item["metadata"]["namespace"].as_str();
+            match self.delete_object(k, ns, name, &o) {
+                Ok(_) => {}
+                Err(f) if f.code == 404 => {}
+                Err(f) => return Err(f),
+            }
         }
-        self.objects.remove(&kk);
-        self.rv += 1;
-        if k.plural == "namespaces" && k.group.is_empty() {
-            self.timers
-                .push(Timer::NamespaceGc(name.to_string(), NAMESPACE_GC_DELAY));
+        Ok(json_response(200, &list))
+    }
+
+    /// [`Self::commit`] a write, and remove the object when the write left
+    /// it being deleted with no finalizer (`ShouldDeleteDuringUpdate`).
+    fn finish_write(
+        &mut self,
+        k: &KindSpec,
+        ns: Option<&str>,
+        name: &str,
+        new: Value,
+        dry_run: bool,
+        system: bool,
+    ) -> Value {
+        let out = self.commit_with(k, ns, name, new, dry_run, system);
+        if !dry_run && Inner::released(k, &out) {
+            self.remove_object(&key(k, ns, name));
         }
-        if k.plural == "customresourcedefinitions" {
-            self.unregister_crd(&obj);
+        out
+    }
+
+    /// Ask for the controllers to run soon.
+    fn kick(&mut self) {
+        if !self.controllers_scheduled {
+            self.controllers_scheduled = true;
+            self.timers.push(Timer::Controllers(CONTROLLER_DELAY));
         }
-        Ok(obj)
     }
 
     /// Store `new` as the object at (k, ns, name), keeping server-owned
@@ -1697,8 +1979,23 @@ impl Inner {
         k: &KindSpec,
         ns: Option<&str>,
         name: &str,
+        new: Value,
+        dry_run: bool,
+    ) -> Value {
+        self.commit_with(k, ns, name, new, dry_run, false)
+    }
+
+    /// [`Self::commit`]; a `system` write (the server's own: deletion marks,
+    /// controllers) may set `generation`, `deletionTimestamp` and
+    /// `deletionGracePeriodSeconds`, which other writes keep as they were.
+    fn commit_with(
+        &mut self,
+        k: &KindSpec,
+        ns: Option<&str>,
+        name: &str,
         mut new: Value,
         dry_run: bool,
+        system: bool,
     ) -> Value {
         let kk = key(k, ns, name);
         let old = self.objects.get(&kk).cloned();
@@ -1716,13 +2013,35 @@ impl Inner {
         }
         match &old {
             Some(o) => {
-                for f in ["uid", "creationTimestamp", "generation", "resourceVersion"] {
+                for f in ["uid", "creationTimestamp", "resourceVersion"] {
                     if let Some(v) = o["metadata"].get(f) {
                         new["metadata"][f] = v.clone();
                     }
                 }
+                let kept: &[&str] = if system {
+                    &[]
+                } else {
+                    &[
+                        "generation",
+                        "deletionTimestamp",
+                        "deletionGracePeriodSeconds",
+                    ]
+                };
+                for f in kept {
+                    match o["metadata"].get(*f) {
+                        Some(v) => new["metadata"][*f] = v.clone(),
+                        None => {
+                            new["metadata"].as_object_mut().unwrap().remove(*f);
+                        }
+                    }
+                }
+                if new["metadata"]["generation"].is_null() {
+                    if let Some(g) = o["metadata"].get("generation") {
+                        new["metadata"]["generation"] = g.clone();
+                    }
+                }
                 if k.generation && o.get("spec") != new.get("spec") {
-                    let g = o["metadata"]["generation"].as_i64().unwrap_or(1);
+                    let g = new["metadata"]["generation"].as_i64().unwrap_or(1);
                     new["metadata"]["generation"] = json!(g + 1);
                 }
             }
@@ -1768,7 +2087,13 @@ impl Inner {
             }
             self.register_crd(&new);
         }
+        self.record(
+            kk.clone(),
+            if old.is_some() { "MODIFIED" } else { "ADDED" },
+            new.clone(),
+        );
         self.objects.insert(kk, new.clone());
+        self.kick();
         new
     }
 
@@ -1860,6 +2185,56 @@ impl Inner {
     }
 }
 
+/// `Kind.group` (`Kind` for the core group), as validation errors name a kind.
+fn group_kind(k: &KindSpec) -> String {
+    if k.group.is_empty() {
+        k.kind.to_string()
+    } else {
+        format!("{}.{}", k.kind, k.group)
+    }
+}
+
+/// A write whose `resourceVersion` is not the stored one.
+fn modified_conflict(k: &KindSpec, name: &str) -> Failure {
+    Failure {
+        code: 409,
+        reason: "Conflict",
+        message: format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            resource_name(k)
+        ),
+        details: json!({"name": name, "group": k.group, "kind": k.plural}),
+    }
+}
+
+fn content_type(cx: &Ctx) -> String {
+    cx.rec
+        .content_type
+        .as_deref()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn apply_manager(cx: &Ctx) -> Res<String> {
+    cx.query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .ok_or_else(|| failure(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"))
+}
+
+fn unsupported_patch(ct: &str) -> Failure {
+    failure(
+        415,
+        "UnsupportedMediaType",
+        format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?}; json-patch is not supported by the test API server)"),
+    )
+}
+
 fn group_json(g: &str, v: &str) -> Value {
     let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
     json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
@@ -1883,6 +2258,8 @@ fn strip_server_fields(obj: &mut Value) {
             "resourceVersion",
             "managedFields",
             "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
         ] {
             m.remove(f);
         }
@@ -1906,7 +2283,14 @@ fn apply_defaults(k: &KindSpec, obj: &mut Value) {
             if !obj["spec"].is_object() {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
             }
-            obj["status"] = json!({"phase": "Active"});
+            if !obj["status"].is_object() {
+                obj["status"] = json!({});
+            }
+            obj["status"]["phase"] = json!(if gc::is_deleting(obj) {
+                "Terminating"
+            } else {
+                "Active"
+            });
         }
         ("apps", "deployments" | "statefulsets" | "replicasets") => {
             if !obj["spec"].is_object() {
@@ -1918,12 +2302,22 @@ fn apply_defaults(k: &KindSpec, obj: &mut Value) {
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let names = obj["spec"]["names"].clone();
+            // Conditions the CRD finalizer sets (Terminating) are kept.
+            let mut conditions = vec![
+                json!({"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found"}),
+                json!({"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"}),
+            ];
+            conditions.extend(
+                obj["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["type"] != "NamesAccepted" && c["type"] != "Established")
+                    .cloned(),
+            );
             obj["status"] = json!({
                 "acceptedNames": names,
-                "conditions": [
-                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found"},
-                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"}
-                ],
+                "conditions": conditions,
                 "storedVersions": obj["spec"]["versions"].as_array().map(|vs| vs.iter().filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
             });
         }
@@ -2058,94 +2452,6 @@ fn merge_into(base: &mut Value, patch: &Value, by_name: bool) {
         }
         _ => *base = patch.clone(),
     }
-}
-
-/// `fieldsV1` for an applied configuration.
-fn fields_v1(v: &Value, top: bool, k: &KindSpec) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out = Map::new();
-            for (key, val) in m {
-                if top && (key == "apiVersion" || key == "kind" || (key == "status" && k.status)) {
-                    continue;
-                }
-                out.insert(format!("f:{key}"), fields_v1(val, false, k));
-            }
-            if top {
-                if let Some(md) = out.get_mut("f:metadata").and_then(Value::as_object_mut) {
-                    md.remove("f:name");
-                    md.remove("f:namespace");
-                    if md.is_empty() {
-                        out.remove("f:metadata");
-                    }
-                }
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) if named_list(a) => {
-            let mut out = Map::new();
-            for e in a {
-                let mut inner = match fields_v1(e, false, k) {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
-                };
-                inner.insert(".".into(), json!({}));
-                let key = format!("k:{}", json!({"name": e["name"]}));
-                out.insert(key, Value::Object(inner));
-            }
-            Value::Object(out)
-        }
-        _ => json!({}),
-    }
-}
-
-/// Record `manager`'s field set in `new.metadata.managedFields`, keeping the
-/// entry (and its time) as it was when the field set did not change.
-fn set_managed(
-    new: &mut Value,
-    old: Option<&Value>,
-    manager: &str,
-    operation: &str,
-    applied: &Value,
-    k: &KindSpec,
-) {
-    let fields = fields_v1(applied, true, k);
-    let mut entries: Vec<Value> = old
-        .and_then(|o| o["metadata"]["managedFields"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    let pos = entries
-        .iter()
-        .position(|e| e["manager"] == manager && e["operation"] == operation);
-    let entry = json!({
-        "manager": manager,
-        "operation": operation,
-        "apiVersion": api_version_of(k),
-        "time": timestamp(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields,
-    });
-    match pos {
-        Some(i) if operation == "Apply" => {
-            if entries[i]["fieldsV1"] != entry["fieldsV1"] {
-                entries[i] = entry;
-            }
-        }
-        Some(i) => {
-            let mut merged = entries[i]["fieldsV1"].clone();
-            merge_into(&mut merged, &entry["fieldsV1"], false);
-            if merged != entries[i]["fieldsV1"] {
-                let mut e = entry;
-                e["fieldsV1"] = merged;
-                entries[i] = e;
-            }
-        }
-        None => entries.push(entry),
-    }
-    if !new["metadata"].is_object() {
-        new["metadata"] = json!({});
-    }
-    new["metadata"]["managedFields"] = Value::Array(entries);
 }
 
 // ---------------------------------------------------------------------------
