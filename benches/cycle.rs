@@ -19,7 +19,12 @@
 //! - **original approach**: per source `git clone` + read the image + one
 //!   GET, sequential, on a sample, extrapolated to N;
 //! - **chump steady state**: one cycle of N checks where nothing changed, per
-//!   `CHUMP_WORKERS`, with the per-stage breakdown from chump's log;
+//!   `CHUMP_WORKERS`, with the per-stage breakdown from chump's log; and the
+//!   same with `CHUMP_SELF_HEAL=false` (no drift observation: the Deployment
+//!   is read for its image only, as before drift detection), same run;
+//! - **chump no-op commit**: every repository got a commit that renders the
+//!   same objects (a README): fetch, build, compare the digests, nothing
+//!   applied — the cost of deciding by the rendered output;
 //! - **chump change**: every repository got a new image tag: fetch, build,
 //!   apply, rollout;
 //! - **latency** from the push to the server-side apply at the API server,
@@ -288,7 +293,11 @@ struct Report {
     original: Option<SampleResult>,
     cold_cycle_ms: f64,
     steady: Vec<CycleResult>,
+    /// Steady state with `CHUMP_SELF_HEAL=false`.
+    steady_without_self_heal: Vec<CycleResult>,
     change: Vec<CycleResult>,
+    /// A commit per repository that renders the same objects.
+    noop_commit: Vec<CycleResult>,
     latency: Vec<LatencyResult>,
     rss: Vec<RssResult>,
     peak_rss_mib: f64,
@@ -410,6 +419,27 @@ impl Fixture {
                             self.git
                                 .commit_files(&self.repos[j], BRANCH, files, &message);
                         }
+                    }
+                });
+            }
+        });
+    }
+
+    /// Commits a README change to `repos` (the rendered objects stay the
+    /// same), four at a time. Blocking.
+    fn publish_readme(&self, repos: &[usize], revision: usize) {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    while let Some(&j) = repos.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let readme = format!("# apps\n\nrevision {revision}\n");
+                        self.git.commit_files(
+                            &self.repos[j],
+                            BRANCH,
+                            [("README.md", readme)],
+                            "docs",
+                        );
                     }
                 });
             }
@@ -674,8 +704,18 @@ async fn measure_original(fx: &Fixture, sample: usize) -> SampleResult {
 // Chump
 
 fn start_chump(fx: &Fixture, dir: &Path, workers: usize, interval: &str) -> Chump {
+    start_chump_with(fx, dir, workers, interval, &[])
+}
+
+fn start_chump_with(
+    fx: &Fixture,
+    dir: &Path,
+    workers: usize,
+    interval: &str,
+    env: &[(&str, &str)],
+) -> Chump {
     std::fs::create_dir_all(dir).unwrap();
-    let options = ChumpOptions::default()
+    let mut options = ChumpOptions::default()
         .dir(dir)
         .env("KUBECONFIG", fx.kubeconfig.display().to_string())
         .env("CHUMP_WORKERS", workers.to_string())
@@ -685,6 +725,9 @@ fn start_chump(fx: &Fixture, dir: &Path, workers: usize, interval: &str) -> Chum
         // "check finished" (info) has the stage times; "check started" and
         // "check done" (worker, debug) bound each check.
         .env("RUST_LOG", "info,chump_jobs::worker=debug");
+    for (k, v) in env {
+        options = options.env(k, *v);
+    }
     blocking(|| Chump::start_with(options))
 }
 
@@ -1000,6 +1043,35 @@ async fn measure_change(
     cycle_result(workers, ids.len(), &samples)
 }
 
+/// No-op commits: before each cycle every repository gets a README change
+/// (not timed); the cycle fetches, builds and compares, and applies nothing.
+async fn measure_noop_commit(
+    fx: &mut Fixture,
+    ch: &Chump,
+    ids: &[i64],
+    workers: usize,
+    reps: usize,
+) -> CycleResult {
+    let mut samples = Vec::new();
+    let all: Vec<usize> = (0..fx.repos.len()).collect();
+    for _ in 0..reps {
+        let revision = fx.next_generation();
+        blocking(|| fx.publish_readme(&all, revision));
+        let writes_before = fx.kube.writes().len();
+        let s = cycle(fx, ch, ids).await;
+        if s.outcomes.get("up_to_date") != Some(&ids.len()) {
+            eprintln!("warning: no-op commit cycle outcomes {:?}", s.outcomes);
+        }
+        let writes = fx.kube.writes().len() - writes_before;
+        assert_eq!(
+            writes, 0,
+            "a commit rendering the same objects wrote to the cluster"
+        );
+        samples.push(s);
+    }
+    cycle_result(workers, ids.len(), &samples)
+}
+
 /// Waits for the first server-side apply of a Deployment at the stand-in.
 async fn wait_apply(fx: &Fixture, since: Instant) -> Duration {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -1282,6 +1354,30 @@ fn print_table(r: &Report) {
             extra,
         );
     }
+    for c in &r.steady_without_self_heal {
+        let on = r.steady.iter().find(|s| s.workers == c.workers);
+        row(
+            "  same, CHUMP_SELF_HEAL=false (image only)",
+            c.workers.to_string(),
+            &c.total,
+            Some(c.per_check_ms),
+            on.map_or(String::new(), |on| {
+                format!(
+                    "self-heal on/off {:.2}×",
+                    on.total.median_ms / c.total.median_ms
+                )
+            }),
+        );
+    }
+    for c in &r.noop_commit {
+        row(
+            "chump no-op commit (fetch+build+compare)",
+            c.workers.to_string(),
+            &c.total,
+            Some(c.per_check_ms),
+            String::new(),
+        );
+    }
     for c in &r.change {
         row(
             "chump change (fetch+build+apply+rollout)",
@@ -1431,6 +1527,7 @@ async fn main() {
     let mut ids = Vec::new();
     let (mut steady, mut change, mut latency, mut rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut steady_without_self_heal, mut noop_commit) = (Vec::new(), Vec::new());
     let mut cold_cycle_ms = 0.0;
     let latency_workers = args
         .workers
@@ -1456,12 +1553,21 @@ async fn main() {
         if args.change_workers.contains(&w) {
             eprintln!("chump change, {w} workers…");
             change.push(measure_change(&mut fx, &ch, &ids, w, args.reps).await);
+            eprintln!("chump no-op commit, {w} workers…");
+            noop_commit.push(measure_noop_commit(&mut fx, &ch, &ids, w, args.reps).await);
         }
         if w == latency_workers {
             eprintln!("webhook latency…");
             latency.push(measure_webhook_latency(&mut fx, &ch, w, args.latency_samples).await);
         }
         rss.push(rss_of(ch.pid(), w));
+        blocking(|| ch.terminate(Duration::from_secs(30)));
+
+        // The same steady cycle without drift observation, same run.
+        eprintln!("chump, {w} workers, CHUMP_SELF_HEAL=false…");
+        let mut ch = start_chump_with(&fx, &chump_dir, w, "1h", &[("CHUMP_SELF_HEAL", "false")]);
+        cycle(&fx, &ch, &ids).await; // warm-up
+        steady_without_self_heal.push(measure_steady(&fx, &ch, &ids, w, args.reps).await);
         blocking(|| ch.terminate(Duration::from_secs(30)));
     }
     eprintln!("polling latency…");
@@ -1481,7 +1587,9 @@ async fn main() {
         original,
         cold_cycle_ms,
         steady,
+        steady_without_self_heal,
         change,
+        noop_commit,
         latency,
         rss,
         peak_rss_mib: peak as f64 / 1024.0,

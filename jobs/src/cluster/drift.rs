@@ -212,9 +212,9 @@ impl Cluster {
                                         &serde_json::to_value(&object).unwrap_or(Value::Null),
                                     );
                                     Observed::Present {
-                                    object: Box::new(object),
-                                    live,
-                                }
+                                        object: Box::new(object),
+                                        live,
+                                    }
                                 }
                                 None => Observed::Missing,
                             };
