@@ -184,9 +184,21 @@ fn sources_crud_with_flags() {
     ] {
         assert!(status.contains(key), "{status}");
     }
+    // Never checked, or failed at git: the workloads' health is unknown.
+    for line in [["health:", "unknown"], ["health_reason:", "-"]] {
+        assert!(
+            status.lines().any(|l| l.split_whitespace().eq(line)),
+            "{line:?}: {status}"
+        );
+    }
     let status = json(&c, &["status", "1"]);
     assert_eq!(status["source_id"], 1);
     assert_eq!(status["suspended"], false);
+    assert_eq!(
+        (&status["health"], &status["health_reason"]),
+        (&serde_json::json!("unknown"), &Value::Null),
+        "{status}"
+    );
 
     // History: of the source and of all, with filters; empty or not.
     let h = json(&c, &["history", "1"]);
@@ -194,6 +206,19 @@ fn sources_crud_with_flags() {
     assert!(h.get("next_before").is_some(), "{h}");
     let h = json(&c, &["history", "1", "--limit", "5", "--outcome", "failed"]);
     assert!(h["history"].as_array().unwrap().len() <= 5, "{h}");
+    // Degraded and superseded are outcomes too (none here: the checks fail
+    // at git).
+    for outcome in ["degraded", "superseded"] {
+        for args in [
+            &["history", "1", "--outcome", outcome][..],
+            &["history", "--outcome", outcome],
+        ] {
+            let h = json(&c, args);
+            assert_eq!(h["history"], serde_json::json!([]), "{args:?}: {h}");
+        }
+        let out = ok(&c, &["history", "--outcome", outcome]);
+        assert!(out.contains("no history"), "{out}");
+    }
     let h = json(
         &c,
         &[
@@ -389,7 +414,17 @@ fn errors_exit_codes_and_messages() {
     fails(&c, &["sources", "get", "abc"], 2);
     fails(&c, &["sources", "get", "0"], 2);
     fails(&c, &["history", "--limit", "0"], 2);
-    fails(&c, &["history", "--outcome", "great"], 2);
+    let err = fails(&c, &["history", "--outcome", "great"], 2);
+    for value in [
+        "deployed",
+        "up_to_date",
+        "failed",
+        "deleted",
+        "degraded",
+        "superseded",
+    ] {
+        assert!(err.contains(value), "{value}: {err}");
+    }
     fails(&c, &["history", "1", "--namespace", "production"], 2);
     let err = fails(&c, &["history", "--since", "yesterday-ish"], 2);
     assert!(err.contains("--since"), "{err}");
@@ -600,11 +635,23 @@ async fn status_shows_what_was_applied() {
         "3 (ConfigMap 1, Deployment 1, Namespace 1)",
         "{out}"
     );
+    // Deployed: healthy, no reason.
+    for line in [["health:", "healthy"], ["health_reason:", "-"]] {
+        assert!(
+            out.lines().any(|l| l.split_whitespace().eq(line)),
+            "{line:?}: {out}"
+        );
+    }
     // --json stays the server's status answer.
     let v: Value =
         serde_json::from_str(&ok_async(&c, &["status", &id.to_string(), "--json"]).await).unwrap();
     assert_eq!(v["source_id"], id);
     assert!(v.get("objects").is_none(), "{v}");
+    assert_eq!(
+        (&v["health"], &v["health_reason"]),
+        (&serde_json::json!("healthy"), &Value::Null),
+        "{v}"
+    );
 }
 
 #[test]

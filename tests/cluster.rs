@@ -473,7 +473,7 @@ async fn rollout_immediate_never_fail_and_after() {
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(
-        matches!(err, RolloutError::DeadlineExceeded { .. }),
+        matches!(err, RolloutError::Failed { .. }),
         "{err:?}"
     );
     assert!(

@@ -250,15 +250,24 @@ fn assert_restricted(objects: &[Value]) {
     }
 }
 
-/// Every rule grants only get/list/create/patch/delete.
+/// What chump only reads, to tell a workload's health: (API group,
+/// resource).
+const READ_ONLY: [(&str, &str); 3] = [("", "pods"), ("", "events"), ("apps", "replicasets")];
+
+fn strings(v: &Value) -> BTreeSet<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+/// Every rule grants only get/list/create/patch/delete, on named groups and
+/// resources (no `*`, no subresources, no Secrets); the health kinds
+/// (pods, events, replicasets) are granted get and list, and nothing else.
 fn assert_least_privilege(role: &Value) {
     for rule in role["rules"].as_array().unwrap() {
-        let verbs: BTreeSet<&str> = rule["verbs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let verbs = strings(&rule["verbs"]);
         assert!(
             verbs.is_subset(&BTreeSet::from([
                 "get", "list", "create", "patch", "delete"
@@ -271,14 +280,63 @@ fn assert_least_privilege(role: &Value) {
                 "{rule}"
             );
         }
+        let resources = strings(&rule["resources"]);
         assert!(
-            !rule["resources"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("secrets")),
+            !resources.contains("secrets"),
             "secrets only on purpose: {rule}"
         );
+        assert!(
+            resources.iter().all(|r| !r.contains('/')),
+            "no subresources (pods/exec, pods/log…): {rule}"
+        );
+        assert!(
+            rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(),
+            "{rule}"
+        );
+        let groups = strings(&rule["apiGroups"]);
+        for (group, resource) in READ_ONLY {
+            if groups.contains(group) && resources.contains(resource) {
+                assert_eq!(
+                    verbs,
+                    BTreeSet::from(["get", "list"]),
+                    "{resource} are read-only (get, list): {rule}"
+                );
+            }
+        }
     }
+    for (group, resource) in READ_ONLY {
+        for verb in ["get", "list"] {
+            assert!(
+                grants(role, group, resource, verb),
+                "chump cannot {verb} {resource} (health): {role}"
+            );
+        }
+        for verb in [
+            "watch",
+            "create",
+            "patch",
+            "update",
+            "delete",
+            "deletecollection",
+        ] {
+            assert!(
+                !grants(role, group, resource, verb),
+                "{verb} {resource} is more than health needs: {role}"
+            );
+        }
+    }
+}
+
+/// Whether a rule of `role` grants `verb` on `resource` of `group`.
+fn grants(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    role["rules"].as_array().unwrap().iter().any(|r| {
+        r["apiGroups"].as_array().unwrap().contains(&json!(group))
+            && r["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(resource))
+            && r["verbs"].as_array().unwrap().contains(&json!(verb))
+    })
 }
 
 /// Whether `role` lets chump get, create and patch `o`'s kind (apply),
@@ -287,16 +345,7 @@ fn grants_apply(role: &Value, o: &Value) -> bool {
     let k = kind_spec(o);
     ["get", "create", "patch", "list", "delete"]
         .iter()
-        .all(|verb| {
-            role["rules"].as_array().unwrap().iter().any(|r| {
-                r["apiGroups"].as_array().unwrap().contains(&json!(k.group))
-                    && r["resources"]
-                        .as_array()
-                        .unwrap()
-                        .contains(&json!(k.plural))
-                    && r["verbs"].as_array().unwrap().contains(&json!(verb))
-            })
-        })
+        .all(|verb| grants(role, k.group, k.plural, verb))
 }
 
 // ---------------------------------------------------------------------------

@@ -133,6 +133,40 @@ async fn history_paging_filters_and_bad_parameters() {
     )
     .await;
     assert_eq!(mine["history"][0]["source_id"], ids[0]);
+    // Every outcome is a filter (these checks all failed).
+    for outcome in ["degraded", "superseded", "up_to_date", "deleted"] {
+        for path in [
+            format!("/api/history?outcome={outcome}"),
+            format!("/api/sources/{}/history?outcome={outcome}", ids[0]),
+        ] {
+            let (s, b) = status_of(&c, &path).await;
+            assert_eq!(
+                (s, &b["history"]),
+                (StatusCode::OK, &json!([])),
+                "{path}: {b}"
+            );
+        }
+    }
+    // An unknown outcome: 400, naming every one there is.
+    for path in [
+        "/api/history?outcome=bogus".to_string(),
+        format!("/api/sources/{}/history?outcome=bogus", ids[0]),
+        "/api/history?outcome=Degraded".to_string(),
+    ] {
+        let why = "must be deployed, up_to_date, failed, deleted, degraded or superseded";
+        let (s, b) = status_of(&c, &path).await;
+        assert_eq!(
+            (s, b),
+            (
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "msg": format!("[WARN] Invalid query parameter 'outcome': {why}"),
+                    "errors": {"outcome": why},
+                })
+            ),
+            "{path}"
+        );
+    }
 
     for bad in [
         "/api/history?limit=0",
@@ -165,13 +199,19 @@ async fn history_paging_filters_and_bad_parameters() {
     assert_eq!(st["consecutive_failures"], 1);
     assert_eq!(st["suspended"], false);
     assert!(st["next_check_at"].is_string() && st["last_checked_at"].is_string());
+    // Failed before reaching the workloads: their health is not known.
+    assert_eq!(
+        (&st["health"], &st["health_reason"]),
+        (&json!("unknown"), &Value::Null),
+        "{st}"
+    );
     let list = get(&c, "/api/sources").await;
     assert!(
-        list["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["status"]["last_outcome"] == "failed"),
+        list["sources"].as_array().unwrap().iter().all(|s| {
+            s["status"]["last_outcome"] == "failed"
+                && s["status"]["health"] == "unknown"
+                && s["status"]["health_reason"].is_null()
+        }),
         "{list}"
     );
 
@@ -183,6 +223,47 @@ async fn history_paging_filters_and_bad_parameters() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(history(&c, ids[0]).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_the_workloads_health_and_why() {
+    let env = Env::new().await;
+    env.app_repo("web", "shop", "web", "nginx:1");
+    env.kube.set_rollout_for("shop", "web", RolloutMode::Fail);
+    // One check each: the failure's backoff keeps a second one away.
+    let c = env.chump_with(env.options().env("CHUMP_INTERVAL", "600"));
+    let id = create(&c, &env.source("web", "shop", "web")).await;
+    let failed = wait_history(&c, id, "the failed rollout", |e| e["outcome"] == "failed").await;
+    assert_eq!(failed["stage"], "rollout", "{failed}");
+    // The rollout failed: degraded, and the message says why.
+    let st = get(&c, &format!("/api/sources/{id}/status")).await;
+    assert_eq!(
+        (&st["last_outcome"], &st["last_stage"], &st["health"]),
+        (&json!("failed"), &json!("rollout"), &json!("degraded")),
+        "{st}"
+    );
+    let reason = st["health_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("ProgressDeadlineExceeded"), "{st}");
+    assert_eq!(st["health_reason"], st["last_message"], "{st}");
+    assert_eq!(st["health_reason"], failed["message"], "{st}");
+    let list = get(&c, "/api/sources").await;
+    let listed = &list["sources"][0]["status"];
+    assert_eq!(
+        (&listed["health"], &listed["health_reason"]),
+        (&st["health"], &st["health_reason"]),
+        "{list}"
+    );
+
+    // Never checked (suspended): unknown, no reason.
+    let mut spec = unreachable_source(1, "other");
+    spec["suspended"] = json!(true);
+    let never = create(&c, &spec).await;
+    let st = get(&c, &format!("/api/sources/{never}/status")).await;
+    assert_eq!(
+        (&st["last_outcome"], &st["health"], &st["health_reason"]),
+        (&Value::Null, &json!("unknown"), &Value::Null),
+        "{st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,7 +710,12 @@ async fn metrics_health_and_openapi() {
     create(&c, &unreachable_source(1, "other")).await;
     wait_history(&c, id, "a deploy", |e| e["outcome"] == "deployed").await;
     let st = get(&c, &format!("/api/sources/{id}/status")).await;
-    wait_checked_after(&c, id, st["last_checked_at"].as_str().unwrap()).await;
+    let st = wait_checked_after(&c, id, st["last_checked_at"].as_str().unwrap()).await;
+    assert_eq!(
+        (&st["health"], &st["health_reason"]),
+        (&json!("healthy"), &Value::Null),
+        "{st}"
+    );
 
     let text = Client::new()
         .get(c.url("/metrics"))
@@ -651,6 +737,9 @@ async fn metrics_health_and_openapi() {
         "chump_busy_workers",
         "chump_sources{state=\"up_to_date\"} 1",
         "chump_sources{state=\"failed\"} 1",
+        "chump_sources{state=\"degraded\"} 0",
+        "chump_sources{state=\"superseded\"} 0",
+        "chump_sources{state=\"never_checked\"} 0",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
@@ -664,6 +753,26 @@ async fn metrics_health_and_openapi() {
     // Every route in the OpenAPI document, and every route served.
     let doc = get(&c, "/api/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    // The outcome filters name every outcome; the status has its health.
+    for path in ["/api/history", "/api/sources/{id}/history"] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let outcome = params.iter().find(|p| p["name"] == "outcome").unwrap();
+        let described = outcome["description"].as_str().unwrap_or_default();
+        for name in [
+            "deployed",
+            "up_to_date",
+            "failed",
+            "deleted",
+            "degraded",
+            "superseded",
+        ] {
+            assert!(described.contains(name), "{path}: {outcome}");
+        }
+    }
+    let status = &doc["components"]["schemas"]["Status"]["properties"];
+    for field in ["health", "health_reason"] {
+        assert!(status[field].is_object(), "{field}: {status}");
+    }
     let endpoints = get(&c, "/api").await["endpoints"]
         .as_array()
         .unwrap()

@@ -538,7 +538,7 @@ async fn sources_sharing_a_repository_share_its_ref_queries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_rollout_stays_failed_until_the_deployment_recovers() {
+async fn a_failed_rollout_is_degraded_until_the_deployment_recovers() {
     let env = Env::new().await;
     env.app_repo("web", "shop", "web", "nginx:1");
     env.kube.set_rollout_for("shop", "web", RolloutMode::Fail);
@@ -547,12 +547,12 @@ async fn a_failed_rollout_stays_failed_until_the_deployment_recovers() {
     let first = wait_history(&c, id, "the failed rollout", |e| e["outcome"] == "failed").await;
     assert_eq!(first["stage"], "rollout", "{first}");
     // The spec is applied: the next check finds the image in place, but the
-    // rollout still failed — reported again, not "up_to_date".
+    // rollout still failed — reported as degraded, not "up_to_date", and
+    // recorded once.
     let again = wait_history(&c, id, "the failure seen again", |e| {
-        e["outcome"] == "failed" && e["id"].as_i64() > first["id"].as_i64()
+        e["outcome"] == "degraded" && e["id"].as_i64() > first["id"].as_i64()
     })
     .await;
-    assert_eq!(again["stage"], "rollout", "{again}");
     assert!(
         again["objects"].as_array().unwrap().is_empty(),
         "nothing re-applied: {again}"
@@ -562,7 +562,9 @@ async fn a_failed_rollout_stays_failed_until_the_deployment_recovers() {
         .unwrap()
         .contains("ProgressDeadlineExceeded"));
     let st = get(&c, &format!("/api/sources/{id}/status")).await;
-    assert!(st["consecutive_failures"].as_u64().unwrap() >= 2, "{st}");
+    let st = wait_checked_after(&c, id, st["last_checked_at"].as_str().unwrap()).await;
+    assert_eq!(st["last_outcome"], "degraded", "{st}");
+    assert_eq!(st["consecutive_failures"], 0, "{st}");
     // The cluster recovers: the source is up to date again.
     env.kube
         .set_rollout_for("shop", "web", RolloutMode::Immediate);
@@ -575,4 +577,10 @@ async fn a_failed_rollout_stays_failed_until_the_deployment_recovers() {
         },
     )
     .await;
+    let degraded = history(&c, id)
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "degraded")
+        .count();
+    assert_eq!(degraded, 1, "recorded once, not at every interval");
 }

@@ -10,11 +10,19 @@
 //!    of every rendered object with the recorded inventory; a build that is
 //!    identical (a README change), with nothing drifted, is `up_to_date` at
 //!    the new commit, with nothing written to the cluster;
-//! 4. anything different, drifted, or the container's image not the one
+//! 4. nothing to deploy: the workloads of the build (Deployments,
+//!    StatefulSets, DaemonSets, Jobs) are assessed from the objects just
+//!    read ([`Cluster::assess`]): `up_to_date` when they are healthy (or
+//!    still rolling out with nothing wrong), `degraded` with the reason
+//!    when one is not — their pods are listed only then;
+//! 5. anything different, drifted, or the container's image not the one
 //!    the build gives it: server-side apply every object (labelled as
 //!    chump's), then prune what the recorded inventory holds and the build
-//!    lacks (unless the source's `prune` is off), wait for the rollout, and
-//!    record the new inventory with the result.
+//!    lacks (unless the source's `prune` is off), wait for every workload
+//!    of the build to roll out — failing as soon as one cannot, with the
+//!    reason ([`Cluster::wait_healthy`]), and stopping as `superseded` when
+//!    the branch moves meanwhile — and record the new inventory with the
+//!    result.
 //!
 //! A source being deleted with `prune=true` (trigger `delete`) runs no git
 //! and no build: its recorded objects are pruned, and the store deletes it
@@ -37,8 +45,10 @@ use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
+use kube::api::DynamicObject;
+
 use crate::cluster::drift::drift_of;
-use crate::cluster::{Cluster, Drift, PruneScope, Running};
+use crate::cluster::{Cluster, Drift, PruneScope, Running, Verdict, Workload};
 use crate::git::GitCache;
 use crate::history::{AppliedObject, ApplyAction, CheckReport, Outcome, Stage, Trigger};
 use crate::image::same_image;
@@ -49,6 +59,11 @@ use crate::manifest::{desired_image_from_file, image_in_build};
 use crate::metrics::Metrics;
 use crate::redact::{redact_secrets, url_secrets};
 use crate::source::Source;
+use crate::store::Claim;
+
+/// How often a deploy waiting for its rollout asks whether the branch moved
+/// (at once, too, when a push for the source arrives: [`LeaseGuard::nudge`]).
+const SUPERSEDE_POLL: Duration = Duration::from_secs(5);
 
 /// Where the Kubernetes client comes from. The client is made on first use
 /// and kept; until it can be made, checks fail at the `cluster` stage.
@@ -184,22 +199,21 @@ impl Checker {
             .map_err(|e| format!("no Kubernetes client: {e}"))
     }
 
-    /// Runs one check to the end and reports it. `progress` is updated as
-    /// the check goes, so a caller that cuts it short knows how far it got.
-    /// `fresh_since`: a git head read by a sync that started at or after
-    /// this instant is fresh enough for this check (see
-    /// [`GitCache::sync_since`]). `lease`: the check's lease, asked right
-    /// before anything is written to the cluster. `recorded`: what chump
-    /// last applied for the source.
+    /// Runs the check `claim` asks for to the end and reports it.
+    /// `progress` is updated as the check goes, so a caller that cuts it
+    /// short knows how far it got. `fresh_since`: a git head read by a sync
+    /// that started at or after this instant is fresh enough for this check
+    /// (see [`GitCache::sync_since`]). `lease`: the check's lease, asked
+    /// right before anything is written to the cluster (and nudged when a
+    /// push asks for a newer check).
     pub async fn check(
         &self,
-        source: &Source,
-        recorded: &Inventory,
-        trigger: Trigger,
+        claim: &Claim,
         fresh_since: OffsetDateTime,
         progress: &ProgressCell,
         lease: &LeaseGuard,
     ) -> CheckReport {
+        let (source, recorded, trigger) = (&claim.source, &claim.inventory, claim.trigger);
         let started_at = OffsetDateTime::now_utc();
         let mut times = StageTimes::default();
         let span = tracing::info_span!("check", source_id = source.id, %trigger);
@@ -208,9 +222,17 @@ impl Checker {
                 .instrument(span.clone())
                 .await
         } else {
-            self.run(source, recorded, fresh_since, progress, lease, &mut times)
-                .instrument(span.clone())
-                .await
+            self.run(
+                source,
+                recorded,
+                claim.last_outcome,
+                fresh_since,
+                progress,
+                lease,
+                &mut times,
+            )
+            .instrument(span.clone())
+            .await
         };
         let p = progress.lock().map(|p| p.clone()).unwrap_or_default();
         let secrets = url_secrets(&source.spec.git_url);
@@ -245,10 +267,12 @@ impl Checker {
         report
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         source: &Source,
         recorded: &Inventory,
+        last_outcome: Option<Outcome>,
         fresh_since: OffsetDateTime,
         progress: &ProgressCell,
         lease: &LeaseGuard,
@@ -297,7 +321,10 @@ impl Checker {
                 .await?;
             seen = Some(look.running.clone());
             if look.drift.is_empty() {
-                if let Some(ended) = steady(source, desired.as_deref(), &look.running) {
+                if let Some(ended) = self
+                    .steady(cluster, desired.as_deref(), &look, last_outcome)
+                    .await?
+                {
                     return Ok(ended);
                 }
                 tracing::info!(
@@ -409,11 +436,14 @@ impl Checker {
             seen = Some(look.running.clone());
             if !look.drift.is_empty() {
                 drift_note = Some(look.note());
-            } else if let Some(mut ended) = steady(source, desired.as_deref(), &look.running) {
+            } else if let Some(mut ended) = self
+                .steady(cluster, desired.as_deref(), &look, last_outcome)
+                .await?
+            {
                 // Nothing the build renders changed: the inventory moves
                 // to the new commit, the cluster is left alone.
                 tracing::info!(commit = %commit, "the new commit renders what is applied: nothing to deploy");
-                if ended.outcome == Outcome::UpToDate {
+                if matches!(ended.outcome, Outcome::UpToDate | Outcome::Degraded) {
                     ended.inventory = Some(inventory);
                 }
                 return Ok(ended);
@@ -531,32 +561,155 @@ impl Checker {
 
         // An apply that changed nothing (the objects were in place: a
         // check cut after its apply, say) deployed nothing.
+        let workloads: Vec<Workload> = inventory
+            .objects
+            .iter()
+            .filter_map(|o| Workload::of(&o.api_version, &o.kind, o.namespace.as_deref(), &o.name))
+            .collect();
         if nothing_changed && !pruned_any {
-            if let Some(mut ended) = steady(source, desired.as_deref(), &before) {
+            let mut look = Looked {
+                running: before,
+                drift: Vec::new(),
+                workloads: Vec::new(),
+            };
+            for w in &workloads {
+                let object = cluster
+                    .workload(w)
+                    .await
+                    .map_err(|e| fail(Stage::Cluster, e.to_string()))?;
+                look.workloads.push((w.clone(), object.map(Box::new)));
+            }
+            if let Some(mut ended) = self
+                .steady(cluster, desired.as_deref(), &look, last_outcome)
+                .await?
+            {
                 tracing::info!("every object was in place already: nothing deployed");
                 ended.inventory = Some(inventory);
                 return Ok(ended);
             }
         }
 
-        // 7. Roll out. The inventory is the new build's either way: it is
-        // what the cluster was told to run.
+        // 7. Roll out: every workload of the build, failing fast; a newer
+        // commit on the branch ends the wait. The inventory is the new
+        // build's either way: it is what the cluster was told to run.
         set(&|p| p.stage = Some(Stage::Rollout));
         let t = Instant::now();
-        let rollout = cluster
-            .wait_rollout(&spec.namespace, &spec.deployment_name, self.rollout_timeout)
-            .await;
+        let state = Mutex::new(String::new());
+        let waited = tokio::select! {
+            r = cluster.wait_healthy(&workloads, self.rollout_timeout, &state) => Ok(r),
+            head = self.branch_moved(source, &commit, lease) => Err(head),
+        };
         times.rollout = t.elapsed();
-        if let Err(e) = rollout {
-            return Ok(Ended::failed(
+        match waited {
+            Ok(Ok(())) => {
+                let mut ended = Ended::ok(Outcome::Deployed, history, Some(inventory));
+                ended.note = drift_note;
+                Ok(ended)
+            }
+            Ok(Err(e)) => Ok(Ended::failed(
                 fail(Stage::Rollout, e.to_string()),
                 history,
                 Some(inventory),
-            ));
+            )),
+            Err(head) => {
+                let state = state.lock().map(|s| s.clone()).unwrap_or_default();
+                let mut note = format!(
+                    "superseded by {} after {}s of rollout",
+                    short(&head),
+                    times.rollout.as_secs()
+                );
+                if !state.is_empty() {
+                    note.push_str(": ");
+                    note.push_str(&state);
+                }
+                tracing::info!(commit = %commit, newer = %head, "{note}");
+                let mut ended = Ended::ok(Outcome::Superseded, history, Some(inventory));
+                ended.note = Some(note);
+                Ok(ended)
+            }
         }
-        let mut ended = Ended::ok(Outcome::Deployed, history, Some(inventory));
-        ended.note = drift_note;
-        Ok(ended)
+    }
+
+    /// Resolves with the branch's new head once it is no longer `commit`:
+    /// asked every [`SUPERSEDE_POLL`], and at once when a push nudges the
+    /// check's lease. A ref query that fails is tried again at the next
+    /// poll.
+    async fn branch_moved(&self, source: &Source, commit: &str, lease: &LeaseGuard) -> String {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SUPERSEDE_POLL) => {}
+                _ = lease.nudged() => {}
+            }
+            let git = self.git.clone();
+            let (url, branch) = (source.spec.git_url.clone(), source.spec.branch.clone());
+            match tokio::task::spawn_blocking(move || git.remote_head(&url, &branch)).await {
+                Ok(Ok(head)) if head != commit => return head,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot ask for the branch head during the rollout wait")
+                }
+                Err(e) => tracing::debug!(error = %e, "branch head task failed"),
+            }
+        }
+    }
+
+    /// A check that needs no write: `Some` when the container runs the
+    /// image the build gives it (or the build gives it none) — `up_to_date`
+    /// when every workload is healthy or rolling out with nothing wrong,
+    /// `degraded` (with the reason) when one is not. `None`: deploy.
+    async fn steady(
+        &self,
+        cluster: &Cluster,
+        desired: Option<&str>,
+        look: &Looked<'_>,
+        previous: Option<Outcome>,
+    ) -> Result<Option<Ended>, Failure> {
+        let runs_it = match desired {
+            Some(desired) => look
+                .running
+                .image
+                .as_deref()
+                .is_some_and(|r| same_image(r, desired)),
+            None => true,
+        };
+        if !runs_it {
+            return Ok(None);
+        }
+        let mut degraded = Vec::new();
+        let mut progressing = Vec::new();
+        for (workload, object) in &look.workloads {
+            let Some(object) = object else { continue };
+            let verdict = cluster
+                .assess(workload, object)
+                .await
+                .map_err(|e| Failure {
+                    stage: Stage::Cluster,
+                    message: format!("{workload}: {e}"),
+                })?;
+            match verdict {
+                Verdict::Healthy => {}
+                Verdict::Progressing(what) => progressing.push(what),
+                Verdict::Degraded(why) => degraded.push(why),
+            }
+        }
+        let (outcome, note) = if !degraded.is_empty() {
+            (Outcome::Degraded, Some(degraded.join("; ")))
+        } else if !progressing.is_empty() {
+            (
+                Outcome::UpToDate,
+                Some(format!("rolling out: {}", progressing.join("; "))),
+            )
+        } else if previous == Some(Outcome::Degraded) {
+            (
+                Outcome::UpToDate,
+                Some("recovered: every workload is healthy".to_string()),
+            )
+        } else {
+            (Outcome::UpToDate, None)
+        };
+        let mut ended = Ended::ok(outcome, Vec::new(), None);
+        ended.note = note;
+        Ok(Some(ended))
     }
 
     /// Whose objects a prune of `source` may delete, and where.
@@ -645,11 +798,27 @@ impl Checker {
         progress: &ProgressCell,
     ) -> Result<Looked<'r>, Failure> {
         let spec = &source.spec;
+        let workload_of = |o: &InventoryObject| {
+            Workload::of(&o.api_version, &o.kind, o.namespace.as_deref(), &o.name)
+        };
         if !self.self_heal {
+            // No drift to look for: only the workloads, for their health
+            // (and the source's Deployment, for its image).
             let running = self.running(cluster, source, times, progress).await?;
+            let mut workloads = Vec::new();
+            let t = Instant::now();
+            for w in recorded.objects.iter().filter_map(workload_of) {
+                let object = cluster.workload(&w).await.map_err(|e| Failure {
+                    stage: Stage::Cluster,
+                    message: e.to_string(),
+                })?;
+                workloads.push((w, object.map(Box::new)));
+            }
+            times.cluster += t.elapsed();
             return Ok(Looked {
                 running,
                 drift: Vec::new(),
+                workloads,
             });
         }
         if let Ok(mut p) = progress.lock() {
@@ -664,6 +833,14 @@ impl Checker {
                 message: e.to_string(),
             })?;
         times.cluster += t.elapsed();
+        let workloads = recorded
+            .objects
+            .iter()
+            .zip(&observed)
+            .filter_map(|(o, seen)| {
+                Some((workload_of(o)?, seen.object().map(|d| Box::new(d.clone()))))
+            })
+            .collect();
         let deployment = recorded.objects.iter().position(|o| {
             group_of(&o.api_version) == "apps"
                 && o.kind == "Deployment"
@@ -674,10 +851,7 @@ impl Checker {
             Some(i) => {
                 let running = match observed[i].object() {
                     Some(d) => Running::of(d, &spec.container_name),
-                    None => Running {
-                        image: None,
-                        rollout_failed: None,
-                    },
+                    None => Running { image: None },
                 };
                 let image = running.image.clone();
                 if let Ok(mut p) = progress.lock() {
@@ -693,7 +867,11 @@ impl Checker {
             .zip(&observed)
             .filter_map(|(o, seen)| drift_of(o, seen).map(|d| (o, d)))
             .collect();
-        Ok(Looked { running, drift })
+        Ok(Looked {
+            running,
+            drift,
+            workloads,
+        })
     }
 
     /// The source's Deployment as the cluster runs it (one GET).
@@ -720,48 +898,11 @@ impl Checker {
                 message: e.to_string(),
             })?;
         times.cluster += t.elapsed();
-        let running = deployment.unwrap_or(crate::cluster::Running {
-            image: None,
-            rollout_failed: None,
-        });
+        let running = deployment.unwrap_or(crate::cluster::Running { image: None });
         let image = running.image.clone();
         set(&|p| p.running_image = image.clone());
         Ok(running)
     }
-}
-
-/// A check that needs no write: `Some` when the container runs the image
-/// the build gives it (or the build gives it none) — up to date, or failed
-/// while the Deployment reports its rollout failed (until it recovers: a new
-/// commit, or someone fixing the cluster). `None`: deploy.
-fn steady(
-    source: &Source,
-    desired: Option<&str>,
-    running: &crate::cluster::Running,
-) -> Option<Ended> {
-    let spec = &source.spec;
-    let runs_it = match desired {
-        Some(desired) => running
-            .image
-            .as_deref()
-            .is_some_and(|r| same_image(r, desired)),
-        None => true,
-    };
-    if !runs_it {
-        return None;
-    }
-    if let Some(message) = &running.rollout_failed {
-        return Some(Ended::from(Failure {
-            stage: Stage::Rollout,
-            message: format!(
-                "deployment {}/{} does not roll out {}: ProgressDeadlineExceeded: {message}",
-                spec.namespace,
-                spec.deployment_name,
-                desired.unwrap_or("its spec")
-            ),
-        }));
-    }
-    Some(Ended::ok(Outcome::UpToDate, Vec::new(), None))
 }
 
 /// What [`Checker::look`] saw.
@@ -769,6 +910,8 @@ struct Looked<'r> {
     running: Running,
     /// Recorded objects that are not as chump left them.
     drift: Vec<(&'r InventoryObject, Drift)>,
+    /// The workloads among the recorded objects, as read (`None`: missing).
+    workloads: Vec<(Workload, Option<Box<DynamicObject>>)>,
 }
 
 impl Looked<'_> {
@@ -787,6 +930,11 @@ impl Looked<'_> {
             .collect();
         format!("drift undone: {}", objects.join(", "))
     }
+}
+
+/// The first 7 characters of a commit id.
+fn short(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
 }
 
 fn describe_object(kind: &str, namespace: Option<&str>, name: &str) -> String {

@@ -2,7 +2,10 @@
 //!
 //! A check ends in one [`Outcome`]. No-op checks (`up_to_date`) only update the
 //! source's status; deploys and failures are also kept as [`HistoryEntry`]s, so
-//! history stays small at thousands of sources checked every few minutes.
+//! history stays small at thousands of sources checked every few minutes. A
+//! workload that stays unhealthy (`degraded`) is kept once when it starts and
+//! once when it ends (the `up_to_date` check that finds it healthy again):
+//! see [`CheckReport::goes_to_history`].
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -22,6 +25,43 @@ pub enum Outcome {
     /// The source was deleted after its objects were pruned
     /// (`DELETE ?prune=true`).
     Deleted,
+    /// Nothing to deploy, but a workload of the build is not healthy (a
+    /// pod that cannot pull its image, crashes, cannot be scheduled; a
+    /// rollout past its progress deadline…); the message says which and why.
+    Degraded,
+    /// The branch moved while the deploy waited for its rollout: the wait
+    /// stopped, and the new commit is checked at once.
+    Superseded,
+}
+
+/// What a source's last check says about its workloads' health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Every workload of the build rolled out and is available.
+    Healthy,
+    /// A workload is not healthy: a steady check found it so, or the
+    /// deploy's rollout failed.
+    Degraded,
+    /// A rollout was under way when the check ended (superseded).
+    Progressing,
+    /// The last check did not get as far as the workloads (or there was
+    /// none).
+    Unknown,
+}
+
+impl Health {
+    /// The health a check's outcome (and failed stage) tells.
+    pub fn of(outcome: Option<Outcome>, stage: Option<Stage>) -> Health {
+        match (outcome, stage) {
+            (Some(Outcome::Deployed | Outcome::UpToDate), _) => Health::Healthy,
+            (Some(Outcome::Degraded), _) | (Some(Outcome::Failed), Some(Stage::Rollout)) => {
+                Health::Degraded
+            }
+            (Some(Outcome::Superseded), _) => Health::Progressing,
+            _ => Health::Unknown,
+        }
+    }
 }
 
 /// The stage of a check that failed.
@@ -87,7 +127,11 @@ macro_rules! str_enum {
     };
 }
 
-str_enum!(Outcome { Deployed => "deployed", UpToDate => "up_to_date", Failed => "failed", Deleted => "deleted" });
+str_enum!(Outcome {
+    Deployed => "deployed", UpToDate => "up_to_date", Failed => "failed", Deleted => "deleted",
+    Degraded => "degraded", Superseded => "superseded",
+});
+str_enum!(Health { Healthy => "healthy", Degraded => "degraded", Progressing => "progressing", Unknown => "unknown" });
 str_enum!(Stage {
     Git => "git", Manifest => "manifest", Cluster => "cluster", Build => "build",
     Apply => "apply", Rollout => "rollout", Prune => "prune", Timeout => "timeout",
@@ -140,6 +184,20 @@ pub struct CheckReport {
     /// recorded one stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<crate::inventory::Inventory>,
+}
+
+impl CheckReport {
+    /// Whether this report becomes a history entry, after a check that
+    /// ended in `previous`: deploys, failures, supersessions and deletions
+    /// always; `up_to_date` only when it ends a `degraded` spell; `degraded`
+    /// only when it starts one (not at every interval while it lasts).
+    pub fn goes_to_history(&self, previous: Option<Outcome>) -> bool {
+        match self.outcome {
+            Outcome::UpToDate => previous == Some(Outcome::Degraded),
+            Outcome::Degraded => previous != Some(Outcome::Degraded),
+            Outcome::Deployed | Outcome::Failed | Outcome::Deleted | Outcome::Superseded => true,
+        }
+    }
 }
 
 /// A stored history entry: a [`CheckReport`] of a deploy or a failure, with the

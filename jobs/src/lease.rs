@@ -42,6 +42,9 @@ struct LeaseState {
     /// Set while the worker records the result: the record releases the
     /// lease, so the keeper finding it gone then is no news.
     recording: AtomicBool,
+    /// Notified when a newer check was asked for while this one runs (a
+    /// push): a rollout wait looks at the branch at once.
+    nudge: tokio::sync::Notify,
 }
 
 fn ms(t: OffsetDateTime) -> i64 {
@@ -57,6 +60,7 @@ impl LeaseGuard {
                 until_ms: AtomicI64::new(ms(until)),
                 lost: CancellationToken::new(),
                 recording: AtomicBool::new(false),
+                nudge: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -119,6 +123,17 @@ impl LeaseGuard {
     /// The worker is writing the result (which releases the lease).
     pub fn set_recording(&self) {
         self.inner.recording.store(true, Ordering::Release);
+    }
+
+    /// A newer check was asked for (a push webhook) while this one runs.
+    pub fn nudge(&self) {
+        self.inner.nudge.notify_one();
+    }
+
+    /// Resolves at the next [`LeaseGuard::nudge`] (or at once after one
+    /// nobody waited for).
+    pub async fn nudged(&self) {
+        self.inner.nudge.notified().await
     }
 
     /// Whether two guards are the same lease.

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the pipeline (prometheus-client).
 //!
-//! Labels are bounded: outcomes, stages, fetch kinds and source states —
+//! Labels are bounded: outcomes (`deployed`, `up_to_date`, `failed`,
+//! `deleted`, `degraded`, `superseded`), stages, fetch kinds and source
+//! states ([`SOURCE_STATES`]) —
 //! never a source id, so the series count does not grow with the number of
 //! sources.
 
@@ -13,7 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::history::CheckReport;
+use crate::history::{CheckReport, Outcome};
+use crate::source::Source;
 
 /// Labels of `chump_checks_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,9 +37,46 @@ pub struct GitLabels {
 /// Labels of `chump_sources`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `up_to_date`, `deployed`, `failed`, `never_checked`, `suspended` or
-    /// `deleting`.
+    /// One of [`SOURCE_STATES`].
     pub state: String,
+}
+
+/// Every value of `chump_sources`'s `state` label (each is exported, zero
+/// when no source is in it): how the last check ended, or what comes before
+/// that.
+pub const SOURCE_STATES: &[&str] = &[
+    "up_to_date",
+    "deployed",
+    "failed",
+    "degraded",
+    "superseded",
+    "never_checked",
+    "suspended",
+    "deleting",
+];
+
+/// A source's `chump_sources` state: `deleting` and `suspended` first, then
+/// its last check's outcome (`never_checked` without one). Always one of
+/// [`SOURCE_STATES`].
+pub fn source_state(source: &Source, last_outcome: Option<Outcome>) -> &'static str {
+    if source.deleting {
+        return "deleting";
+    }
+    if source.spec.suspended {
+        return "suspended";
+    }
+    match last_outcome {
+        None => "never_checked",
+        // Its prune is done and it is about to go.
+        Some(Outcome::Deleted) => "deleting",
+        Some(
+            o @ (Outcome::UpToDate
+            | Outcome::Deployed
+            | Outcome::Failed
+            | Outcome::Degraded
+            | Outcome::Superseded),
+        ) => o.as_str(),
+    }
 }
 
 /// Every metric chump exports.
@@ -71,7 +111,7 @@ impl Metrics {
         let checks = Family::<CheckLabels, Counter>::default();
         registry.register(
             "checks",
-            "Checks finished, by outcome and failing stage",
+            "Checks finished, by outcome (deployed, up_to_date, failed, deleted, degraded, superseded) and failing stage",
             checks.clone(),
         );
         let check_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
@@ -121,7 +161,7 @@ impl Metrics {
         let sources = Family::<StateLabels, Gauge>::default();
         registry.register(
             "sources",
-            "Sources by the state of their last check",
+            "Sources by the state of their last check (up_to_date, deployed, failed, degraded, superseded), or never_checked, suspended, deleting",
             sources.clone(),
         );
         let webhooks = Counter::default();
@@ -158,7 +198,7 @@ impl Metrics {
             .as_seconds_f64()
             .max(0.0);
         self.check_duration.observe(took);
-        if report.outcome == crate::history::Outcome::Deployed {
+        if report.outcome == Outcome::Deployed {
             self.deploys.inc();
         }
         let pruned = report
@@ -188,5 +228,101 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Stage, Trigger};
+    use crate::source::SourceSpec;
+    use time::OffsetDateTime;
+
+    fn report(outcome: Outcome, stage: Option<Stage>) -> CheckReport {
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        CheckReport {
+            source_id: 1,
+            trigger: Trigger::Schedule,
+            started_at: at,
+            finished_at: at,
+            commit: None,
+            desired_image: None,
+            running_image: None,
+            outcome,
+            stage,
+            message: None,
+            objects: Vec::new(),
+            inventory: None,
+        }
+    }
+
+    #[test]
+    fn checks_are_counted_by_outcome() {
+        let m = Metrics::new();
+        m.record_check(&report(Outcome::Degraded, None));
+        m.record_check(&report(Outcome::Degraded, None));
+        m.record_check(&report(Outcome::Superseded, None));
+        m.record_check(&report(Outcome::Failed, Some(Stage::Rollout)));
+        let text = m.encode();
+        for needle in [
+            "chump_checks_total{outcome=\"degraded\",stage=\"none\"} 2",
+            "chump_checks_total{outcome=\"superseded\",stage=\"none\"} 1",
+            "chump_checks_total{outcome=\"failed\",stage=\"rollout\"} 1",
+            "chump_deploys_total 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_source_state_is_a_listed_label() {
+        let mut source = Source {
+            id: 1,
+            spec: SourceSpec {
+                namespace: "production".into(),
+                deployment_name: "web".into(),
+                git_url: "https://github.com/stvnorg/helloworld.git".into(),
+                branch: "master".into(),
+                deploy_path: "./deploy".into(),
+                container_name: "app".into(),
+                image_version_file: "./deploy/deployment.yaml".into(),
+                interval_seconds: None,
+                suspended: false,
+                prune: true,
+            },
+            revision: 1,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            deleting: false,
+        };
+        let outcomes = [
+            None,
+            Some(Outcome::Deployed),
+            Some(Outcome::UpToDate),
+            Some(Outcome::Failed),
+            Some(Outcome::Deleted),
+            Some(Outcome::Degraded),
+            Some(Outcome::Superseded),
+        ];
+        let states: Vec<_> = outcomes.iter().map(|o| source_state(&source, *o)).collect();
+        assert_eq!(
+            states,
+            [
+                "never_checked",
+                "deployed",
+                "up_to_date",
+                "failed",
+                "deleting",
+                "degraded",
+                "superseded"
+            ]
+        );
+        for s in &states {
+            assert!(SOURCE_STATES.contains(s), "{s}");
+        }
+        source.spec.suspended = true;
+        assert_eq!(source_state(&source, Some(Outcome::Degraded)), "suspended");
+        source.deleting = true;
+        assert_eq!(source_state(&source, Some(Outcome::Failed)), "deleting");
     }
 }

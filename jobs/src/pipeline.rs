@@ -61,6 +61,22 @@ impl PipelineProbe {
     pub fn scheduler_heartbeat(&self) -> i64 {
         self.scheduler_alive.load(Ordering::Relaxed)
     }
+
+    /// Tells a check of `source` running in this process that a newer one
+    /// was asked for (a push): a deploy waiting for its rollout looks at
+    /// the branch at once, and stops waiting when it moved. No-op when no
+    /// check of the source runs here (another replica's polls the branch).
+    pub fn nudge(&self, source: crate::source::SourceId) {
+        if let Some(lease) = self
+            .load
+            .claimed
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&source).cloned())
+        {
+            lease.nudge();
+        }
+    }
 }
 
 /// A running pipeline.

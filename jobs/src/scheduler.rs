@@ -66,9 +66,12 @@ impl Load {
 
 /// When a source is due next, after a check that ended in `report`.
 ///
-/// Successes come back after the interval, failures after a doubling delay
-/// (interval × 2^(failures − 1), at most 8 × interval). Either way a ±10 %
-/// jitter spreads the load. The jitter is the same for every source of one
+/// Successes (and degraded checks: no backoff, nothing failed) come back
+/// after the interval, failures after a doubling delay (interval ×
+/// 2^(failures − 1), at most 8 × interval). Either way a ±10 % jitter
+/// spreads the load. A superseded check is due again at once: the branch
+/// moved during its rollout, and the new commit is deployed without waiting
+/// an interval. The jitter is the same for every source of one
 /// repository and branch within one interval-long window, so sources that
 /// share a repository stay due together and share its ref query, while
 /// different repositories spread out.
@@ -83,11 +86,13 @@ pub fn next_check_at(
         .interval_seconds
         .map(|s| Duration::from_secs(s.into()))
         .unwrap_or(default_interval);
-    let delay = if report.outcome == Outcome::Failed {
-        let failures = claim.consecutive_failures.min(3);
-        interval * 2u32.pow(failures)
-    } else {
-        interval
+    let delay = match report.outcome {
+        Outcome::Superseded => return report.finished_at,
+        Outcome::Failed => {
+            let failures = claim.consecutive_failures.min(3);
+            interval * 2u32.pow(failures)
+        }
+        Outcome::Deployed | Outcome::UpToDate | Outcome::Degraded | Outcome::Deleted => interval,
     };
     let window = report.finished_at.unix_timestamp() / interval.as_secs().max(1) as i64;
     let jitter = 0.9
@@ -229,4 +234,104 @@ async fn tick(
         None => config.max_sleep,
     };
     Ok(sleep.min(config.max_sleep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Inventory;
+    use crate::source::{Source, SourceSpec};
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+    }
+
+    fn claim(consecutive_failures: u32, last_outcome: Option<Outcome>) -> Claim {
+        Claim {
+            source: Source {
+                id: 1,
+                spec: SourceSpec {
+                    namespace: "production".into(),
+                    deployment_name: "web".into(),
+                    git_url: "https://github.com/stvnorg/helloworld.git".into(),
+                    branch: "master".into(),
+                    deploy_path: "./deploy".into(),
+                    container_name: "app".into(),
+                    image_version_file: "./deploy/deployment.yaml".into(),
+                    interval_seconds: Some(100),
+                    suspended: false,
+                    prune: true,
+                },
+                revision: 1,
+                created_at: at(0),
+                updated_at: at(0),
+                deleting: false,
+            },
+            trigger: Trigger::Schedule,
+            consecutive_failures,
+            last_outcome,
+            due_at: at(0),
+            inventory: Inventory::default(),
+            owner: "p1".into(),
+            lease_until: at(30),
+        }
+    }
+
+    fn report(outcome: Outcome, finished_at: OffsetDateTime) -> CheckReport {
+        CheckReport {
+            source_id: 1,
+            trigger: Trigger::Schedule,
+            started_at: finished_at - Duration::from_secs(1),
+            finished_at,
+            commit: None,
+            desired_image: None,
+            running_image: None,
+            outcome,
+            stage: None,
+            message: None,
+            objects: Vec::new(),
+            inventory: None,
+        }
+    }
+
+    /// The delay after `finished`, in seconds.
+    fn delay(claim: &Claim, outcome: Outcome, finished: OffsetDateTime) -> f64 {
+        let next = next_check_at(claim, &report(outcome, finished), Duration::from_secs(60));
+        (next - finished).as_seconds_f64()
+    }
+
+    #[test]
+    fn superseded_checks_are_due_at_once() {
+        for failures in [0, 1, 5] {
+            let c = claim(failures, Some(Outcome::Deployed));
+            assert_eq!(
+                next_check_at(
+                    &c,
+                    &report(Outcome::Superseded, at(500)),
+                    Duration::from_secs(60)
+                ),
+                at(500)
+            );
+        }
+    }
+
+    #[test]
+    fn degraded_checks_come_back_after_the_interval_without_backoff() {
+        for failures in [0, 2, 7] {
+            for last in [None, Some(Outcome::Degraded), Some(Outcome::Failed)] {
+                let d = delay(&claim(failures, last), Outcome::Degraded, at(1_000));
+                assert!((90.0..=110.0).contains(&d), "{failures} {last:?}: {d}");
+                let up = delay(&claim(failures, last), Outcome::UpToDate, at(1_000));
+                assert_eq!(d, up, "degraded is scheduled as a success");
+            }
+        }
+    }
+
+    #[test]
+    fn failures_back_off() {
+        let d = delay(&claim(2, Some(Outcome::Failed)), Outcome::Failed, at(1_000));
+        assert!((360.0..=440.0).contains(&d), "{d}");
+        let d = delay(&claim(9, Some(Outcome::Failed)), Outcome::Failed, at(1_000));
+        assert!((720.0..=880.0).contains(&d), "at most 8 intervals: {d}");
+    }
 }

@@ -10,7 +10,7 @@
 //!   source is checked twice at once and a crashed process's checks come
 //!   back soon after its leases expire;
 //! - **facts**, written by workers: each source's status and the history of
-//!   deploys and failures.
+//!   deploys, failures and changes of health.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +91,8 @@ pub struct Claim {
     pub trigger: Trigger,
     /// Failed checks in a row before this one (for backoff).
     pub consecutive_failures: u32,
+    /// How the source's previous check ended (`None`: never checked).
+    pub last_outcome: Option<Outcome>,
     /// When the source became due: its scheduled time, or when the check was
     /// requested. A git head read after this is fresh enough for the check.
     pub due_at: OffsetDateTime,
@@ -181,8 +183,10 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         lease: Duration,
     ) -> StoreResult<Vec<Claim>>;
-    /// Records a finished check in one step: the status, a history entry for
-    /// deploys and failures, the next due time (at once instead, if the
+    /// Records a finished check in one step: the status, a history entry
+    /// when [`CheckReport::goes_to_history`] after `claim.last_outcome`
+    /// (deploys, failures, supersessions, the start and end of a degraded
+    /// spell), the next due time (at once instead, if the
     /// source changed or a check was requested meanwhile), and releases the
     /// lease. Only the lease's holder writes: when the claim's lease is no
     /// longer `claim.owner`'s (released, or taken by another process),

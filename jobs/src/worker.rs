@@ -95,14 +95,7 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     let ending = if !lease.held() {
         Ending::Abandoned
     } else {
-        let check = ctx.checker.check(
-            &claim.source,
-            &claim.inventory,
-            claim.trigger,
-            fresh_since,
-            &progress,
-            &lease,
-        );
+        let check = ctx.checker.check(&claim, fresh_since, &progress, &lease);
         tokio::select! {
             r = tokio::time::timeout(ctx.check_timeout, check) => match r {
                 Ok(report) => Ending::Report(Box::new(report)),

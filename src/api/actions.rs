@@ -118,6 +118,11 @@ pub async fn webhook(
             .await
         {
             Ok(result) => {
+                // A deploy of this source waiting for its rollout here
+                // looks at the branch at once (and stops when it moved).
+                if let (RequestResult::QueuedAfterRunning, Some(p)) = (result, &state.pipeline) {
+                    p.nudge(source.id);
+                }
                 triggered.push(source.id);
                 results.insert(source.id.to_string(), result);
             }

@@ -1,14 +1,15 @@
-//! What chump did: history entries (deploys and failures), each source's
-//! status (its last check and its place in the schedule) and the objects
-//! chump last applied for it (its inventory).
+//! What chump did: history entries (deploys, failures, supersessions,
+//! deletions, and where degraded spells start and end), each source's
+//! status (its last check, its place in the schedule and its workloads'
+//! health) and the objects chump last applied for it (its inventory).
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use chump_jobs::history::Outcome;
+use chump_jobs::history::{Health, Outcome};
 use chump_jobs::source::parse_source_id;
-use chump_jobs::store::HistoryQuery;
+use chump_jobs::store::{HistoryQuery, SourceStatus};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -30,9 +31,7 @@ fn parse_query(
         limit: DEFAULT_LIMIT,
         ..Default::default()
     };
-    let bad = |name: &str, why: &str| {
-        ApiError::bad_request(format!("[WARN] Invalid query parameter '{name}': {why}"))
-    };
+    let bad = |name: &str, why: &str| ApiError::bad_query(name, why);
     for (key, value) in params {
         match key.as_str() {
             "limit" => {
@@ -54,10 +53,12 @@ fn parse_query(
                 );
             }
             "outcome" if allowed.contains(&"outcome") => {
-                q.outcome =
-                    Some(value.parse::<Outcome>().map_err(|_| {
-                        bad(key, "must be deployed, up_to_date, failed or deleted")
-                    })?);
+                q.outcome = Some(value.parse::<Outcome>().map_err(|_| {
+                    bad(
+                        key,
+                        &format!("must be {}", super::one_of(super::OUTCOME_NAMES)),
+                    )
+                })?);
             }
             "namespace" if allowed.contains(&"namespace") => {
                 chump_jobs::source::validate_dns_label(value).map_err(|e| bad(key, &e))?;
@@ -121,7 +122,9 @@ pub async fn of_source(
     Ok(resp)
 }
 
-/// `GET /api/sources/{id}/status`: the last check and the next one.
+/// `GET /api/sources/{id}/status`: the last check and the next one, and
+/// what the last check says of the workloads' health (`health`, with the
+/// last message as `health_reason` when degraded).
 pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -133,11 +136,25 @@ pub async fn status(
         .await?
         .ok_or_else(ApiError::not_found)?;
     let status = state.store.status(id).await?.unwrap_or_default();
-    let mut v = serde_json::to_value(&status).unwrap_or_else(|_| json!({}));
+    let mut v = status_json(&status);
     v["source_id"] = json!(id);
     v["suspended"] = json!(source.spec.suspended);
     v["deleting"] = json!(source.deleting);
     Ok(Json(v))
+}
+
+/// A status as the API shows it: the stored fields, plus `health` (what the
+/// last check says of the workloads) and `health_reason` (the last message
+/// when health is degraded, else null).
+pub(super) fn status_json(status: &SourceStatus) -> Value {
+    let mut v = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    let health = Health::of(status.last_outcome, status.last_stage);
+    v["health"] = json!(health.as_str());
+    v["health_reason"] = json!(status
+        .last_message
+        .as_deref()
+        .filter(|_| health == Health::Degraded));
+    v
 }
 
 /// `GET /api/sources/{id}/objects`: the objects chump last applied for the

@@ -20,7 +20,7 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chump_jobs::metrics::{Metrics, StateLabels};
+use chump_jobs::metrics::{source_state, Metrics, StateLabels, SOURCE_STATES};
 use chump_jobs::pipeline::PipelineProbe;
 use chump_jobs::source::ValidationRules;
 use chump_jobs::store::Store;
@@ -81,6 +81,27 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /healthz",
     "GET /readyz",
 ];
+
+/// Every check outcome by its wire name, in the order error messages and
+/// the CLI list them (`?outcome=` of the history routes, `chump history
+/// --outcome`).
+pub const OUTCOME_NAMES: &[&str] = &[
+    "deployed",
+    "up_to_date",
+    "failed",
+    "deleted",
+    "degraded",
+    "superseded",
+];
+
+/// `a, b, c or d`.
+pub(crate) fn one_of(values: &[&str]) -> String {
+    match values {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
@@ -180,26 +201,12 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     }
     let sources = state.store.list_sources().await?;
     let statuses = state.store.list_statuses().await?;
-    let mut counts = std::collections::BTreeMap::from([
-        ("up_to_date", 0i64),
-        ("deployed", 0),
-        ("failed", 0),
-        ("never_checked", 0),
-        ("suspended", 0),
-        ("deleting", 0),
-    ]);
+    // Every state, so a state no source is in any more reads zero.
+    let mut counts: std::collections::BTreeMap<&str, i64> =
+        SOURCE_STATES.iter().map(|s| (*s, 0)).collect();
     for s in &sources {
-        let state = if s.deleting {
-            "deleting"
-        } else if s.spec.suspended {
-            "suspended"
-        } else {
-            match statuses.get(&s.id).and_then(|st| st.last_outcome) {
-                Some(o) => o.as_str(),
-                None => "never_checked",
-            }
-        };
-        *counts.entry(state).or_default() += 1;
+        let last = statuses.get(&s.id).and_then(|st| st.last_outcome);
+        *counts.entry(source_state(s, last)).or_default() += 1;
     }
     for (state, n) in counts {
         m.sources
@@ -229,4 +236,45 @@ async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> impl IntoRe
         StatusCode::METHOD_NOT_ALLOWED,
         format!("[WARN] Method {method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chump_jobs::history::Outcome;
+
+    #[test]
+    fn every_outcome_is_named_once() {
+        let all = [
+            Outcome::Deployed,
+            Outcome::UpToDate,
+            Outcome::Failed,
+            Outcome::Deleted,
+            Outcome::Degraded,
+            Outcome::Superseded,
+        ];
+        for o in all {
+            // A new outcome does not compile here until it is listed above
+            // and in OUTCOME_NAMES.
+            match o {
+                Outcome::Deployed
+                | Outcome::UpToDate
+                | Outcome::Failed
+                | Outcome::Deleted
+                | Outcome::Degraded
+                | Outcome::Superseded => {}
+            }
+            assert!(OUTCOME_NAMES.contains(&o.as_str()), "{o}");
+        }
+        assert_eq!(OUTCOME_NAMES.len(), all.len());
+        for name in OUTCOME_NAMES {
+            assert_eq!(name.parse::<Outcome>().map(Outcome::as_str), Ok(*name));
+        }
+    }
+
+    #[test]
+    fn lists_read_as_prose() {
+        assert_eq!(one_of(&["a"]), "a");
+        assert_eq!(one_of(&["a", "b", "c"]), "a, b or c");
+    }
 }

@@ -63,7 +63,10 @@ pub struct Source {
 pub struct Status {
     last_checked_at: Option<String>,
     last_commit: Option<String>,
-    /// deployed, up_to_date or failed.
+    /// deployed, up_to_date, failed, degraded (nothing to deploy, but a
+    /// workload is not healthy: the message says which and why) or
+    /// superseded (the branch moved during the rollout; the new commit is
+    /// checked at once).
     last_outcome: Option<String>,
     /// git, manifest, cluster, build, apply, rollout, prune or timeout.
     last_stage: Option<String>,
@@ -79,9 +82,18 @@ pub struct Status {
     suspended: Option<bool>,
     /// The source is being deleted (its objects pruned first).
     deleting: Option<bool>,
+    /// What the last check says of the workloads: healthy (deployed or up
+    /// to date), degraded (a degraded check, or a failed rollout),
+    /// progressing (superseded during a rollout) or unknown (never checked,
+    /// or the check failed before the workloads).
+    health: String,
+    /// When health is degraded: the last check's message (which workload,
+    /// and why); null otherwise.
+    health_reason: Option<String>,
 }
 
-/// A deploy or a failure.
+/// A deploy, a failure, a supersession, a deletion, or the start or end of
+/// a degraded spell (a steady check is not kept).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct HistoryEntry {
@@ -99,7 +111,10 @@ pub struct HistoryEntry {
     desired_image: Option<String>,
     /// The image running before the check.
     running_image: Option<String>,
-    /// deployed, failed, or deleted (its objects pruned, the source gone).
+    /// deployed, failed, deleted (its objects pruned, the source gone),
+    /// superseded (the branch moved during the rollout), degraded (the
+    /// first check that found a workload unhealthy) or up_to_date (the
+    /// first healthy check after degraded ones).
     outcome: String,
     stage: Option<String>,
     message: Option<String>,
@@ -218,6 +233,8 @@ mod doc {
 
     const CONFLICT: &str =
         "another source has the target ([WARN] Source already exist!), or the source is being deleted";
+    const OUTCOME: &str =
+        "deployed, up_to_date, failed, deleted, degraded or superseded (400 for any other)";
     const PRUNE: &str = "true: delete the objects chump applied for the source first (202 while \
         they are pruned; 200 when none were recorded); false (default): delete the source at once, \
         leaving its objects";
@@ -268,7 +285,7 @@ mod doc {
     pub fn objects() {}
     #[utoipa::path(get, path = "/api/sources/{id}/history", params(("id" = i64, Path),
         ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("before" = Option<i64>, Query, description = "paging cursor: entries with a smaller id"),
-        ("outcome" = Option<String>, Query, description = "deployed, up_to_date, failed or deleted")), responses(
+        ("outcome" = Option<String>, Query, description = OUTCOME)), responses(
         (status = 200, body = HistoryPage), (status = 400, body = Error), (status = 404, body = Error)))]
     pub fn history_of_source() {}
     #[utoipa::path(post, path = "/api/sources/{id}/check", params(("id" = i64, Path)), responses(
@@ -276,7 +293,7 @@ mod doc {
         (status = 404, body = Error), (status = 409, body = Error, description = "the source is being deleted")))]
     pub fn check() {}
     #[utoipa::path(get, path = "/api/history", params(
-        ("limit" = Option<u32>, Query), ("before" = Option<i64>, Query), ("outcome" = Option<String>, Query),
+        ("limit" = Option<u32>, Query), ("before" = Option<i64>, Query), ("outcome" = Option<String>, Query, description = OUTCOME),
         ("namespace" = Option<String>, Query), ("source_id" = Option<i64>, Query), ("since" = Option<String>, Query, description = "RFC 3339")),
         responses((status = 200, body = HistoryPage), (status = 400, body = Error)))]
     pub fn history() {}

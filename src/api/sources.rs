@@ -32,10 +32,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         .map(|s| {
             let mut v = s.to_public_json();
             let status = statuses.get(&s.id).cloned().unwrap_or_default();
-            v.insert(
-                "status".into(),
-                serde_json::to_value(status).unwrap_or(Value::Null),
-            );
+            v.insert("status".into(), super::history::status_json(&status));
             Value::Object(v)
         })
         .collect();

@@ -46,10 +46,12 @@ pub enum ClientCommand {
     Sources(SourcesArgs),
     /// Ask for a check of a source now (it runs as soon as a worker is free).
     Check(CheckArgs),
-    /// Deploys and failures, newest first: of one source, or of all.
+    /// Deploys, failures, supersessions, deletions and degraded spells
+    /// (their start and end), newest first: of one source, or of all.
     History(HistoryArgs),
-    /// A source's last check, its next one, and what chump last applied
-    /// (object counts by kind, and the commit).
+    /// A source's last check, its workloads' health (and why, when
+    /// degraded), its next check, and what chump last applied (object counts
+    /// by kind, and the commit).
     Status(StatusArgs),
 }
 
@@ -224,8 +226,10 @@ pub struct HistoryArgs {
     /// Only entries older than this entry id (the next page).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub before: Option<u64>,
-    /// Only this outcome.
-    #[arg(long, value_parser = ["deployed", "up_to_date", "failed", "deleted"])]
+    /// Only this outcome: deployed, up_to_date (only the check that ended a
+    /// degraded spell is kept), failed, deleted, degraded (the check that
+    /// started a spell) or superseded (the branch moved during a rollout).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::api::OUTCOME_NAMES.iter().copied()))]
     pub outcome: Option<String>,
     /// Only sources in this namespace (all sources only).
     #[arg(long, conflicts_with = "id")]

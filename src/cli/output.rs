@@ -30,6 +30,8 @@ const STATUS_FIELDS: &[&str] = &[
     "source_id",
     "suspended",
     "deleting",
+    "health",
+    "health_reason",
     "last_checked_at",
     "last_outcome",
     "last_stage",
@@ -316,6 +318,45 @@ fn fields(v: &Value, order: &[&str], skip: &[&str], indent: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn status_shows_health_and_why_first() {
+        let st = json!({"source_id": 3, "suspended": false, "deleting": false,
+            "last_outcome": "degraded", "last_stage": null,
+            "last_message": "Deployment shop/web: pod web-1 container app: ImagePullBackOff",
+            "health": "degraded",
+            "health_reason": "Deployment shop/web: pod web-1 container app: ImagePullBackOff"});
+        let out = status(&st);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[3], "health:        degraded", "{out}");
+        assert_eq!(
+            lines[4],
+            "health_reason: Deployment shop/web: pod web-1 container app: ImagePullBackOff",
+            "{out}"
+        );
+        assert!(lines[5].starts_with("last_outcome:  degraded"), "{out}");
+        // An older server without health: nothing made up.
+        let old = json!({"source_id": 3, "last_outcome": "failed"});
+        assert!(!status(&old).contains("health"), "{}", status(&old));
+    }
+
+    #[test]
+    fn the_source_table_shows_every_outcome() {
+        let row = |id: i64, outcome: &str| {
+            json!({"id": id, "namespace": "shop", "deployment_name": format!("w{id}"),
+                "container_name": "app", "branch": "main", "suspended": false, "deleting": false,
+                "status": {"last_outcome": outcome, "next_check_at": "2026-01-31T12:00:00.5Z"}})
+        };
+        let v =
+            json!({"sources": [row(1, "degraded"), row(2, "superseded"), row(3, "up_to_date")]});
+        let out = source_list(&v);
+        let outcomes: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(6).unwrap())
+            .collect();
+        assert_eq!(outcomes, ["degraded", "superseded", "up_to_date"], "{out}");
+    }
 
     #[test]
     fn status_with_objects_counts_them_by_kind() {

@@ -427,7 +427,8 @@ impl Store for SqliteStore {
         let lease_until = now + lease;
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let rows = sqlx::query(&format!(
-            "SELECT {cols}, st.requested_trigger, st.consecutive_failures, st.next_check_at \
+            "SELECT {cols}, st.requested_trigger, st.consecutive_failures, st.last_outcome, \
+             st.next_check_at \
              FROM source_status st JOIN sources s ON s.id = st.source_id \
              WHERE st.next_check_at <= ?1 \
                AND (st.lease_until IS NULL OR st.lease_until <= ?1) \
@@ -449,6 +450,7 @@ impl Store for SqliteStore {
             let source = source_from_row(&row).map_err(db_err)?;
             let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
             let failures: i64 = row.try_get("consecutive_failures").map_err(db_err)?;
+            let last_outcome: Option<String> = row.try_get("last_outcome").map_err(db_err)?;
             let due_at = from_ms(row.try_get("next_check_at").map_err(db_err)?);
             sqlx::query(
                 "UPDATE source_status SET lease_owner = ?, lease_until = ?, requested_trigger = NULL \
@@ -468,6 +470,7 @@ impl Store for SqliteStore {
             claims.push(Claim {
                 trigger,
                 consecutive_failures: failures.max(0) as u32,
+                last_outcome: parse_opt(last_outcome),
                 due_at,
                 inventory: Inventory::default(),
                 owner: owner.to_string(),
@@ -530,7 +533,9 @@ impl Store for SqliteStore {
                 return Ok(());
             }
         }
-        if report.outcome != Outcome::UpToDate {
+        // Deploys, failures, supersessions and deletions always; a steady
+        // check only when it starts or ends a degraded spell.
+        if report.goes_to_history(claim.last_outcome) {
             let objects = serde_json::to_string(&report.objects)
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             sqlx::query(
@@ -567,6 +572,8 @@ impl Store for SqliteStore {
             tx.commit().await.map_err(db_err)?;
             return Ok(());
         }
+        // Only failures count (degraded and superseded are not): they drive
+        // the backoff.
         let failed = report.outcome == Outcome::Failed;
         // Due at once instead when the source changed or a check was asked
         // for while this one ran.

@@ -1504,6 +1504,245 @@ pub async fn a_check_running_at_a_delete_with_prune_is_followed_by_the_prune(
     assert_eq!((claim.trigger, &claim.inventory), (Trigger::Delete, &newer));
 }
 
+/// A report of `outcome` with `message` (stage none, as degraded and
+/// superseded reports have).
+fn report_with(claim: &Claim, outcome: Outcome, at: OffsetDateTime, message: &str) -> CheckReport {
+    CheckReport {
+        stage: None,
+        message: Some(message.to_string()),
+        ..report(claim, outcome, at)
+    }
+}
+
+/// Claims source `id` (the only one due) at `at`, checking the claim
+/// carries how the previous check ended.
+async fn claim_expecting(
+    store: &Arc<dyn Store>,
+    id: i64,
+    at: OffsetDateTime,
+    last: Option<Outcome>,
+) -> Claim {
+    let mut claims = store.claim_due(at, 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 1, "one source due at {at}: {claims:?}");
+    let claim = claims.remove(0);
+    assert_eq!(claim.source.id, id);
+    assert_eq!(
+        claim.last_outcome, last,
+        "the claim carries the previous check's outcome"
+    );
+    claim
+}
+
+fn outcomes(h: &[chump_jobs::history::HistoryEntry]) -> Vec<Outcome> {
+    h.iter().map(|e| e.report.outcome).collect()
+}
+
+pub async fn degraded_spells_are_kept_where_they_start_and_end(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let claim = claim_expecting(&store, a.id, t(0), None).await;
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(1)), t(100))
+        .await
+        .unwrap();
+    assert!(store.history(&all_history()).await.unwrap().is_empty());
+
+    // Degraded after up to date: it starts a spell, kept.
+    let claim = claim_expecting(&store, a.id, t(100), Some(Outcome::UpToDate)).await;
+    let first = report_with(
+        &claim,
+        Outcome::Degraded,
+        t(100),
+        "Deployment production/a: pod a-1 container app: ImagePullBackOff",
+    );
+    store.finish_check(&claim, &first, t(200)).await.unwrap();
+    let h = store.history(&all_history()).await.unwrap();
+    assert_eq!(outcomes(&h), vec![Outcome::Degraded]);
+    assert_eq!(h[0].report, first);
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (st.last_outcome, st.last_stage, st.last_message.as_deref()),
+        (Some(Outcome::Degraded), None, first.message.as_deref())
+    );
+    assert_eq!(st.consecutive_failures, 0, "degraded is not a failure");
+    assert_eq!(st.next_check_at, Some(t(200)));
+
+    // Degraded again: the spell goes on, not kept; the status follows it.
+    let claim = claim_expecting(&store, a.id, t(200), Some(Outcome::Degraded)).await;
+    let second = report_with(
+        &claim,
+        Outcome::Degraded,
+        t(200),
+        "Deployment production/a: pod a-2 container app: CrashLoopBackOff",
+    );
+    store.finish_check(&claim, &second, t(300)).await.unwrap();
+    assert_eq!(
+        outcomes(&store.history(&all_history()).await.unwrap()),
+        vec![Outcome::Degraded],
+        "a degraded check after a degraded one is not history"
+    );
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            st.last_outcome,
+            st.last_message.as_deref(),
+            st.last_checked_at
+        ),
+        (
+            Some(Outcome::Degraded),
+            second.message.as_deref(),
+            Some(t(201))
+        )
+    );
+    assert_eq!(st.consecutive_failures, 0);
+
+    // Up to date ends the spell: kept.
+    let claim = claim_expecting(&store, a.id, t(300), Some(Outcome::Degraded)).await;
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(300)), t(400))
+        .await
+        .unwrap();
+    let h = store.history(&all_history()).await.unwrap();
+    assert_eq!(outcomes(&h), vec![Outcome::UpToDate, Outcome::Degraded]);
+    assert_eq!(h[0].report, report(&claim, Outcome::UpToDate, t(300)));
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (st.last_outcome, st.last_message),
+        (Some(Outcome::UpToDate), None)
+    );
+
+    // Up to date again: a steady check, not kept.
+    let claim = claim_expecting(&store, a.id, t(400), Some(Outcome::UpToDate)).await;
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(400)), t(500))
+        .await
+        .unwrap();
+    assert_eq!(store.history(&all_history()).await.unwrap().len(), 2);
+
+    // A failure, then degraded: the failure is kept, degraded starts a new
+    // spell (kept) and resets the failure count.
+    let claim = claim_expecting(&store, a.id, t(500), Some(Outcome::UpToDate)).await;
+    store
+        .finish_check(&claim, &report(&claim, Outcome::Failed, t(500)), t(600))
+        .await
+        .unwrap();
+    let claim = claim_expecting(&store, a.id, t(600), Some(Outcome::Failed)).await;
+    assert_eq!(claim.consecutive_failures, 1);
+    store
+        .finish_check(
+            &claim,
+            &report_with(&claim, Outcome::Degraded, t(600), "still unhealthy"),
+            t(700),
+        )
+        .await
+        .unwrap();
+    let h = store.history(&all_history()).await.unwrap();
+    assert_eq!(
+        outcomes(&h),
+        vec![
+            Outcome::Degraded,
+            Outcome::Failed,
+            Outcome::UpToDate,
+            Outcome::Degraded
+        ]
+    );
+    let degraded_only = store
+        .history(&HistoryQuery {
+            outcome: Some(Outcome::Degraded),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        degraded_only.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![h[0].id, h[3].id],
+        "the outcome filter finds degraded entries"
+    );
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (st.consecutive_failures, st.last_outcome),
+        (0, Some(Outcome::Degraded))
+    );
+    let claim = claim_expecting(&store, a.id, t(700), Some(Outcome::Degraded)).await;
+    assert_eq!(claim.consecutive_failures, 0);
+}
+
+pub async fn superseded_checks_are_kept_and_are_no_failures(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let claim = claim_expecting(&store, a.id, t(0), None).await;
+    store
+        .finish_check(&claim, &report(&claim, Outcome::Failed, t(0)), t(100))
+        .await
+        .unwrap();
+    let claim = claim_expecting(&store, a.id, t(100), Some(Outcome::Failed)).await;
+    assert_eq!(claim.consecutive_failures, 1);
+    let moved = report_with(
+        &claim,
+        Outcome::Superseded,
+        t(100),
+        "master moved to 89abcdef while the rollout of 01234567 was under way",
+    );
+    // Due at once: the scheduler's choice, recorded as given.
+    store.finish_check(&claim, &moved, t(102)).await.unwrap();
+    let st = store.status(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            st.last_outcome,
+            st.last_stage,
+            st.last_message.as_deref(),
+            st.consecutive_failures,
+            st.next_check_at
+        ),
+        (
+            Some(Outcome::Superseded),
+            None,
+            moved.message.as_deref(),
+            0,
+            Some(t(102))
+        ),
+        "superseded is not a failure"
+    );
+    let h = store.history(&all_history()).await.unwrap();
+    assert_eq!(outcomes(&h), vec![Outcome::Superseded, Outcome::Failed]);
+    assert_eq!(h[0].report, moved);
+
+    // A second supersession in a row is kept too.
+    let claim = claim_expecting(&store, a.id, t(102), Some(Outcome::Superseded)).await;
+    assert_eq!(claim.consecutive_failures, 0);
+    store
+        .finish_check(
+            &claim,
+            &report_with(&claim, Outcome::Superseded, t(102), "moved again"),
+            t(104),
+        )
+        .await
+        .unwrap();
+    let only = store
+        .history(&HistoryQuery {
+            outcome: Some(Outcome::Superseded),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&only), vec![Outcome::Superseded; 2]);
+    let claim = claim_expecting(&store, a.id, t(104), Some(Outcome::Superseded)).await;
+    store
+        .finish_check(&claim, &report(&claim, Outcome::Deployed, t(104)), t(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes(&store.history(&all_history()).await.unwrap()),
+        vec![
+            Outcome::Deployed,
+            Outcome::Superseded,
+            Outcome::Superseded,
+            Outcome::Failed
+        ]
+    );
+    claim_expecting(&store, a.id, t(300), Some(Outcome::Deployed)).await;
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -1522,7 +1761,9 @@ macro_rules! conformance_tests {
             deleting_with_prune_and_nothing_applied_deletes_at_once,
             deleting_with_prune_waits_for_the_prune, a_plain_delete_abandons_a_prune,
             a_prune_whose_lease_was_lost_deletes_nothing,
-            a_check_running_at_a_delete_with_prune_is_followed_by_the_prune);
+            a_check_running_at_a_delete_with_prune_is_followed_by_the_prune,
+            degraded_spells_are_kept_where_they_start_and_end,
+            superseded_checks_are_kept_and_are_no_failures);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(

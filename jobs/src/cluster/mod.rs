@@ -2,7 +2,9 @@
 //! check uses, one module each:
 //!
 //! - [`apply`]: server-side apply of a build (namespaces and CRDs first);
-//! - [`rollout`]: reading a Deployment's image and waiting for its rollout;
+//! - [`rollout`]: reading the image a Deployment runs;
+//! - [`health`]: waiting for every workload of a build to roll out, failing
+//!   fast with the reason, and assessing workloads in steady checks;
 //! - [`drift`]: observing applied objects and telling whether the fields
 //!   chump applies were changed in the cluster;
 //! - [`prune`]: deleting applied objects the build no longer renders.
@@ -15,13 +17,15 @@
 
 mod apply;
 pub mod drift;
+pub mod health;
 mod prune;
 mod rollout;
 
 pub use apply::{Applied, ApplyError, ApplyFailure, Placement};
 pub use drift::{Drift, Observed};
 pub use prune::{Kept, PruneReport, PruneScope, PRUNE_ANNOTATION};
-pub use rollout::{RolloutError, Running};
+pub use health::{RolloutError, Verdict, Workload, WorkloadKind};
+pub use rollout::Running;
 
 use std::collections::HashMap;
 use std::path::Path;

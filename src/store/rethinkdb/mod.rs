@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `prune`, `deleting`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them; a missing `prune` reads as true, a missing `deleting` as false) |
 //! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, and copies of the source's `suspended`, `deleting` and `revision` |
-//! | `chump_history` | `id` (integer, from a counter) | deploys and failures; they outlive their source |
+//! | `chump_history` | `id` (integer, from a counter) | deploys, failures, supersessions, deletions, and the checks that start or end a degraded spell ([`CheckReport::goes_to_history`]); they outlive their source |
 //! | `chump_counters` | `id` (`"sources"`, `"history"`) | `value`: the last id handed out |
 //! | `chump_targets` | `id` = `namespace/deployment/container` | `source_id` (null while its create is in flight), `token`, `at`: who owns a target |
 //! | `chump_inventory` | `source_id` | what chump last applied for a source: `commit`, `desired_image`, `objects` (each `api_version`, `kind`, `namespace`, `name`, `digest`, `commit`); none until the first check that records one |
@@ -1112,6 +1112,7 @@ impl Store for RethinkStore {
             let consecutive_failures = opt_int(old, "consecutive_failures")
                 .unwrap_or(0)
                 .clamp(0, u32::MAX as i64) as u32;
+            let last_outcome = parse_opt(opt_str(old, "last_outcome"));
             let due_at = from_ms(opt_int(old, "next_check_at").unwrap_or(now_ms));
             let source = match self.get_source(id).await {
                 Ok(Some(source)) => source,
@@ -1142,6 +1143,7 @@ impl Store for RethinkStore {
                 source,
                 trigger,
                 consecutive_failures,
+                last_outcome,
                 due_at,
                 inventory: Inventory::default(),
                 owner: owner.to_string(),
@@ -1173,6 +1175,8 @@ impl Store for RethinkStore {
         next_check_at: OffsetDateTime,
     ) -> StoreResult<()> {
         let source = &claim.source;
+        // Only failures count (degraded and superseded are not): they drive
+        // the backoff.
         let failed = report.outcome == Outcome::Failed;
         // The prune of a source being deleted is done: the source goes.
         let gone = claim.trigger == Trigger::Delete && report.outcome == Outcome::Deleted;
@@ -1266,7 +1270,9 @@ impl Store for RethinkStore {
                 )));
             }
         }
-        if report.outcome != Outcome::UpToDate {
+        // Deploys, failures, supersessions and deletions always; a steady
+        // check only when it starts or ends a degraded spell.
+        if report.goes_to_history(claim.last_outcome) {
             self.insert_history(claim, report).await?;
         }
         Ok(())
