@@ -680,7 +680,7 @@ impl Checker {
         for (workload, object) in &look.workloads {
             let Some(object) = object else { continue };
             let verdict = cluster
-                .assess(workload, object)
+                .assess(workload, object, self.rollout_timeout)
                 .await
                 .map_err(|e| Failure {
                     stage: Stage::Cluster,

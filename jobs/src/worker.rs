@@ -168,9 +168,13 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
 /// together, or due together, share one ref query. Scheduled checks also
 /// accept a head read up to a tenth of their interval (at most 30 s) before
 /// they were due, so sources of one repository whose due times drifted a
-/// little apart still share.
+/// little apart still share — except right after a supersession.
 fn fresh_since(claim: &Claim, default_interval: Duration) -> OffsetDateTime {
-    if claim.trigger != crate::history::Trigger::Schedule {
+    // A deploy superseded by a newer commit is followed at once by a check
+    // that must see that commit: no head read before it was due will do.
+    if claim.trigger != crate::history::Trigger::Schedule
+        || claim.last_outcome == Some(crate::history::Outcome::Superseded)
+    {
         return claim.due_at;
     }
     let interval = claim

@@ -121,11 +121,13 @@ impl Cluster {
     /// just read it. No request while its status says it is rolled out;
     /// otherwise its current pods are listed (and the newest Warning event
     /// of a pod in trouble read) to tell a rollout in progress from a
-    /// broken one.
+    /// broken one. A pod still starting after `patience` (the rollout
+    /// timeout: a deploy would have failed on it) is broken too.
     pub async fn assess(
         &self,
         workload: &Workload,
         object: &DynamicObject,
+        patience: Duration,
     ) -> Result<Verdict, ClusterError> {
         let object = whole(object);
         let waiting = match status::status_of(workload.kind, &object) {
@@ -154,9 +156,12 @@ impl Cluster {
                     text
                 }
                 PodState::NotReady { text, since } if longer_than(since, NOT_READY_GRACE) => text,
+                PodState::Starting { text, since } if longer_than(since, patience) => {
+                    format!("{text} for more than {}s", patience.as_secs())
+                }
                 PodState::Unschedulable { text, .. }
                 | PodState::NotReady { text, .. }
-                | PodState::Starting(text) => {
+                | PodState::Starting { text, .. } => {
                     note.get_or_insert(text);
                     continue;
                 }
@@ -178,7 +183,7 @@ impl Cluster {
             let text = match pods::pod_state(&pod) {
                 PodState::Fine => continue,
                 PodState::Broken(text)
-                | PodState::Starting(text)
+                | PodState::Starting { text, .. }
                 | PodState::Unschedulable { text, .. }
                 | PodState::NotReady { text, .. } => text,
             };

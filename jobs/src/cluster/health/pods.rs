@@ -37,8 +37,12 @@ pub(super) const RESTART_LIMIT: i64 = 3;
 pub(super) enum PodState {
     /// Running and ready (or done, for a Job's pod).
     Fine,
-    /// On its way (being scheduled, pulling, starting): what it waits for.
-    Starting(String),
+    /// On its way (being scheduled, pulling, starting): what it waits
+    /// for; `since` the pod was made.
+    Starting {
+        text: String,
+        since: Option<OffsetDateTime>,
+    },
     /// No node can take it; `since` when the scheduler said so.
     Unschedulable {
         text: String,
@@ -58,6 +62,11 @@ pub(super) enum PodState {
 pub(super) fn pod_state(pod: &Value) -> PodState {
     let name = pod["metadata"]["name"].as_str().unwrap_or("?");
     let status = &pod["status"];
+    let created = timestamp(&pod["metadata"]["creationTimestamp"]);
+    let starting = |text: String| PodState::Starting {
+        text,
+        since: created,
+    };
     for (list, what) in [
         ("initContainerStatuses", "init container"),
         ("containerStatuses", "container"),
@@ -109,7 +118,7 @@ pub(super) fn pod_state(pod: &Value) -> PodState {
             // another (a Job fails by its own condition).
             let reason = status["reason"].as_str().unwrap_or("Failed");
             let message = status["message"].as_str().unwrap_or("");
-            return PodState::Starting(format!("pod {name}: {reason}: {message}"));
+            return starting(format!("pod {name}: {reason}: {message}"));
         }
         _ => {}
     }
@@ -117,7 +126,7 @@ pub(super) fn pod_state(pod: &Value) -> PodState {
     // PodInitializing): say what.
     for c in status["containerStatuses"].as_array().into_iter().flatten() {
         if let Some(reason) = c["state"]["waiting"]["reason"].as_str() {
-            return PodState::Starting(format!(
+            return starting(format!(
                 "pod {name}: container {}: {reason}",
                 c["name"].as_str().unwrap_or("?")
             ));
@@ -140,10 +149,10 @@ pub(super) fn pod_state(pod: &Value) -> PodState {
                 since: timestamp(&c["lastTransitionTime"]),
             };
         }
-        return PodState::Starting(format!("pod {name}: not ready"));
+        return starting(format!("pod {name}: not ready"));
     }
     if pod_condition(pod, "Ready").is_none() {
-        return PodState::Starting(format!(
+        return starting(format!(
             "pod {name}: {}",
             status["phase"].as_str().unwrap_or("Pending")
         ));
@@ -381,7 +390,9 @@ mod tests {
             json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
             "containerStatuses": [{"name": "web", "ready": false, "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
         );
-        assert!(matches!(pod_state(&p), PodState::Starting(t) if t.ends_with("ContainerCreating")));
+        assert!(
+            matches!(pod_state(&p), PodState::Starting { text, .. } if text.ends_with("ContainerCreating"))
+        );
         let p = pod(
             json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [{"name": "web", "ready": true, "state": {"running": {}}}]}),

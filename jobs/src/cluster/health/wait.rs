@@ -207,7 +207,7 @@ impl Cluster {
                     }
                     text
                 }
-                PodState::NotReady { text, .. } | PodState::Starting(text) => {
+                PodState::NotReady { text, .. } | PodState::Starting { text, .. } => {
                     note.get_or_insert((pod.clone(), text));
                     continue;
                 }
