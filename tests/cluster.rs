@@ -209,7 +209,12 @@ async fn apply_orders_namespaces_first_defaults_namespace_and_reports_actions() 
         )
         .is_some());
 
-    // The same build again: nothing changes.
+    // The same build again: nothing changes (once the controllers have
+    // finished with the first apply).
+    assert!(
+        api.settle(Duration::from_secs(10)).await,
+        "controllers settle"
+    );
     let rv = api.resource_version();
     api.clear_requests();
     let again = apply_objects(&cluster, &objects, "shop", None)
@@ -472,10 +477,7 @@ async fn rollout_immediate_never_fail_and_after() {
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(
-        matches!(err, RolloutError::Failed { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, RolloutError::Failed { .. }), "{err:?}");
     assert!(
         err.to_string()
             .starts_with("deployment prod/web: ProgressDeadlineExceeded: "),
@@ -494,7 +496,10 @@ async fn rollout_immediate_never_fail_and_after() {
     let d = api
         .get_object("apps/v1", "deployments", Some("prod"), "web")
         .unwrap();
-    assert_eq!(d["status"]["updatedReplicas"], 0);
+    assert!(
+        d["status"]["observedGeneration"].as_i64() < d["metadata"]["generation"].as_i64(),
+        "the controller has not seen web:3 yet: {d}"
+    );
     cluster
         .wait_rollout("prod", "web", Duration::from_secs(5))
         .await

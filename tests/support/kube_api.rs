@@ -2,7 +2,9 @@
 //!
 //! No API server can run on our build machines, so tests talk to this
 //! in-process HTTP server on `127.0.0.1`. It speaks the subset of the
-//! Kubernetes 1.32 API that chump (kube-rs) and the real `kubectl` use:
+//! Kubernetes 1.32 API that chump (kube-rs) and the real `kubectl` use, and
+//! runs the controllers, scheduler and kubelets whose writes chump reads —
+//! what it reports must be what a real cluster would report:
 //!
 //! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}`,
 //!   `/apis/{g}/{v}` (non-aggregated; clients asking for aggregated discovery
@@ -12,50 +14,116 @@
 //!   minimal OpenAPI v3 (`/openapi/v3` and one document per group-version)
 //!   that tells kubectl the server does field validation, so `kubectl apply`
 //!   needs no client-side schema;
-//! - objects in memory: get, list (namespaced and across namespaces, label and
-//!   field selectors, `Table` and `PartialObjectMetadata` renderings), watch
-//!   ([`watch`]), create, replace, server-side apply
-//!   (`application/apply-patch+yaml`, with field-manager conflicts unless
-//!   `force=true`), merge patch and strategic merge patch, the `status`
-//!   subresource, the `scale` subresource of Deployments, StatefulSets and
-//!   ReplicaSets (an `autoscaling/v1` `Scale`), and `dryRun=All`;
+//! - objects in memory: get, list (namespaced and across namespaces; label
+//!   selectors with `=`, `!=`, `in`, `notin`, `key`, `!key`; field selectors
+//!   on the fields each kind really supports, others a 400 ([`selectors`]);
+//!   `Table` renderings with the real printers' columns ([`tables`]) and
+//!   `PartialObjectMetadata`), watch ([`watch`]), create, replace,
+//!   server-side apply (`application/apply-patch+yaml`, with field-manager
+//!   conflicts unless `force=true`), merge patch and strategic merge patch,
+//!   the `status` subresource, the `scale` subresource of Deployments,
+//!   StatefulSets and ReplicaSets (an `autoscaling/v1` `Scale`), and
+//!   `dryRun=All`;
 //! - delete as the real server does it ([`gc`]): `DeleteOptions` (body or
 //!   query), preconditions, propagation policies and finalizers, deletion
 //!   timestamps, and the controllers that finish deletions: the garbage
-//!   collector (owner references), the namespace controller (a terminating
-//!   Namespace deletes what it holds, refuses new content, and goes once
-//!   empty) and the CRD finalizer (a CRD being deleted deletes its custom
-//!   resources first); they run on a timer shortly after each change;
+//!   collector (owner references: deleting a Deployment takes its
+//!   ReplicaSets and their pods), the namespace controller (a terminating
+//!   Namespace deletes what it holds, pods and events too, refuses new
+//!   content, and goes once empty) and the CRD finalizer (a CRD being
+//!   deleted deletes its custom resources first);
 //! - server-kept metadata: `uid`, `creationTimestamp`, `resourceVersion` (one
 //!   global counter, bumped only when an object really changes), `generation`
 //!   (bumped when `spec` changes, and when deletion starts), and
 //!   `managedFields` kept as structured-merge-diff keeps them ([`fields`]):
 //!   an update's changed fields move to its manager, an apply owns exactly
-//!   what it applies and removes what it stopped applying;
-//! - a Deployment "controller" whose behaviour the test steers with
-//!   [`RolloutMode`] (globally or per Deployment);
-//! - a log of every request, so a test can assert that nothing was written;
+//!   what it applies and removes what it stopped applying; the defaults the
+//!   real server gives Pods, Jobs (selector, labels, parallelism, backoff
+//!   limit), StatefulSets and DaemonSets (update strategies); a Job's pod
+//!   template is immutable (422);
+//! - the workload controllers of kube-controller-manager ([`workloads`]):
+//!   Deployments (a ReplicaSet per pod template, `pod-template-hash`,
+//!   revisions, RollingUpdate and Recreate, the real status and conditions
+//!   including `ProgressDeadlineExceeded` and `ReplicaFailure`), ReplicaSets
+//!   (pods, `FailedCreate`), StatefulSets (ordered pods, revisions,
+//!   partitions), DaemonSets (a pod per node) and Jobs (completions, backoff
+//!   limit, `Complete` / `Failed`); the scheduler and a kubelet per node
+//!   ([`kubelet`]; the nodes `node-1` and `node-2`, served as Nodes)
+//!   whose pods behave as the test steers them by image ([`PodBehaviour`]),
+//!   with the kubelet's states, conditions and messages; events
+//!   ([`events`]) as the components record them, repeats counted;
+//! - a log of every request, so a test can assert that nothing was written
+//!   (the controllers' own writes are not requests);
 //! - [`KubeApi::start_tls`]: the same server behind TLS (a CA and a server
 //!   certificate for `127.0.0.1` and `localhost`, made with rcgen) that also
 //!   demands a bearer token (401 without it), as a pod's service account
 //!   meets the real API server.
 //!
+//! The controllers run as the real ones do, a little after the change that
+//! concerns them (100 ms, [`CONTROLLER_DELAY`]) and again whenever their own
+//! writes or a timed event (a container starting, a deadline) call for it;
+//! they look only at what changed or came due, and hold the lock at most
+//! 20 ms at a time. So the answer to a write is the object as written (a
+//! Deployment's `observedGeneration` still the old one), and a test reads
+//! the controllers' results by waiting for them ([`KubeApi::settle`], or a
+//! condition with a deadline). A Deployment with pods that become ready
+//! rolls out in about 200 ms.
+//!
 //! Kinds live in a table ([`KINDS`]): adding a kind is one entry. Creating a
 //! CustomResourceDefinition adds its kinds while it exists.
 //!
-//! Approximations (documented, deliberate): there is no OpenAPI schema, so
-//! server-side apply deep-merges the applied configuration into the object
-//! (maps merge, lists of objects that all carry `name` merge by name, other
-//! lists are replaced), and field ownership types lists the same way (lists
-//! of named objects are associative by `name` — ports too, where the real
-//! key is port and protocol —, `metadata.ownerReferences` by `uid`,
-//! `metadata.finalizers` is a set, the rest atomic); no defaulting beyond a
-//! few fields (`replicas`, a Namespace's finalizer and label, a CRD's
-//! status). No controller but the ones above writes status or creates
-//! objects (no ReplicaSets or Pods for a Deployment). A Namespace that goes
-//! takes whatever it still holds (objects of kinds no longer served, or left
-//! when it was finalized by hand), where the real one leaves them in etcd.
-//! Pods are deleted at once (unscheduled, as the real server deletes them). Watches send no periodic bookmarks. No JSON patch, no
+//! # Steering from a test
+//!
+//! - [`KubeApi::set_pod_behaviour`]`(image, `[`PodBehaviour`]`)` /
+//!   [`KubeApi::clear_pod_behaviour`]`(image)`: what the kubelet (or the
+//!   scheduler) does with containers of exactly that image — `Ready` (the
+//!   default for every other image), `Pending`, `ImagePullBackOff`,
+//!   `InvalidImageName`, `CreateContainerConfigError(message)`,
+//!   `CreateContainerError(message)`, `CrashLoopBackOff`, `Unschedulable`,
+//!   `NotReady`, `FailedMount`; existing pods are re-evaluated at once (fix
+//!   the registry and the pods start);
+//! - [`KubeApi::set_rollout`]`(`[`RolloutMode`]`)` /
+//!   [`KubeApi::set_rollout_for`]`(ns, name, mode)`: how a Deployment's new
+//!   pods behave when their image has no behaviour of its own (`Immediate`,
+//!   `Never`, `Fail` — also past its progress deadline at once —,
+//!   `After(delay)`);
+//! - [`KubeApi::refuse_pods`]`(ns, Some(reason))` / `(ns, None)`: pod
+//!   creation in `ns` refused as by a ResourceQuota (403 `pods "…" is
+//!   forbidden: <reason>`; controllers record `FailedCreate`);
+//! - [`KubeApi::add_event`]: an event about an object, as a component
+//!   records it; [`KubeApi::events_about`], [`KubeApi::pods`]: reading back;
+//! - [`KubeApi::settle`]: wait until the controllers have nothing queued;
+//! - seeding and drift: [`KubeApi::put_object`], [`KubeApi::put_namespace`],
+//!   [`KubeApi::put_deployment`], [`KubeApi::put_deployment_with`],
+//!   [`KubeApi::set_image`]; faults: [`KubeApi::set_delay`],
+//!   [`KubeApi::stop`], [`KubeApi::restart`].
+//!
+//! # Approximations (documented, deliberate)
+//!
+//! There is no OpenAPI schema, so server-side apply deep-merges the applied
+//! configuration into the object (maps merge, lists of objects that all
+//! carry `name` merge by name, other lists are replaced), and field
+//! ownership types lists the same way (lists of named objects are
+//! associative by `name` — ports too, where the real key is port and
+//! protocol —, `metadata.ownerReferences` by `uid`, `metadata.finalizers` is
+//! a set, the rest atomic); defaulting covers the fields listed above, not
+//! a Deployment's strategy or a pod template's. A Namespace that goes takes
+//! whatever it still holds (objects of kinds no longer served, or left when
+//! it was finalized by hand), where the real one leaves them in etcd.
+//! Pods are deleted at once (no graceful termination, no `Terminating`
+//! pods); pod specs are not validated nor made immutable; init containers,
+//! probes, resources and volumes are not run (a behaviour stands for them);
+//! a crash-looping container is never ready between its crashes, and its
+//! back-off is ~500 ms whatever the message says. ReplicaSets do not adopt
+//! orphan pods; StatefulSets make no PersistentVolumeClaims; `minReadySeconds`
+//! is honoured, `maxSurge` of DaemonSets and Indexed Jobs are not; a failed
+//! Job pod is replaced at once (no back-off), Job pods carry no tracking
+//! finalizer, and a Job counts pods rather than `uncountedTerminatedPods`.
+//! The controllers' revision annotation on a Deployment is not in
+//! `managedFields`. No CronJob, HorizontalPodAutoscaler, Endpoints or
+//! PersistentVolume controller runs. The event store keeps the newest 5,000 events (the real
+//! one expires them after an hour); no event aggregation ("combined from
+//! similar events"). Watches send no periodic bookmarks. No JSON patch, no
 //! protobuf; no authentication unless started with [`KubeApi::start_tls`]
 //! (one bearer token, no RBAC).
 
@@ -64,6 +132,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
+use std::time::Instant;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -78,17 +147,30 @@ use tokio::task::JoinHandle;
 
 // Paths spelled out: the file is also included with `#[path]` (benches),
 // which would look for its modules next to it.
+#[path = "kube_api/events.rs"]
+mod events;
 #[path = "kube_api/fields.rs"]
 mod fields;
 #[path = "kube_api/gc.rs"]
 mod gc;
+#[path = "kube_api/kubelet.rs"]
+mod kubelet;
+#[path = "kube_api/selectors.rs"]
+mod selectors;
 #[path = "kube_api/subresources.rs"]
 mod subresources;
+#[path = "kube_api/tables.rs"]
+mod tables;
 #[path = "kube_api/watch.rs"]
 mod watch;
+#[path = "kube_api/workloads.rs"]
+mod workloads;
 
 use fields::Part;
+use selectors::{field_value, parse_fields, parse_labels};
 use subresources::has_scale;
+
+pub use kubelet::PodBehaviour;
 
 /// One kind the stand-in serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +226,8 @@ pub const KINDS: &[KindSpec] = &[
     kind("", "v1", "services", "service", "Service", NS, &["svc"], true, false),
     kind("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], false, false),
     kind("", "v1", "pods", "pod", "Pod", NS, &["po"], true, false),
+    kind("", "v1", "events", "event", "Event", NS, &["ev"], false, false),
+    kind("", "v1", "nodes", "node", "Node", CLUSTER, &["no"], true, false),
     kind("", "v1", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", NS, &["pvc"], true, false),
     kind("", "v1", "persistentvolumes", "persistentvolume", "PersistentVolume", CLUSTER, &["pv"], true, false),
     kind("", "v1", "endpoints", "endpoints", "Endpoints", NS, &["ep"], false, false),
@@ -153,6 +237,7 @@ pub const KINDS: &[KindSpec] = &[
     kind("apps", "v1", "statefulsets", "statefulset", "StatefulSet", NS, &["sts"], true, true),
     kind("apps", "v1", "daemonsets", "daemonset", "DaemonSet", NS, &["ds"], true, true),
     kind("apps", "v1", "replicasets", "replicaset", "ReplicaSet", NS, &["rs"], true, true),
+    kind("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", NS, &[], false, false),
     kind("batch", "v1", "jobs", "job", "Job", NS, &[], true, true),
     kind("batch", "v1", "cronjobs", "cronjob", "CronJob", NS, &["cj"], true, true),
     kind("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", NS, &["ing"], true, true),
@@ -180,18 +265,23 @@ const VERBS: &[&str] = &[
 ];
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
-/// How the stand-in's Deployment "controller" answers a spec change.
+/// How a Deployment's new pods behave, when their images have no
+/// [`PodBehaviour`] of their own (globally with [`KubeApi::set_rollout`],
+/// per Deployment with [`KubeApi::set_rollout_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RolloutMode {
-    /// Rolled out at once: observed generation, updated/ready/available = replicas,
-    /// `Available=True`, `Progressing=True` (`NewReplicaSetAvailable`).
+    /// New pods become ready at once (≈100 ms): the rollout completes
+    /// (`Available=True`, `Progressing=True`, `NewReplicaSetAvailable`).
     #[default]
     Immediate,
-    /// Observed, but no new replica ever becomes updated or available.
+    /// New pods never become ready (`ContainerCreating`): the new
+    /// ReplicaSet's replicas are updated but never available, old ones stay.
     Never,
-    /// `Progressing=False` with reason `ProgressDeadlineExceeded`.
+    /// Like `Never`, and the Deployment reports `Progressing=False` with
+    /// `ProgressDeadlineExceeded` at once, as if its deadline had passed.
     Fail,
-    /// Like `Never` until the duration has passed, then like `Immediate`.
+    /// New pods become ready once the duration has passed since their
+    /// creation.
     After(Duration),
 }
 
@@ -219,10 +309,10 @@ type Key = (String, String, String, String, String);
 
 /// Work the stand-in's "controllers" do a little later.
 enum Timer {
-    /// A Deployment under [`RolloutMode::After`]: (key, generation, delay).
-    Rollout(Key, i64, Duration),
-    /// The garbage collector, namespace controller and CRD finalizer
-    /// ([`gc`]), after a change.
+    /// The controllers again at an instant something is due (a container
+    /// starting, a progress deadline).
+    Wake(Instant),
+    /// The controllers ([`gc`], [`workloads`], [`kubelet`]), after a change.
     Controllers(Duration),
     /// The namespace controller's turn to empty a terminating Namespace.
     NamespaceDue(String, Duration),
@@ -246,8 +336,12 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     rollout: RolloutMode,
     rollout_for: HashMap<(String, String), RolloutMode>,
-    /// (key, generation) whose `After` delay has passed.
-    after_done: HashSet<(Key, i64)>,
+    /// The garbage collector's owner graph and queue.
+    graph: gc::Graph,
+    /// The workload controllers', scheduler's and kubelets' state.
+    wl: workloads::State,
+    /// The stored events, for the recorders' correlation.
+    ev: events::EventLog,
     /// Timers to start once the lock is released.
     timers: Vec<Timer>,
     /// A [`Timer::Controllers`] is pending.
@@ -456,7 +550,9 @@ impl KubeApi {
                 requests: Vec::new(),
                 rollout: RolloutMode::Immediate,
                 rollout_for: HashMap::new(),
-                after_done: HashSet::new(),
+                graph: gc::Graph::default(),
+                wl: workloads::State::default(),
+                ev: events::EventLog::default(),
                 timers: Vec::new(),
                 controllers_scheduled: false,
                 namespaces_due: HashSet::new(),
@@ -472,6 +568,7 @@ impl KubeApi {
         api.serve(listener);
         api.put_namespace("default");
         api.put_namespace("kube-system");
+        api.lock().seed_nodes();
         api
     }
 
@@ -764,26 +861,143 @@ impl KubeApi {
     }
 
     /// Rollout behaviour for every Deployment without its own mode.
-    /// Re-evaluates existing Deployments.
+    /// Re-evaluates existing Deployments and their pods.
     pub fn set_rollout(&self, mode: RolloutMode) {
         {
             let mut inner = self.lock();
             inner.rollout = mode;
-            inner.reconcile_all_deployments();
+            inner.mark_all_workloads(None);
         }
         self.start_timers();
     }
 
-    /// Rollout behaviour for one Deployment. Re-evaluates it if it exists.
+    /// Rollout behaviour for one Deployment. Re-evaluates it and its pods.
     pub fn set_rollout_for(&self, ns: &str, name: &str, mode: RolloutMode) {
         {
             let mut inner = self.lock();
             inner
                 .rollout_for
                 .insert((ns.to_string(), name.to_string()), mode);
-            inner.reconcile_all_deployments();
+            inner.mark_all_workloads(Some(ns));
         }
         self.start_timers();
+    }
+
+    /// What the kubelet does with containers whose image is exactly
+    /// `image` (any other image: [`PodBehaviour::Ready`]). Re-evaluates
+    /// existing pods at once.
+    pub fn set_pod_behaviour(&self, image: &str, behaviour: PodBehaviour) {
+        {
+            let mut inner = self.lock();
+            inner.wl.behaviours.insert(image.to_string(), behaviour);
+            inner.mark_all_workloads(None);
+        }
+        self.start_timers();
+    }
+
+    /// Back to the default ([`PodBehaviour::Ready`]) for `image`: "the
+    /// registry is fixed". Re-evaluates existing pods at once.
+    pub fn clear_pod_behaviour(&self, image: &str) {
+        {
+            let mut inner = self.lock();
+            inner.wl.behaviours.remove(image);
+            inner.mark_all_workloads(None);
+        }
+        self.start_timers();
+    }
+
+    /// Refuse (`Some(reason)`, e.g. `exceeded quota: compute, requested:
+    /// pods=1, used: pods=2, limited: pods=2`) or allow again (`None`) the
+    /// creation of pods in `ns`, as a ResourceQuota admission would: a 403
+    /// `pods "<name>" is forbidden: <reason>` to clients, `FailedCreate`
+    /// for the controllers.
+    pub fn refuse_pods(&self, ns: &str, reason: Option<&str>) {
+        {
+            let mut inner = self.lock();
+            match reason {
+                Some(r) => inner.wl.refused.insert(ns.to_string(), r.to_string()),
+                None => inner.wl.refused.remove(ns),
+            };
+            inner.mark_all_workloads(Some(ns));
+        }
+        self.start_timers();
+    }
+
+    /// Record an event about `object` (a stored object, e.g. from
+    /// [`Self::get_object`]) as `component` would, through the legacy
+    /// recorder: the same event again bumps `count`. `kind` is `Normal` or
+    /// `Warning`. Returns the stored event.
+    pub fn add_event(
+        &self,
+        object: &Value,
+        kind: &'static str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) -> Option<Value> {
+        let out = self.lock().emit(events::NewEvent {
+            object,
+            field_path: None,
+            kind,
+            reason,
+            message: message.to_string(),
+            component,
+            host: None,
+            style: events::Style::Legacy,
+        });
+        self.start_timers();
+        out
+    }
+
+    /// The events about the object `kind`/`name` in `ns`, in the order they
+    /// last changed (created or repeated).
+    pub fn events_about(&self, ns: &str, kind: &str, name: &str) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .list_objects("v1", "events", Some(ns))
+            .into_iter()
+            .filter(|e| e["involvedObject"]["kind"] == kind && e["involvedObject"]["name"] == name)
+            .collect();
+        out.sort_by_key(|e| {
+            e["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse::<u64>().ok())
+        });
+        out
+    }
+
+    /// The pods in `ns` whose labels satisfy `selector` (a label selector
+    /// string, `""` for all), by name. Panics on a selector the API server
+    /// would refuse.
+    pub fn pods(&self, ns: &str, selector: &str) -> Vec<Value> {
+        let sel = parse_labels(selector)
+            .unwrap_or_else(|f| panic!("label selector {selector:?}: {}", f.message));
+        self.list_objects("v1", "pods", Some(ns))
+            .into_iter()
+            .filter(|p| sel.iter().all(|r| r.matches(label_of(p, &r.key))))
+            .collect()
+    }
+
+    /// Wait (up to `timeout`) until the controllers have nothing queued for
+    /// the next second: what the last changes set in motion has happened
+    /// (crash-looping or back-off pods never settle). Whether they settled.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.start_timers();
+            let idle = {
+                let inner = self.lock();
+                !inner.controllers_scheduled
+                    && inner.graph.idle()
+                    && inner.wl.idle_until(Instant::now() + Duration::from_secs(1))
+            };
+            if idle {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn start_timers(&self) {
@@ -806,18 +1020,26 @@ fn start_timers(shared: &Arc<Shared>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let timers = std::mem::take(&mut shared.inner.lock().unwrap().timers);
+    let timers = {
+        let mut inner = shared.inner.lock().unwrap();
+        inner.arm_wake();
+        std::mem::take(&mut inner.timers)
+    };
     for timer in timers {
         let weak: Weak<Shared> = Arc::downgrade(shared);
         runtime.spawn(async move {
             match timer {
-                Timer::Rollout(k, generation, delay) => {
-                    tokio::time::sleep(delay).await;
+                Timer::Wake(at) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
                     if let Some(shared) = weak.upgrade() {
                         {
                             let mut inner = shared.inner.lock().unwrap();
-                            inner.after_done.insert((k.clone(), generation));
-                            inner.reconcile_deployment(&k);
+                            if inner.wl.wake_at == Some(at) {
+                                inner.wl.wake_at = None;
+                            }
+                            if inner.run_controllers() {
+                                inner.kick();
+                            }
                         }
                         start_timers(&shared);
                     }
@@ -1511,18 +1733,19 @@ impl Inner {
         let labels = cx
             .query
             .get("labelSelector")
-            .map(|s| parse_selector(s))
+            .map(|s| parse_labels(s))
             .transpose()?;
         let fields = cx
             .query
             .get("fieldSelector")
-            .map(|s| parse_selector(s))
+            .map(|s| parse_fields(k, s))
             .transpose()?;
+        let start = key(k, Some(ns.unwrap_or("")), "");
         let items: Vec<Value> = self
             .objects
-            .iter()
-            .filter(|(key, _)| key.0 == k.group && key.1 == k.version && key.2 == k.plural)
-            .filter(|(key, _)| ns.is_none_or(|ns| key.3 == ns))
+            .range(start..)
+            .take_while(|(key, _)| key.0 == k.group && key.1 == k.version && key.2 == k.plural)
+            .take_while(|(key, _)| ns.is_none_or(|ns| key.3 == ns))
             .map(|(_, o)| o)
             .filter(|o| {
                 labels
@@ -1532,7 +1755,7 @@ impl Inner {
             .filter(|o| {
                 fields
                     .as_ref()
-                    .is_none_or(|sel| sel.iter().all(|r| r.matches(field_of(o, &r.key))))
+                    .is_none_or(|sel| sel.iter().all(|r| r.matches(field_value(k, o, &r.key))))
             })
             .cloned()
             .collect();
@@ -1680,6 +1903,16 @@ impl Inner {
                 });
             }
         }
+        if let (Some(ns), "", "pods") = (ns, k.group, k.plural) {
+            if let Some(reason) = self.wl.refused.get(ns) {
+                return Err(Failure {
+                    code: 403,
+                    reason: "Forbidden",
+                    message: format!("pods \"{name}\" is forbidden: {reason}"),
+                    details: json!({"name": name, "kind": "pods"}),
+                });
+            }
+        }
         if post && gc::crd_terminating(self, k) {
             return Err(Failure {
                 code: 405,
@@ -1696,6 +1929,29 @@ impl Inner {
     /// (`ValidateObjectMetaUpdate`); its deletion timestamp is kept by
     /// [`Self::commit`].
     fn check_update(&self, k: &KindSpec, name: &str, old: &Value, new: &Value) -> Res<()> {
+        if k.group == "batch"
+            && k.plural == "jobs"
+            && !new["spec"]["template"].is_null()
+            && old["spec"]["template"] != new["spec"]["template"]
+        {
+            // `ValidateJobUpdate`: the pod template of a Job is immutable.
+            let cause = format!(
+                "Invalid value: core.PodTemplateSpec{}: field is immutable",
+                serde_json::to_string(&new["spec"]["template"]).unwrap_or_default()
+            );
+            return Err(Failure {
+                code: 422,
+                reason: "Invalid",
+                message: format!(
+                    "{} \"{name}\" is invalid: spec.template: {cause}",
+                    group_kind(k)
+                ),
+                details: json!({
+                    "name": name, "group": k.group, "kind": k.kind,
+                    "causes": [{"reason": "FieldValueInvalid", "message": cause, "field": "spec.template"}],
+                }),
+            });
+        }
         if !gc::is_deleting(old) {
             return Ok(());
         }
@@ -1998,7 +2254,9 @@ impl Inner {
         system: bool,
     ) -> Value {
         let kk = key(k, ns, name);
-        let old = self.objects.get(&kk).cloned();
+        // Taken out while the write is worked out (no clone), put back
+        // when nothing changes.
+        let old = self.objects.remove(&kk);
         new["apiVersion"] = json!(api_version_of(k));
         new["kind"] = json!(k.kind);
         if !new["metadata"].is_object() {
@@ -2040,10 +2298,6 @@ impl Inner {
                         new["metadata"]["generation"] = g.clone();
                     }
                 }
-                if k.generation && o.get("spec") != new.get("spec") {
-                    let g = new["metadata"]["generation"].as_i64().unwrap_or(1);
-                    new["metadata"]["generation"] = json!(g + 1);
-                }
             }
             None => {
                 self.uid += 1;
@@ -2055,28 +2309,19 @@ impl Inner {
                 }
             }
         }
+        // Defaults first, as the server decodes with them: a write that
+        // leaves out a defaulted field changes no generation.
         apply_defaults(k, &mut new);
-        if k.group == "apps" && k.plural == "deployments" {
-            let mode = self.mode_for(ns.unwrap_or(""), name);
-            let generation = new["metadata"]["generation"].as_i64().unwrap_or(1);
-            let done = self.after_done.contains(&(kk.clone(), generation));
-            let status =
-                deployment_status(&new, old.as_ref().and_then(|o| o.get("status")), mode, done);
-            new["status"] = status;
-            if let (RolloutMode::After(d), false, false) = (mode, done, dry_run) {
-                if old
-                    .as_ref()
-                    .and_then(|o| o["metadata"]["generation"].as_i64())
-                    != Some(generation)
-                {
-                    self.timers.push(Timer::Rollout(kk.clone(), generation, d));
-                }
+        if let Some(o) = &old {
+            if k.generation && o.get("spec") != new.get("spec") {
+                let g = new["metadata"]["generation"].as_i64().unwrap_or(1);
+                new["metadata"]["generation"] = json!(g + 1);
             }
         }
-        if old.as_ref() == Some(&new) {
-            return new;
-        }
-        if dry_run {
+        if old.as_ref() == Some(&new) || dry_run {
+            if let Some(o) = old {
+                self.objects.insert(kk, o);
+            }
             return new;
         }
         self.rv += 1;
@@ -2104,33 +2349,30 @@ impl Inner {
             .unwrap_or(self.rollout)
     }
 
-    fn reconcile_deployment(&mut self, kk: &Key) {
-        let Some(obj) = self.objects.get(kk).cloned() else {
-            return;
-        };
-        let k = *self
-            .kinds
-            .iter()
-            .find(|k| k.group == "apps" && k.plural == "deployments")
-            .unwrap();
-        let ns = kk.3.clone();
-        let name = kk.4.clone();
-        self.commit(&k, Some(&ns), &name, obj, false);
+    /// A stored change (or a removal without a watch event): the garbage
+    /// collector's graph, the workload controllers' queue, the events'
+    /// correlation.
+    fn observe_change(&mut self, kk: &Key, kind: &str, obj: &Value) {
+        let deleted = kind == "DELETED";
+        self.observe_owners(kk, deleted, obj);
+        self.observe_workload(kk, kind, obj);
+        if deleted && kk.0.is_empty() && kk.2 == "events" {
+            self.forget_event(kk, obj);
+        }
     }
 
-    fn reconcile_all_deployments(&mut self) {
-        let keys: Vec<Key> = self
-            .objects
-            .keys()
-            .filter(|k| k.0 == "apps" && k.2 == "deployments")
-            .cloned()
-            .collect();
-        for k in keys {
-            self.reconcile_deployment(&k);
+    /// Arm a timer for the next instant the controllers have work due.
+    fn arm_wake(&mut self) {
+        if let Some(at) = self.wl.next_due() {
+            if self.wl.wake_at.is_none_or(|w| at < w) {
+                self.wl.wake_at = Some(at);
+                self.timers.push(Timer::Wake(at));
+            }
         }
     }
 
     fn register_crd(&mut self, crd: &Value) {
+        self.graph.resync = true;
         let spec = &crd["spec"];
         let (Some(group), Some(plural), Some(kind)) = (
             spec["group"].as_str(),
@@ -2175,6 +2417,7 @@ impl Inner {
     }
 
     fn unregister_crd(&mut self, crd: &Value) {
+        self.graph.resync = true;
         let spec = &crd["spec"];
         if let (Some(group), Some(plural)) =
             (spec["group"].as_str(), spec["names"]["plural"].as_str())
@@ -2299,7 +2542,11 @@ fn apply_defaults(k: &KindSpec, obj: &mut Value) {
             if obj["spec"]["replicas"].is_null() {
                 obj["spec"]["replicas"] = json!(1);
             }
+            workloads::default_workload(k.plural, obj);
         }
+        ("apps", "daemonsets") => workloads::default_workload(k.plural, obj),
+        ("batch", "jobs") => workloads::default_job(obj),
+        ("", "pods") => workloads::default_pod(obj),
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let names = obj["spec"]["names"].clone();
             // Conditions the CRD finalizer sets (Terminating) are kept.
@@ -2323,82 +2570,6 @@ fn apply_defaults(k: &KindSpec, obj: &mut Value) {
         }
         _ => {}
     }
-}
-
-fn condition(kind: &str, status: &str, reason: &str, message: &str, old: Option<&Value>) -> Value {
-    let now = timestamp();
-    let prev = old
-        .and_then(|s| s["conditions"].as_array())
-        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
-        .cloned();
-    let mut c = json!({
-        "type": kind, "status": status, "reason": reason, "message": message,
-        "lastUpdateTime": now, "lastTransitionTime": now,
-    });
-    if let Some(p) = prev {
-        if p["status"] == status {
-            c["lastTransitionTime"] = p["lastTransitionTime"].clone();
-            if p["reason"] == reason && p["message"] == message {
-                c["lastUpdateTime"] = p["lastUpdateTime"].clone();
-            }
-        }
-    }
-    c
-}
-
-/// What the stand-in's Deployment controller reports for `d` under `mode`.
-fn deployment_status(d: &Value, old: Option<&Value>, mode: RolloutMode, after_done: bool) -> Value {
-    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
-    let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
-    let name = d["metadata"]["name"].as_str().unwrap_or("");
-    let rs = format!("{name}-{:x}", generation * 0x1f3b + 0x5c4d7);
-    let ready = match mode {
-        RolloutMode::Immediate => true,
-        RolloutMode::After(_) => after_done,
-        RolloutMode::Never | RolloutMode::Fail => false,
-    };
-    if ready {
-        return json!({
-            "observedGeneration": generation,
-            "replicas": replicas,
-            "updatedReplicas": replicas,
-            "readyReplicas": replicas,
-            "availableReplicas": replicas,
-            "conditions": [
-                condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", old),
-                condition("Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{rs}\" has successfully progressed."), old),
-            ]
-        });
-    }
-    let progressing = if mode == RolloutMode::Fail {
-        condition(
-            "Progressing",
-            "False",
-            "ProgressDeadlineExceeded",
-            &format!("ReplicaSet \"{rs}\" has timed out progressing."),
-            old,
-        )
-    } else {
-        condition(
-            "Progressing",
-            "True",
-            "ReplicaSetUpdated",
-            &format!("ReplicaSet \"{rs}\" is progressing."),
-            old,
-        )
-    };
-    json!({
-        "observedGeneration": generation,
-        "replicas": replicas,
-        "updatedReplicas": 0,
-        "readyReplicas": 0,
-        "availableReplicas": 0,
-        "unavailableReplicas": replicas,
-        "conditions": [
-            condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.", old),
-            progressing,
-        ]
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -2457,81 +2628,11 @@ fn merge_into(base: &mut Value, patch: &Value, by_name: bool) {
 // ---------------------------------------------------------------------------
 // Selectors and renderings
 
-struct Requirement {
-    key: String,
-    op: &'static str,
-    value: String,
-}
-
-impl Requirement {
-    fn matches(&self, actual: Option<String>) -> bool {
-        match self.op {
-            "=" => actual.as_deref() == Some(self.value.as_str()),
-            "!=" => actual.as_deref() != Some(self.value.as_str()),
-            "exists" => actual.is_some(),
-            _ => actual.is_none(),
-        }
-    }
-}
-
-fn parse_selector(s: &str) -> Res<Vec<Requirement>> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let req = if let Some((k, v)) = part.split_once("!=") {
-            Requirement {
-                key: k.trim().into(),
-                op: "!=",
-                value: v.trim().into(),
-            }
-        } else if let Some((k, v)) = part.split_once("==") {
-            Requirement {
-                key: k.trim().into(),
-                op: "=",
-                value: v.trim().into(),
-            }
-        } else if let Some((k, v)) = part.split_once('=') {
-            Requirement {
-                key: k.trim().into(),
-                op: "=",
-                value: v.trim().into(),
-            }
-        } else if let Some(k) = part.strip_prefix('!') {
-            Requirement {
-                key: k.trim().into(),
-                op: "absent",
-                value: String::new(),
-            }
-        } else if part.contains(' ') || part.contains('(') {
-            return Err(bad_request(format!("unable to parse requirement: set-based selectors are not supported by the test API server: {part}")));
-        } else {
-            Requirement {
-                key: part.into(),
-                op: "exists",
-                value: String::new(),
-            }
-        };
-        out.push(req);
-    }
-    Ok(out)
-}
-
 fn label_of(o: &Value, key: &str) -> Option<String> {
     o["metadata"]["labels"]
         .get(key)
         .and_then(Value::as_str)
         .map(str::to_string)
-}
-
-fn field_of(o: &Value, path: &str) -> Option<String> {
-    let mut cur = o;
-    for p in path.split('.') {
-        cur = cur.get(p)?;
-    }
-    match cur {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    }
 }
 
 fn partial_metadata(o: &Value) -> Value {
@@ -2640,10 +2741,12 @@ fn table(k: &KindSpec, items: &[Value], rv: &str, include: Option<&str>) -> Valu
                 vec![o["metadata"]["name"].clone(), json!(n), json!(age(o))]
             }),
         ),
-        _ => (
-            vec![col("Name", "string", 0), col("Age", "string", 0)],
-            Box::new(|o: &Value| vec![o["metadata"]["name"].clone(), json!(age(o))]),
-        ),
+        _ => tables::columns(k).unwrap_or_else(|| {
+            (
+                vec![col("Name", "string", 0), col("Age", "string", 0)],
+                Box::new(|o: &Value| vec![o["metadata"]["name"].clone(), json!(age(o))]),
+            )
+        }),
     };
     let rows: Vec<Value> = items
         .iter()

@@ -23,8 +23,8 @@ mod rollout;
 
 pub use apply::{Applied, ApplyError, ApplyFailure, Placement};
 pub use drift::{Drift, Observed};
-pub use prune::{Kept, PruneReport, PruneScope, PRUNE_ANNOTATION};
 pub use health::{RolloutError, Verdict, Workload, WorkloadKind};
+pub use prune::{Kept, PruneReport, PruneScope, PRUNE_ANNOTATION};
 pub use rollout::Running;
 
 use std::collections::HashMap;

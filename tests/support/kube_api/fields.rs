@@ -47,7 +47,7 @@ pub(super) type Path = Vec<Pe>;
 pub(super) type Set = BTreeSet<Path>;
 
 /// JSON with object keys sorted, whatever serde_json's map keeps.
-fn canonical(v: &Value) -> String {
+pub(super) fn canonical(v: &Value) -> String {
     fn sorted(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
@@ -617,9 +617,21 @@ pub(super) fn update(
     part: Part,
     k: &KindSpec,
 ) {
-    let mut entries = starting_entries(request, old);
     let c = comparison(k, part, old, new);
     let taken: Set = c.added.union(&c.modified).cloned().collect();
+    if let (None, Some(old), true, true) = (request, old, taken.is_empty(), c.removed.is_empty()) {
+        // Nothing taken, nothing removed: the entries stay as stored.
+        let kept = old["metadata"]["managedFields"].clone();
+        if let Some(m) = new["metadata"].as_object_mut() {
+            if kept.is_null() {
+                m.remove("managedFields");
+            } else {
+                m.insert("managedFields".into(), kept);
+            }
+        }
+        return;
+    }
+    let mut entries = starting_entries(request, old);
     let me = Entry::new(manager, "Update", k, part);
     for e in entries.iter_mut() {
         if !e.same(&me) {

@@ -47,7 +47,7 @@
 //! `NamespaceFinalizersRemaining`, …) and removes the `kubernetes` finalizer
 //! once nothing does; the Namespace then goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -85,11 +85,31 @@ pub(super) struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    fn background() -> DeleteOptions {
+    pub(super) fn background() -> DeleteOptions {
         DeleteOptions {
             propagation: Some(Propagation::Background),
             ..DeleteOptions::default()
         }
+    }
+}
+
+/// The owner graph the garbage collector keeps (`uidToNode`): objects by
+/// uid, the owners each names and the dependents of each owner, and the
+/// objects whose change it has still to look at.
+#[derive(Default)]
+pub(super) struct Graph {
+    by_uid: HashMap<String, Key>,
+    owners: HashMap<Key, Vec<String>>,
+    dependents: HashMap<String, BTreeSet<Key>>,
+    dirty: BTreeSet<Key>,
+    /// Look at every object with owners again (a kind came or went).
+    pub resync: bool,
+}
+
+impl Graph {
+    /// Whether the collector has nothing queued.
+    pub(super) fn idle(&self) -> bool {
+        self.dirty.is_empty() && !self.resync
     }
 }
 
@@ -527,9 +547,15 @@ impl Inner {
             self.unregister_crd(&obj);
         }
         if kk.0.is_empty() && kk.2 == "namespaces" {
-            // What is left is of kinds no longer served.
+            // What is left is of kinds no longer served (or left when the
+            // Namespace was finalized by hand): it goes without events.
             let ns = kk.4.clone();
-            self.objects.retain(|k, _| k.3 != ns);
+            let left: Vec<Key> = self.objects.keys().filter(|k| k.3 == ns).cloned().collect();
+            for k in left {
+                if let Some(o) = self.objects.remove(&k) {
+                    self.observe_change(&k, "DELETED", &o);
+                }
+            }
             self.namespaces_due.remove(&ns);
         }
         self.kick();
@@ -550,11 +576,11 @@ impl Inner {
     }
 
     /// A controller's write: recorded as an Update by kube-controller-manager.
-    fn controller_write(&mut self, k: &KindSpec, kk: &Key, mut new: Value, part: Part) {
-        let Some(old) = self.objects.get(kk).cloned() else {
+    pub(super) fn controller_write(&mut self, k: &KindSpec, kk: &Key, mut new: Value, part: Part) {
+        let Some(old) = self.objects.get(kk) else {
             return;
         };
-        fields::update(&mut new, Some(&old), None, CONTROLLER_MANAGER, part, k);
+        fields::update(&mut new, Some(old), None, CONTROLLER_MANAGER, part, k);
         let ns = (!kk.3.is_empty()).then(|| kk.3.clone());
         self.finish_write(k, ns.as_deref(), &kk.4, new, false, true);
     }
@@ -563,12 +589,30 @@ impl Inner {
         self.find_kind(&kk.0, &kk.1, &kk.2)
     }
 
-    /// Every controller once; whether any did something.
+    /// The controllers, round after round while they find work (at most
+    /// [`super::workloads::ROUNDS`], and [`super::workloads::SLICE`] holding
+    /// the lock: what is left runs after [`super::workloads::PAUSE`]);
+    /// whether any did something.
     pub(super) fn run_controllers(&mut self) -> bool {
-        let a = self.namespace_controller();
-        let b = self.crd_finalizer();
-        let c = self.garbage_collector();
-        a || b || c
+        let mut worked = false;
+        let until = std::time::Instant::now() + super::workloads::SLICE;
+        for _ in 0..super::workloads::ROUNDS {
+            let a = self.namespace_controller();
+            let b = self.crd_finalizer();
+            let c = self.garbage_collector();
+            let d = self.workload_controllers(until);
+            if !(a || b || c || d) || std::time::Instant::now() >= until {
+                break;
+            }
+            worked = true;
+        }
+        if !self.wl.dirty.is_empty() || !self.graph.idle() {
+            // More to do: again after a pause that lets requests in.
+            self.controllers_scheduled = true;
+            self.timers
+                .push(super::Timer::Controllers(super::workloads::PAUSE));
+        }
+        worked
     }
 
     /// The namespace controller (`namespaced_resources_deleter.go`): delete
@@ -577,15 +621,18 @@ impl Inner {
     fn namespace_controller(&mut self) -> bool {
         let mut worked = false;
         let terminating: Vec<Key> = self
-            .objects
+            .namespaces_due
             .iter()
-            .filter(|(kk, o)| {
-                kk.0.is_empty()
-                    && kk.2 == "namespaces"
-                    && is_deleting(o)
-                    && self.namespaces_due.contains(&kk.4)
+            .map(|ns| {
+                (
+                    String::new(),
+                    "v1".to_string(),
+                    "namespaces".to_string(),
+                    String::new(),
+                    ns.clone(),
+                )
             })
-            .map(|(kk, _)| kk.clone())
+            .filter(|nk| self.objects.get(nk).is_some_and(is_deleting))
             .collect();
         let Some(ns_kind) = self.find_kind("", "v1", "namespaces") else {
             return false;
@@ -746,15 +793,18 @@ impl Inner {
     fn crd_finalizer(&mut self) -> bool {
         let mut worked = false;
         let crds: Vec<Key> = self
-            .objects
-            .iter()
-            .filter(|(kk, o)| {
-                kk.0 == "apiextensions.k8s.io"
-                    && kk.2 == "customresourcedefinitions"
-                    && is_deleting(o)
-                    && finalizers(o).iter().any(|f| f == CRD_FINALIZER)
+            .keys_of(
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                None,
+            )
+            .into_iter()
+            .filter(|kk| {
+                self.objects.get(kk).is_some_and(|o| {
+                    is_deleting(o) && finalizers(o).iter().any(|f| f == CRD_FINALIZER)
+                })
             })
-            .map(|(kk, _)| kk.clone())
             .collect();
         for ck in crds {
             let Some(crd) = self.objects.get(&ck).cloned() else {
@@ -833,46 +883,109 @@ impl Inner {
         let name = r["name"].as_str().unwrap_or("");
         let uid = r["uid"].as_str().unwrap_or("");
         Ok(self
-            .objects
-            .iter()
-            .find(|(kk, o)| {
-                kk.0 == group && kk.2 == k.plural && kk.3 == ns && kk.4 == name && uid_of(o) == uid
-            })
-            .map(|(kk, o)| (kk.clone(), o)))
+            .graph
+            .by_uid
+            .get(uid)
+            .filter(|kk| kk.0 == group && kk.2 == k.plural && kk.3 == ns && kk.4 == name)
+            .and_then(|kk| self.objects.get(kk).map(|o| (kk.clone(), o)))
+            .filter(|(_, o)| uid_of(o) == uid))
     }
 
-    fn dependents_of(&self, uid: &str) -> Vec<Key> {
-        self.objects
+    /// The objects whose owner references name `uid`.
+    pub(super) fn dependents_of(&self, uid: &str) -> Vec<Key> {
+        self.graph
+            .dependents
+            .get(uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Keep the owner graph and the collector's queue up to date with a
+    /// stored change (`deleted`: `obj` is gone).
+    pub(super) fn observe_owners(&mut self, kk: &Key, deleted: bool, obj: &Value) {
+        if kk.0.is_empty() && kk.2 == "events" {
+            return;
+        }
+        let uid = uid_of(obj).to_string();
+        let refs: Vec<String> = obj["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["uid"].as_str().map(str::to_string))
+            .collect();
+        let g = &mut self.graph;
+        for u in g.owners.remove(kk).unwrap_or_default() {
+            if let Some(s) = g.dependents.get_mut(&u) {
+                s.remove(kk);
+                if s.is_empty() {
+                    g.dependents.remove(&u);
+                }
+            }
+        }
+        let owners: Vec<Key> = refs
             .iter()
-            .filter(|(_, o)| {
-                o["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|rs| rs.iter().any(|r| r["uid"] == uid))
-            })
-            .map(|(kk, _)| kk.clone())
-            .collect()
+            .filter_map(|u| g.by_uid.get(u).cloned())
+            .collect();
+        if deleted {
+            if g.by_uid.get(&uid) == Some(kk) {
+                g.by_uid.remove(&uid);
+            }
+            // Its dependents lost an owner; an owner may have waited for it.
+            if let Some(ds) = g.dependents.get(&uid) {
+                g.dirty.extend(ds.iter().cloned());
+            }
+            g.dirty.extend(owners);
+            return;
+        }
+        g.by_uid.insert(uid.clone(), kk.clone());
+        if !refs.is_empty() {
+            for u in &refs {
+                g.dependents
+                    .entry(u.clone())
+                    .or_default()
+                    .insert(kk.clone());
+            }
+            g.owners.insert(kk.clone(), refs);
+            g.dirty.insert(kk.clone());
+        }
+        if is_deleting(obj) {
+            g.dirty.insert(kk.clone());
+            if let Some(ds) = g.dependents.get(&uid) {
+                g.dirty.extend(ds.iter().cloned());
+            }
+        }
+        for ok in owners {
+            if self.objects.get(&ok).is_some_and(is_deleting) {
+                self.graph.dirty.insert(ok);
+            }
+        }
     }
 
     /// The garbage collector (`garbagecollector.go` `attemptToDeleteItem`,
     /// `processDeletingDependentsItem`, `attemptToOrphanWorker`).
     fn garbage_collector(&mut self) -> bool {
         let mut worked = false;
-        // Only owners being deleted and objects with owners concern it.
-        let keys: Vec<Key> = self
-            .objects
-            .iter()
-            .filter(|(_, o)| {
-                (is_deleting(o) && finalizers(o).iter().any(|f| f == ORPHAN || f == FOREGROUND))
-                    || o["metadata"]["ownerReferences"]
-                        .as_array()
-                        .is_some_and(|r| !r.is_empty())
-            })
-            .map(|(kk, _)| kk.clone())
-            .collect();
+        if std::mem::take(&mut self.graph.resync) {
+            let all: Vec<Key> = self.graph.owners.keys().cloned().collect();
+            self.graph.dirty.extend(all);
+        }
+        // Only what changed concerns it: owners being deleted, objects with
+        // owners, and the dependents of owners that went.
+        let keys = std::mem::take(&mut self.graph.dirty);
         for kk in keys {
             let Some(obj) = self.objects.get(&kk).cloned() else {
                 continue;
             };
+            if !((is_deleting(&obj)
+                && finalizers(&obj)
+                    .iter()
+                    .any(|f| f == ORPHAN || f == FOREGROUND))
+                || obj["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty()))
+            {
+                continue;
+            }
             let Some(k) = self.kind_of(&kk) else {
                 continue;
             };

@@ -21,10 +21,8 @@ use axum::http::header;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::{
-    field_of, label_of, parse_selector, partial_metadata, table, Ctx, Inner, Key, KindSpec,
-    Requirement, Res, Shared,
-};
+use super::selectors::{field_value, parse_fields, parse_labels, Requirement};
+use super::{label_of, partial_metadata, table, Ctx, Inner, Key, KindSpec, Res, Shared};
 
 /// How many events the log keeps.
 pub(super) const EVENT_LOG: usize = 4096;
@@ -38,9 +36,7 @@ pub(super) struct Event {
 }
 
 struct Filter {
-    group: String,
-    version: String,
-    plural: String,
+    kind: KindSpec,
     ns: Option<String>,
     labels: Vec<Requirement>,
     fields: Vec<Requirement>,
@@ -48,12 +44,15 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, key: &Key, obj: &Value) -> bool {
-        key.0 == self.group
-            && key.1 == self.version
-            && key.2 == self.plural
+        key.0 == self.kind.group
+            && key.1 == self.kind.version
+            && key.2 == self.kind.plural
             && self.ns.as_ref().is_none_or(|ns| &key.3 == ns)
             && self.labels.iter().all(|r| r.matches(label_of(obj, &r.key)))
-            && self.fields.iter().all(|r| r.matches(field_of(obj, &r.key)))
+            && self
+                .fields
+                .iter()
+                .all(|r| r.matches(field_value(&self.kind, obj, &r.key)))
     }
 }
 
@@ -98,6 +97,7 @@ struct Stream {
 impl Inner {
     /// Log a stored change (the resourceVersion it made is `self.rv`).
     pub(super) fn record(&mut self, key: Key, kind: &'static str, object: Value) {
+        self.observe_change(&key, kind, &object);
         self.events.push_back(Event {
             rv: self.rv,
             key,
@@ -121,20 +121,21 @@ impl Inner {
         ns: Option<&str>,
         cx: &Ctx,
     ) -> Res<Response> {
-        let selector = |name: &str| {
-            cx.query
-                .get(name)
-                .map(|s| parse_selector(s))
-                .transpose()
-                .map(Option::unwrap_or_default)
-        };
         let filter = Filter {
-            group: k.group.into(),
-            version: k.version.into(),
-            plural: k.plural.into(),
+            kind: *k,
             ns: ns.map(str::to_string),
-            labels: selector("labelSelector")?,
-            fields: selector("fieldSelector")?,
+            labels: cx
+                .query
+                .get("labelSelector")
+                .map(|s| parse_labels(s))
+                .transpose()?
+                .unwrap_or_default(),
+            fields: cx
+                .query
+                .get("fieldSelector")
+                .map(|s| parse_fields(k, s))
+                .transpose()?
+                .unwrap_or_default(),
         };
         let accept = cx.accept();
         let render = if accept.contains("as=Table") {
