@@ -89,9 +89,18 @@ pub(super) fn pod_state(pod: &Value) -> PodState {
                 return PodState::Broken(text);
             }
             let restarts = c["restartCount"].as_i64().unwrap_or(0);
-            if restarts >= RESTART_LIMIT && what == "container" {
-                let mut text =
-                    format!("pod {name}: container {container}: restarted {restarts} times");
+            // Between two crashes of a crash loop the container runs, not
+            // ready, for a moment: still the crash loop.
+            let crashed_and_unready = restarts > 0
+                && c["ready"] != true
+                && c["lastState"]["terminated"]["exitCode"]
+                    .as_i64()
+                    .is_some_and(|code| code != 0);
+            if (restarts >= RESTART_LIMIT || crashed_and_unready) && what == "container" {
+                let mut text = format!(
+                    "pod {name}: container {container}: restarted {restarts} {}",
+                    if restarts == 1 { "time" } else { "times" }
+                );
                 if let Some(last) = &last {
                     text.push_str("; last terminated: ");
                     text.push_str(last);
@@ -366,6 +375,16 @@ mod tests {
         }]}));
         assert!(
             matches!(pod_state(&p), PodState::Broken(t) if t.contains("restarted 3 times; last terminated: OOMKilled, exit code 137"))
+        );
+        // Running again after a crash, not ready yet: the crash loop goes on.
+        let p = pod(json!({"phase": "Running", "containerStatuses": [{
+            "name": "web", "ready": false, "restartCount": 1,
+            "state": {"running": {}},
+            "lastState": {"terminated": {"reason": "Error", "exitCode": 2}}
+        }]}));
+        assert_eq!(
+            pod_state(&p),
+            PodState::Broken("pod web-7d9f-x2k: container web: restarted 1 time; last terminated: Error, exit code 2".into())
         );
     }
 
