@@ -105,6 +105,9 @@ pub enum Trigger {
 macro_rules! str_enum {
     ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $ty {
+            /// Every value's wire spelling, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
             /// The wire and storage spelling.
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $text),+ }

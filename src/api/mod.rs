@@ -85,14 +85,7 @@ pub const ENDPOINTS: &[&str] = &[
 /// Every check outcome by its wire name, in the order error messages and
 /// the CLI list them (`?outcome=` of the history routes, `chump history
 /// --outcome`).
-pub const OUTCOME_NAMES: &[&str] = &[
-    "deployed",
-    "up_to_date",
-    "failed",
-    "deleted",
-    "degraded",
-    "superseded",
-];
+pub const OUTCOME_NAMES: &[&str] = chump_jobs::history::Outcome::NAMES;
 
 /// `a, b, c or d`.
 pub(crate) fn one_of(values: &[&str]) -> String {
@@ -244,32 +237,11 @@ mod tests {
     use chump_jobs::history::Outcome;
 
     #[test]
-    fn every_outcome_is_named_once() {
-        let all = [
-            Outcome::Deployed,
-            Outcome::UpToDate,
-            Outcome::Failed,
-            Outcome::Deleted,
-            Outcome::Degraded,
-            Outcome::Superseded,
-        ];
-        for o in all {
-            // A new outcome does not compile here until it is listed above
-            // and in OUTCOME_NAMES.
-            match o {
-                Outcome::Deployed
-                | Outcome::UpToDate
-                | Outcome::Failed
-                | Outcome::Deleted
-                | Outcome::Degraded
-                | Outcome::Superseded => {}
-            }
-            assert!(OUTCOME_NAMES.contains(&o.as_str()), "{o}");
-        }
-        assert_eq!(OUTCOME_NAMES.len(), all.len());
+    fn every_outcome_name_parses_back() {
         for name in OUTCOME_NAMES {
             assert_eq!(name.parse::<Outcome>().map(Outcome::as_str), Ok(*name));
         }
+        assert!(OUTCOME_NAMES.contains(&"degraded") && OUTCOME_NAMES.contains(&"superseded"));
     }
 
     #[test]
