@@ -103,6 +103,18 @@ pub struct ServeArgs {
     /// between commits (the original tool's behaviour).
     #[arg(long, env = "CHUMP_SELF_HEAL", default_value = "true")]
     pub self_heal: String,
+    /// Roll back to the last successful deploy when a deploy fails at apply
+    /// or rollout, for sources that do not set `auto_rollback`.
+    #[arg(long, env = "CHUMP_AUTO_ROLLBACK", default_value = "false")]
+    pub auto_rollback: String,
+    /// How many of each source's newest history entries keep the rendered
+    /// manifests they applied (for rollback, manifests and diff).
+    #[arg(long, env = "CHUMP_MANIFEST_RETENTION", default_value = "20")]
+    pub manifest_retention: String,
+    /// The largest render kept with a history entry, compressed, in bytes
+    /// (suffixes KiB, MiB accepted).
+    #[arg(long, env = "CHUMP_MANIFEST_MAX_BYTES", default_value = "1MiB")]
+    pub manifest_max_bytes: String,
     /// Let kustomize load remote bases (URLs in resources:).
     #[arg(long, env = "CHUMP_KUSTOMIZE_ALLOW_REMOTE", default_value = "false")]
     pub kustomize_allow_remote: String,
@@ -192,6 +204,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub restrict_namespace: bool,
     pub self_heal: bool,
+    pub auto_rollback: bool,
+    pub manifest_retention: u32,
+    pub manifest_max_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -223,6 +238,9 @@ impl std::fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("restrict_namespace", &self.restrict_namespace)
             .field("self_heal", &self.self_heal)
+            .field("auto_rollback", &self.auto_rollback)
+            .field("manifest_retention", &self.manifest_retention)
+            .field("manifest_max_bytes", &self.manifest_max_bytes)
             .finish()
     }
 }
@@ -293,6 +311,32 @@ fn lease(raw: &str) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(d)
+}
+
+/// `65536`, `64KiB`, `1MiB`: from 1 KiB to 64 MiB.
+fn byte_size(var: &'static str, flag: &'static str, raw: &str) -> Result<usize, ConfigError> {
+    let text = raw.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let scale = match unit.trim() {
+        "" | "B" => Some(1),
+        "KiB" => Some(1 << 10),
+        "MiB" => Some(1 << 20),
+        _ => None,
+    };
+    scale
+        .zip(digits.parse::<usize>().ok())
+        .and_then(|(s, n)| n.checked_mul(s))
+        .filter(|n| (1 << 10..=64 << 20).contains(n))
+        .ok_or_else(|| {
+            invalid(
+                var,
+                flag,
+                format!("'{text}' is not a size from 1KiB to 64MiB (bytes, or with KiB or MiB)"),
+            )
+        })
 }
 
 fn boolean(var: &'static str, flag: &'static str, raw: &str) -> Result<bool, ConfigError> {
@@ -646,6 +690,28 @@ impl Config {
                 &args.restrict_namespace,
             )?,
             self_heal: boolean("CHUMP_SELF_HEAL", "self-heal", &args.self_heal)?,
+            auto_rollback: boolean("CHUMP_AUTO_ROLLBACK", "auto-rollback", &args.auto_rollback)?,
+            manifest_retention: args
+                .manifest_retention
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "CHUMP_MANIFEST_RETENTION",
+                        "manifest-retention",
+                        format!(
+                            "'{}' is not an integer from 1 to 1000",
+                            args.manifest_retention.trim()
+                        ),
+                    )
+                })?,
+            manifest_max_bytes: byte_size(
+                "CHUMP_MANIFEST_MAX_BYTES",
+                "manifest-max-bytes",
+                &args.manifest_max_bytes,
+            )?,
             kubeconfig: args
                 .kubeconfig
                 .clone()

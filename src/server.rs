@@ -23,7 +23,7 @@ use crate::store;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = store::open(&config.database)
+    let store = store::open(&config.database, config.manifest_retention)
         .await
         .context("cannot open the store")?;
     let listener = TcpListener::bind(config.bind)
@@ -116,6 +116,8 @@ fn checker(config: &Config, metrics: Arc<Metrics>) -> Checker {
         metrics,
     );
     checker.self_heal = config.self_heal;
+    checker.auto_rollback = config.auto_rollback;
+    checker.manifest_max_bytes = config.manifest_max_bytes;
     checker
 }
 

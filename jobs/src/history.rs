@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::manifests::{ManifestsState, PackedManifests};
+use crate::rollback::PinChange;
 use crate::source::SourceId;
 
 /// How a check ended.
@@ -32,6 +34,10 @@ pub enum Outcome {
     /// The branch moved while the deploy waited for its rollout: the wait
     /// stopped, and the new commit is checked at once.
     Superseded,
+    /// A recorded deploy's manifests were applied again from the store
+    /// (`rollback_to` names it) and rolled out; the source is pinned away
+    /// from the commit it left until the branch moves.
+    RolledBack,
 }
 
 /// What a source's last check says about its workloads' health.
@@ -54,7 +60,9 @@ impl Health {
     /// The health a check's outcome (and failed stage) tells.
     pub fn of(outcome: Option<Outcome>, stage: Option<Stage>) -> Health {
         match (outcome, stage) {
-            (Some(Outcome::Deployed | Outcome::UpToDate), _) => Health::Healthy,
+            (Some(Outcome::Deployed | Outcome::UpToDate | Outcome::RolledBack), _) => {
+                Health::Healthy
+            }
             (Some(Outcome::Degraded), _) | (Some(Outcome::Failed), Some(Stage::Rollout)) => {
                 Health::Degraded
             }
@@ -100,6 +108,9 @@ pub enum Trigger {
     /// The source was deleted with `prune=true`: its objects are pruned,
     /// then it goes.
     Delete,
+    /// A deploy failed at `apply` or `rollout` on a source with
+    /// `auto_rollback`: chump rolls back to the last successful deploy.
+    AutoRollback,
 }
 
 macro_rules! str_enum {
@@ -132,14 +143,17 @@ macro_rules! str_enum {
 
 str_enum!(Outcome {
     Deployed => "deployed", UpToDate => "up_to_date", Failed => "failed", Deleted => "deleted",
-    Degraded => "degraded", Superseded => "superseded",
+    Degraded => "degraded", Superseded => "superseded", RolledBack => "rolled_back",
 });
 str_enum!(Health { Healthy => "healthy", Degraded => "degraded", Progressing => "progressing", Unknown => "unknown" });
 str_enum!(Stage {
     Git => "git", Manifest => "manifest", Cluster => "cluster", Build => "build",
     Apply => "apply", Rollout => "rollout", Prune => "prune", Timeout => "timeout",
 });
-str_enum!(Trigger { Schedule => "schedule", Manual => "manual", Webhook => "webhook", Delete => "delete" });
+str_enum!(Trigger {
+    Schedule => "schedule", Manual => "manual", Webhook => "webhook", Delete => "delete",
+    AutoRollback => "auto_rollback",
+});
 
 /// What server-side apply did to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +201,21 @@ pub struct CheckReport {
     /// recorded one stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<crate::inventory::Inventory>,
+    /// A rollback: the history entry whose manifests it applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<i64>,
+    /// The render the check applied (or tried to), kept with its history
+    /// entry: `Err(TooLarge)` past the cap per entry; `None` when the check
+    /// did not get to apply anything.
+    #[serde(skip)]
+    pub manifests: Option<Result<PackedManifests, ManifestsState>>,
+    /// What the check does to the source's pin (see [`crate::rollback`]).
+    #[serde(skip)]
+    pub pin: PinChange,
+    /// A deploy of a source with `auto_rollback` failed after it wrote to
+    /// the cluster: the worker asks for a rollback once this is recorded.
+    #[serde(skip)]
+    pub rollback_wanted: bool,
 }
 
 impl CheckReport {
@@ -198,7 +227,11 @@ impl CheckReport {
         match self.outcome {
             Outcome::UpToDate => previous == Some(Outcome::Degraded),
             Outcome::Degraded => previous != Some(Outcome::Degraded),
-            Outcome::Deployed | Outcome::Failed | Outcome::Deleted | Outcome::Superseded => true,
+            Outcome::Deployed
+            | Outcome::Failed
+            | Outcome::Deleted
+            | Outcome::Superseded
+            | Outcome::RolledBack => true,
         }
     }
 }
@@ -212,6 +245,28 @@ pub struct HistoryEntry {
     pub namespace: String,
     pub deployment_name: String,
     pub container_name: String,
+    /// Whether the rendered manifests the check applied are kept (None: it
+    /// applied nothing, or was recorded before chump kept them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<ManifestsState>,
     #[serde(flatten)]
     pub report: CheckReport,
+}
+
+impl HistoryEntry {
+    /// Whether this entry's check applied a whole build that then ran
+    /// (what `GET /api/history?at=` calls live): deploys, rollbacks,
+    /// supersessions, and failures after the apply (rollout, prune).
+    pub fn went_live(&self) -> bool {
+        went_live(self.report.outcome, self.report.stage)
+    }
+}
+
+/// [`HistoryEntry::went_live`], for stores that filter by outcome and stage.
+pub fn went_live(outcome: Outcome, stage: Option<Stage>) -> bool {
+    match outcome {
+        Outcome::Deployed | Outcome::RolledBack | Outcome::Superseded => true,
+        Outcome::Failed => matches!(stage, Some(Stage::Rollout | Stage::Prune)),
+        Outcome::UpToDate | Outcome::Degraded | Outcome::Deleted => false,
+    }
 }

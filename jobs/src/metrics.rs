@@ -50,6 +50,7 @@ pub const SOURCE_STATES: &[&str] = &[
     "failed",
     "degraded",
     "superseded",
+    "rolled_back",
     "never_checked",
     "suspended",
     "deleting",
@@ -74,7 +75,8 @@ pub fn source_state(source: &Source, last_outcome: Option<Outcome>) -> &'static 
             | Outcome::Deployed
             | Outcome::Failed
             | Outcome::Degraded
-            | Outcome::Superseded),
+            | Outcome::Superseded
+            | Outcome::RolledBack),
         ) => o.as_str(),
     }
 }

@@ -92,7 +92,11 @@ pub fn next_check_at(
             let failures = claim.consecutive_failures.min(3);
             interval * 2u32.pow(failures)
         }
-        Outcome::Deployed | Outcome::UpToDate | Outcome::Degraded | Outcome::Deleted => interval,
+        Outcome::Deployed
+        | Outcome::UpToDate
+        | Outcome::Degraded
+        | Outcome::Deleted
+        | Outcome::RolledBack => interval,
     };
     let window = report.finished_at.unix_timestamp() / interval.as_secs().max(1) as i64;
     let jitter = 0.9

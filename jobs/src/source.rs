@@ -4,8 +4,9 @@
 //! `container_name`), a git repository and branch, the kustomize directory to
 //! apply (`deploy_path`) and the file that declares the image
 //! (`image_version_file`). These are the original tool's seven fields; chump
-//! adds an optional per-source `interval_seconds`, a `suspended` switch and
-//! a `prune` switch (default on).
+//! adds an optional per-source `interval_seconds`, a `suspended` switch,
+//! a `prune` switch (default on) and an `auto_rollback` switch (null: the
+//! service's default, `CHUMP_AUTO_ROLLBACK`).
 //!
 //! Validation happens here, once, for every way a source can arrive (create,
 //! full replace, partial update), and reports every bad field at once.
@@ -49,6 +50,10 @@ pub struct SourceSpec {
     /// for this source only). Default on.
     #[serde(default = "default_prune")]
     pub prune: bool,
+    /// Roll back to the last successful deploy when a deploy fails at
+    /// `apply` or `rollout` (None: the service's default).
+    #[serde(default)]
+    pub auto_rollback: Option<bool>,
 }
 
 fn default_prune() -> bool {
@@ -95,6 +100,10 @@ impl Source {
         );
         m.insert("suspended".into(), s.suspended.into());
         m.insert("prune".into(), s.prune.into());
+        m.insert(
+            "auto_rollback".into(),
+            s.auto_rollback.map_or(Value::Null, Value::from),
+        );
         m.insert("deleting".into(), self.deleting.into());
         m.insert("created_at".into(), rfc3339(self.created_at).into());
         m.insert("updated_at".into(), rfc3339(self.updated_at).into());
@@ -163,7 +172,7 @@ pub const REQUIRED_FIELDS: [&str; 7] = [
     "image_version_file",
 ];
 
-const OPTIONAL_FIELDS: [&str; 3] = ["interval_seconds", "suspended", "prune"];
+const OPTIONAL_FIELDS: [&str; 4] = ["interval_seconds", "suspended", "prune", "auto_rollback"];
 
 /// How a request body relates to the stored source.
 #[derive(Debug, Clone, Copy)]
@@ -259,6 +268,19 @@ impl SourceSpec {
             }
         };
 
+        let auto_rollback = match obj.get("auto_rollback") {
+            None => base.and_then(|b| b.auto_rollback),
+            Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                errors.add(
+                    "auto_rollback",
+                    "must be true, false, or null (the service's default)",
+                );
+                None
+            }
+        };
+
         // Field rules, only for fields that arrived as non-empty strings.
         let check =
             |errors: &mut ValidationErrors, field: &str, f: &dyn Fn(&str) -> Result<(), String>| {
@@ -291,6 +313,7 @@ impl SourceSpec {
             interval_seconds,
             suspended,
             prune,
+            auto_rollback,
         })
     }
 

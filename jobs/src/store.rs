@@ -22,6 +22,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
+use crate::manifests::PackedManifests;
+use crate::rollback::{Pin, RollbackOrder};
 use crate::source::{Source, SourceId, SourceSpec};
 
 /// Why a store call failed.
@@ -60,6 +62,10 @@ pub enum Deletion {
     Pruning,
 }
 
+/// How many of a source's newest history entries keep their manifests,
+/// unless configured (`CHUMP_MANIFEST_RETENTION`).
+pub const DEFAULT_MANIFEST_RETENTION: u32 = 20;
+
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -82,6 +88,10 @@ pub struct SourceStatus {
     pub requested: Option<Trigger>,
     /// A check holds a lease on the source (queued or running).
     pub in_flight: bool,
+    /// Pinned away from a commit after a rollback (see [`crate::rollback`]).
+    pub pinned: Option<Pin>,
+    /// A rollback asked for and not yet recorded: the entry it goes to.
+    pub rollback_to: Option<i64>,
 }
 
 /// A due check taken by one process: the source as it was when claimed.
@@ -98,6 +108,10 @@ pub struct Claim {
     pub due_at: OffsetDateTime,
     /// What chump last applied for the source (empty: nothing yet).
     pub inventory: crate::inventory::Inventory,
+    /// The commit the source is pinned away from (after a rollback).
+    pub pinned: Option<String>,
+    /// This check is a rollback: what to apply.
+    pub rollback: Option<RollbackOrder>,
     /// Who holds the lease.
     pub owner: String,
     /// When the lease ends unless renewed ([`Store::renew_leases`]).
@@ -128,6 +142,15 @@ pub struct HistoryQuery {
     pub since: Option<OffsetDateTime>,
     /// Only entries with an id below this (the paging cursor).
     pub before: Option<i64>,
+    /// Only entries whose check applied (or tried to apply) a render: their
+    /// manifests state is set.
+    pub applied: bool,
+    /// Time travel: instead of a page, for each source the newest entry
+    /// finished at or before this instant that went live
+    /// ([`crate::history::went_live`]) — none for a source whose newest
+    /// such entry, or a later `deleted` one, is a deletion — then the
+    /// other filters; newest first, at most `limit`.
+    pub at: Option<OffsetDateTime>,
     pub limit: u32,
 }
 
@@ -185,12 +208,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Claim>>;
     /// Records a finished check in one step: the status, a history entry
     /// when [`CheckReport::goes_to_history`] after `claim.last_outcome`
-    /// (deploys, failures, supersessions, the start and end of a degraded
-    /// spell), the next due time (at once instead, if the
-    /// source changed or a check was requested meanwhile), and releases the
-    /// lease. Only the lease's holder writes: when the claim's lease is no
-    /// longer `claim.owner`'s (released, or taken by another process),
-    /// nothing is written. A deleted source only gets its history entry.
+    /// (deploys, failures, supersessions, rollbacks, the start and end of a
+    /// degraded spell), the next due time (at once instead, if the
+    /// source changed or a check or rollback was requested meanwhile), and
+    /// releases the lease. Only the lease's holder writes: when the claim's
+    /// lease is no longer `claim.owner`'s (released, or taken by another
+    /// process), nothing is written. A deleted source only gets its history
+    /// entry.
+    ///
+    /// With the history entry go its manifests ([`CheckReport::manifests`]:
+    /// the entry's state `kept` with the bytes, or `too_large`); then the
+    /// source keeps the bytes of its newest `retention` entries, and always
+    /// those of its newest successful one (`deployed` or `rolled_back`):
+    /// older entries are marked `dropped` and their bytes deleted.
+    /// [`CheckReport::pin`] sets (with the new entry's id and the report's
+    /// `finished_at`) or clears the pin. A claim that carried a rollback
+    /// clears the pending rollback, unless another was asked for since.
     /// A source being deleted whose report's outcome is
     /// [`Outcome::Deleted`] is deleted with its schedule and inventory (the
     /// history entry stays); any other outcome records it like a check and
@@ -216,6 +249,32 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<SourceId>>;
     /// When the earliest source is due (for the scheduler's sleep).
     async fn next_due(&self) -> StoreResult<Option<OffsetDateTime>>;
+
+    // --- rollback ---
+
+    /// Asks for a rollback of source `id` to history entry `to` (checked
+    /// by the caller: an entry of this source with kept manifests): due at
+    /// once with `trigger`, even when suspended; a pending rollback is
+    /// replaced, a pending check becomes this rollback. While a check runs,
+    /// the rollback follows it ([`RequestResult::QueuedAfterRunning`]).
+    /// The claim that takes it carries a [`RollbackOrder`] with the entry's
+    /// commit, image and manifests (`None` if dropped since); it stays
+    /// pending until that claim's check is recorded, so a check lost with
+    /// its process is tried again. A source being deleted:
+    /// [`StoreError::BeingDeleted`].
+    async fn request_rollback(
+        &self,
+        id: SourceId,
+        to: i64,
+        trigger: Trigger,
+        now: OffsetDateTime,
+    ) -> StoreResult<RequestResult>;
+    /// Removes source `id`'s pin and asks for a manual check at once, as
+    /// [`Store::request_check`] does. `Ok(None)`: it was not pinned
+    /// (nothing changed).
+    async fn unpin(&self, id: SourceId, now: OffsetDateTime) -> StoreResult<Option<RequestResult>>;
+    /// The kept manifests of history entry `history_id` (None: none kept).
+    async fn manifests(&self, history_id: i64) -> StoreResult<Option<PackedManifests>>;
 
     // --- facts ---
 

@@ -21,10 +21,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::{cut_report, Checker, ProgressCell};
-use crate::history::CheckReport;
+use crate::history::{CheckReport, Trigger};
 use crate::lease::LeaseGuard;
 use crate::scheduler::{next_check_at, Load};
-use crate::store::{Claim, Store, StoreError};
+use crate::store::{Claim, HistoryQuery, Store, StoreError};
 
 /// What every job handler shares.
 pub struct WorkerContext {
@@ -126,7 +126,9 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     let outcome = match &ending {
         Ending::Report(report) => {
             ctx.checker.metrics.record_check(report);
-            record(&ctx, &claim, &lease, report).await;
+            if record(&ctx, &claim, &lease, report).await && report.rollback_wanted {
+                roll_back_automatically(&ctx, &claim, report).await;
+            }
             Some(report.outcome)
         }
         Ending::Abandoned => {
@@ -188,14 +190,20 @@ fn fresh_since(claim: &Claim, default_interval: Duration) -> OffsetDateTime {
 
 /// Writes the report, retrying while the store is unavailable, up to the
 /// lease's current (renewed) end: after that another process may already be
-/// running the source. Gives up at once when the lease is lost.
-async fn record(ctx: &WorkerContext, claim: &Claim, lease: &LeaseGuard, report: &CheckReport) {
+/// running the source. Gives up at once when the lease is lost. True when
+/// the store took it.
+async fn record(
+    ctx: &WorkerContext,
+    claim: &Claim,
+    lease: &LeaseGuard,
+    report: &CheckReport,
+) -> bool {
     let next = next_check_at(claim, report, ctx.interval);
     let mut delay = Duration::from_millis(100);
     lease.set_recording();
     loop {
         match ctx.store.finish_check(claim, report, next).await {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(StoreError::Unavailable(e))
                 if !lease.is_lost() && OffsetDateTime::now_utc() + delay < lease.until() =>
             {
@@ -205,8 +213,61 @@ async fn record(ctx: &WorkerContext, claim: &Claim, lease: &LeaseGuard, report: 
             }
             Err(e) => {
                 tracing::error!(source_id = claim.source.id, error = %e, lease_lost = lease.is_lost(), "check result lost: the store refused it");
-                return;
+                return false;
             }
+        }
+    }
+}
+
+/// How many of a source's newest applied entries an automatic rollback
+/// looks through for its target (retention keeps fewer kept manifests).
+const ROLLBACK_LOOKBACK: u32 = 200;
+
+/// A deploy of a source with `auto_rollback` failed after it wrote to the
+/// cluster, and its entry is recorded: asks for a rollback to the last
+/// successful deploy of another commit (see
+/// [`crate::rollback::default_target`]). A process lost between the two
+/// store calls loses the rollback, not the failure: the source stays at the
+/// failed commit (degraded), as without `auto_rollback`.
+async fn roll_back_automatically(ctx: &WorkerContext, claim: &Claim, report: &CheckReport) {
+    let id = claim.source.id;
+    let query = HistoryQuery {
+        source_id: Some(id),
+        applied: true,
+        limit: ROLLBACK_LOOKBACK,
+        ..Default::default()
+    };
+    let entries = match ctx.store.history(&query).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(source_id = id, error = %e, "no automatic rollback: cannot read the history");
+            return;
+        }
+    };
+    let target = match crate::rollback::default_target(&entries) {
+        Ok(target) => target,
+        Err(why) => {
+            tracing::info!(source_id = id, "no automatic rollback: {why}");
+            return;
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    match ctx
+        .store
+        .request_rollback(id, target.id, Trigger::AutoRollback, now)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                source_id = id,
+                to = target.id,
+                failed = report.commit.as_deref(),
+                "deploy failed: rolling back automatically"
+            );
+            ctx.wake.notify_one();
+        }
+        Err(e) => {
+            tracing::warn!(source_id = id, error = %e, "no automatic rollback: the store refused it")
         }
     }
 }

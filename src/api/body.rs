@@ -15,10 +15,33 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A parsed JSON request body (any JSON value; callers check its shape).
 pub struct JsonBody(pub Value);
 
+/// A JSON request body that may be absent (empty): `None`.
+pub struct OptionalJsonBody(pub Option<Value>);
+
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        match read_json(req).await? {
+            Some(v) => Ok(JsonBody(v)),
+            None => Err(ApiError::bad_request(
+                "[WARN] Request body is empty: expected a JSON object",
+            )),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        read_json(req).await.map(OptionalJsonBody)
+    }
+}
+
+/// The body as JSON (None: empty), with the API's errors.
+async fn read_json(req: Request) -> Result<Option<Value>, ApiError> {
+    {
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
             let mime = ct.split(';').next().unwrap_or_default().trim();
@@ -63,12 +86,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 }
             })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request(
-                "[WARN] Request body is empty: expected a JSON object",
-            ));
+            return Ok(None);
         }
         serde_json::from_slice(&bytes)
-            .map(JsonBody)
+            .map(Some)
             .map_err(|e| ApiError::bad_request(format!("[WARN] Malformed JSON: {e}")))
     }
 }

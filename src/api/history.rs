@@ -1,13 +1,18 @@
 //! What chump did: history entries (deploys, failures, supersessions,
-//! deletions, and where degraded spells start and end), each source's
-//! status (its last check, its place in the schedule and its workloads'
-//! health) and the objects chump last applied for it (its inventory).
+//! rollbacks, deletions, and where degraded spells start and end), the
+//! manifests a deploy applied and how two deploys differ, what was live at
+//! a moment (`?at=`), each source's status (its last check, its place in
+//! the schedule, its workloads' health, its pin) and the objects chump last
+//! applied for it (its inventory).
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
-use chump_jobs::history::{Health, Outcome};
+use chump_jobs::history::{Health, HistoryEntry, Outcome};
+use chump_jobs::manifests::{self, ManifestsState};
 use chump_jobs::source::parse_source_id;
 use chump_jobs::store::{HistoryQuery, SourceStatus};
 use serde_json::{json, Value};
@@ -73,6 +78,11 @@ fn parse_query(
                     bad(key, "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
                 })?);
             }
+            "at" if allowed.contains(&"at") => {
+                q.at = Some(OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+                    bad(key, "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
+                })?);
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
                     "[WARN] Unknown query parameter '{other}': this route takes limit, before, {}",
@@ -81,12 +91,22 @@ fn parse_query(
             }
         }
     }
+    if q.at.is_some() {
+        for other in ["before", "since"] {
+            if params.contains_key(other) {
+                return Err(bad(
+                    other,
+                    "cannot be combined with 'at' (one entry per source, not a page)",
+                ));
+            }
+        }
+    }
     Ok(q)
 }
 
 async fn page(state: &AppState, q: &HistoryQuery) -> Result<Json<Value>, ApiError> {
     let entries = state.store.history(q).await?;
-    let next_before = (entries.len() as u32 == q.limit)
+    let next_before = (entries.len() as u32 == q.limit && q.at.is_none())
         .then(|| entries.last().map(|e| e.id))
         .flatten();
     Ok(Json(
@@ -94,13 +114,172 @@ async fn page(state: &AppState, q: &HistoryQuery) -> Result<Json<Value>, ApiErro
     ))
 }
 
-/// `GET /api/history`: every source's history, newest first.
+/// `GET /api/history`: every source's history, newest first. With
+/// `?at=<RFC 3339>`: for each source, the entry of the deploy that was live
+/// then (the newest deploy, rollback, supersession or failure after an
+/// apply finished by then; none once the source was deleted with prune).
 pub async fn all(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = parse_query(&params, &["outcome", "namespace", "source_id", "since"])?;
+    let q = parse_query(&params, &["outcome", "namespace", "source_id", "since", "at"])?;
     page(&state, &q).await
+}
+
+/// History entry `id` (None: no such entry).
+pub(super) async fn entry(state: &AppState, id: i64) -> Result<Option<HistoryEntry>, ApiError> {
+    // The newest entry below id + 1 is entry id, when it exists.
+    let found = state
+        .store
+        .history(&HistoryQuery {
+            before: id.checked_add(1),
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
+    Ok(found.into_iter().next().filter(|e| e.id == id))
+}
+
+fn parse_entry_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "[WARN] Invalid history entry id '{raw}': must be an integer from 1"
+            ))
+        })
+}
+
+async fn entry_or_404(state: &AppState, raw: &str) -> Result<HistoryEntry, ApiError> {
+    let id = parse_entry_id(raw)?;
+    entry(state, id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("[WARN] History entry {id} doesn't exist"),
+        )
+    })
+}
+
+/// What an entry without kept manifests says ("entry 7 …").
+pub(super) fn manifests_missing(state: Option<ManifestsState>) -> &'static str {
+    match state {
+        Some(ManifestsState::Kept) => "has its manifests",
+        Some(ManifestsState::Dropped) => {
+            "had its manifests dropped by retention (CHUMP_MANIFEST_RETENTION)"
+        }
+        Some(ManifestsState::TooLarge) => {
+            "rendered more than the cap per entry (CHUMP_MANIFEST_MAX_BYTES): its manifests were not kept"
+        }
+        None => "applied no manifests (or was recorded before chump kept them)",
+    }
+}
+
+/// The unpacked render of `e` (unmasked: callers mask), or a 404 saying
+/// why there is none.
+async fn render_of(state: &AppState, e: &HistoryEntry) -> Result<Vec<Value>, ApiError> {
+    let missing = |why: &str| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("[WARN] History entry {} {why}", e.id),
+        )
+    };
+    if e.manifests != Some(ManifestsState::Kept) {
+        return Err(missing(manifests_missing(e.manifests)));
+    }
+    let packed = state
+        .store
+        .manifests(e.id)
+        .await?
+        .ok_or_else(|| missing(manifests_missing(Some(ManifestsState::Dropped))))?;
+    packed.unpack().map_err(|err| {
+        tracing::error!(entry = e.id, error = %err, "unreadable manifests");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("[ERROR] The manifests of history entry {} cannot be read: {err}", e.id),
+        )
+    })
+}
+
+/// `GET /api/history/{id}`: one entry.
+pub async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<HistoryEntry>, ApiError> {
+    Ok(Json(entry_or_404(&state, &id).await?))
+}
+
+/// `GET /api/history/{id}/manifests`: the render the entry's check
+/// applied, as multi-document YAML (`application/yaml`), Secret values and
+/// URL credentials masked; 404 (JSON, saying why) when none is kept.
+pub async fn manifests(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let e = entry_or_404(&state, &id).await?;
+    let objects = render_of(&state, &e).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        manifests::to_yaml(&objects),
+    ))
+}
+
+/// `GET /api/history/{id}/diff?against={other}`: how the entry's render
+/// differs from `other`'s (default: the source's previous entry with kept
+/// manifests; none: everything is added), object by object, as unified
+/// diffs of the masked YAML.
+pub async fn diff(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(other) = params.keys().find(|k| k.as_str() != "against") {
+        return Err(ApiError::bad_request(format!(
+            "[WARN] Unknown query parameter '{other}': this route takes against"
+        )));
+    }
+    let e = entry_or_404(&state, &id).await?;
+    let new = render_of(&state, &e).await?;
+    let against = match params.get("against") {
+        Some(raw) => {
+            let other_id = raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::bad_query("against", "must be a history entry id"))?;
+            Some(entry(&state, other_id).await?.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("[WARN] History entry {other_id} (against) doesn't exist"),
+                )
+            })?)
+        }
+        None => state
+            .store
+            .history(&HistoryQuery {
+                source_id: Some(e.report.source_id),
+                applied: true,
+                before: Some(e.id),
+                limit: 50,
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .find(|p| p.manifests == Some(ManifestsState::Kept)),
+    };
+    let old = match &against {
+        Some(a) => render_of(&state, a).await?,
+        None => Vec::new(),
+    };
+    let (objects, unchanged) = manifests::diff(&old, &new);
+    Ok(Json(json!({
+        "entry": e.id,
+        "against": against.as_ref().map(|a| a.id),
+        "commit": e.report.commit,
+        "against_commit": against.as_ref().and_then(|a| a.report.commit.clone()),
+        "objects": objects,
+        "unchanged": unchanged,
+    })))
 }
 
 /// `GET /api/sources/{id}/history`: one source's history, newest first. The

@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 mod history;
 pub mod openapi;
+mod rollback;
 mod sources;
 
 use std::sync::Arc;
@@ -75,7 +76,12 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /api/sources/{id}/objects",
     "GET /api/sources/{id}/history",
     "POST /api/sources/{id}/check",
+    "POST /api/sources/{id}/rollback",
+    "POST /api/sources/{id}/unpin",
     "GET /api/history",
+    "GET /api/history/{id}",
+    "GET /api/history/{id}/manifests",
+    "GET /api/history/{id}/diff",
     "POST /api/webhooks/{provider}",
     "GET /metrics",
     "GET /healthz",
@@ -127,7 +133,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sources/{id}/objects/", get(history::objects))
         .route("/api/sources/{id}/history", get(history::of_source))
         .route("/api/sources/{id}/check", post(actions::check))
+        .route("/api/sources/{id}/rollback", post(rollback::rollback))
+        .route("/api/sources/{id}/unpin", post(rollback::unpin))
         .route("/api/history", get(history::all))
+        .route("/api/history/{id}", get(history::one))
+        .route("/api/history/{id}/manifests", get(history::manifests))
+        .route("/api/history/{id}/diff", get(history::diff))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

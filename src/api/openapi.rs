@@ -31,6 +31,9 @@ pub struct SourceBody {
     /// Delete objects chump applied for this source that a new build no
     /// longer renders (default true; PATCH keeps the stored value).
     prune: Option<bool>,
+    /// Roll back to the last successful deploy when a deploy fails at
+    /// apply or rollout (null: the service's CHUMP_AUTO_ROLLBACK).
+    auto_rollback: Option<bool>,
 }
 
 /// A source as the API shows it (credentials in `git_url` masked as `***`).
@@ -48,6 +51,8 @@ pub struct Source {
     interval_seconds: Option<u32>,
     suspended: bool,
     prune: bool,
+    /// null: the service's default (CHUMP_AUTO_ROLLBACK).
+    auto_rollback: Option<bool>,
     /// Deleted with `prune=true`: its objects are being pruned; it takes no
     /// updates and no checks (409), then it is gone.
     deleting: bool,
@@ -90,6 +95,23 @@ pub struct Status {
     /// When health is degraded: the last check's message (which workload,
     /// and why); null otherwise.
     health_reason: Option<String>,
+    /// After a rollback: the commit chump stays away from until the branch
+    /// moves (null: not pinned).
+    pinned: Option<Pin>,
+    /// A rollback asked for and not yet recorded: the entry it goes to.
+    rollback_to: Option<i64>,
+}
+
+/// A pin: checks that find the branch at `commit` leave the cluster alone.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Pin {
+    commit: String,
+    /// The rollback, from what to what, and how it resumes.
+    reason: String,
+    /// The rollback's history entry.
+    entry: Option<i64>,
+    since: String,
 }
 
 /// A deploy, a failure, a supersession, a deletion, or the start or end of
@@ -102,8 +124,9 @@ pub struct HistoryEntry {
     namespace: String,
     deployment_name: String,
     container_name: String,
-    /// schedule, manual, webhook or delete (the prune of a source deleted
-    /// with `prune=true`).
+    /// schedule, manual, webhook, delete (the prune of a source deleted
+    /// with `prune=true`) or auto_rollback (after a failed deploy of a
+    /// source with auto_rollback).
     trigger: String,
     started_at: String,
     finished_at: String,
@@ -113,12 +136,71 @@ pub struct HistoryEntry {
     running_image: Option<String>,
     /// deployed, failed, deleted (its objects pruned, the source gone),
     /// superseded (the branch moved during the rollout), degraded (the
-    /// first check that found a workload unhealthy) or up_to_date (the
-    /// first healthy check after degraded ones).
+    /// first check that found a workload unhealthy), up_to_date (the
+    /// first healthy check after degraded ones) or rolled_back (a recorded
+    /// deploy's manifests applied again and rolled out).
     outcome: String,
     stage: Option<String>,
     message: Option<String>,
     objects: Vec<AppliedObject>,
+    /// The rendered manifests the check applied: kept, dropped (by
+    /// retention) or too_large; absent when it applied none.
+    manifests: Option<String>,
+    /// A rollback (outcome rolled_back, or failed): the entry re-applied.
+    rollback_to: Option<i64>,
+}
+
+/// How an entry's render differs from another's.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Diff {
+    entry: i64,
+    /// The entry compared with (null: none earlier with manifests, so
+    /// every object is added).
+    against: Option<i64>,
+    commit: Option<String>,
+    against_commit: Option<String>,
+    /// Objects added, removed or changed, each with a unified diff of its
+    /// YAML (`a/` against, `b/` entry; Secret values masked, a changed one
+    /// shown as `*** (changed)`).
+    objects: Vec<ObjectDiff>,
+    /// Objects the same in both.
+    unchanged: usize,
+}
+
+/// One object that differs.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ObjectDiff {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    /// added, removed or changed.
+    change: String,
+    diff: String,
+}
+
+/// A queued rollback.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RollbackQueued {
+    msg: String,
+    /// queued, already_queued or queued_after_running.
+    result: String,
+    queued_at: String,
+    /// The history entry whose manifests are applied again.
+    to: i64,
+    commit: Option<String>,
+}
+
+/// The body of a rollback (optional).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RollbackBody {
+    /// A history entry of the source with kept manifests (default: the
+    /// last successful deploy of another commit before the live one).
+    to: Option<i64>,
 }
 
 /// One object a deploy applied.
@@ -199,10 +281,12 @@ pub struct SourceMessage {
     paths(
         doc::index, doc::health, doc::openapi, doc::list, doc::create, doc::create_legacy, doc::get,
         doc::patch, doc::put, doc::delete, doc::patch_legacy, doc::put_legacy, doc::delete_legacy,
-        doc::status, doc::objects, doc::history_of_source, doc::check, doc::history, doc::webhook, doc::metrics,
+        doc::status, doc::objects, doc::history_of_source, doc::check, doc::rollback, doc::unpin, doc::history,
+        doc::history_entry, doc::manifests, doc::diff, doc::webhook, doc::metrics,
         doc::healthz, doc::readyz
     ),
-    components(schemas(SourceBody, Source, Status, HistoryEntry, AppliedObject, Objects, InventoryObject, HistoryPage, Error, SourceMessage, Deleting)),
+    components(schemas(SourceBody, Source, Status, Pin, HistoryEntry, AppliedObject, Objects, InventoryObject, HistoryPage, Error, SourceMessage, Deleting,
+        Diff, ObjectDiff, RollbackQueued, RollbackBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -234,7 +318,7 @@ mod doc {
     const CONFLICT: &str =
         "another source has the target ([WARN] Source already exist!), or the source is being deleted";
     const OUTCOME: &str =
-        "deployed, up_to_date, failed, deleted, degraded or superseded (400 for any other)";
+        "deployed, up_to_date, failed, deleted, degraded, superseded or rolled_back (400 for any other)";
     const PRUNE: &str = "true: delete the objects chump applied for the source first (202 while \
         they are pruned; 200 when none were recorded); false (default): delete the source at once, \
         leaving its objects";
@@ -292,9 +376,29 @@ mod doc {
         (status = 202, description = "`{\"msg\", \"result\": queued|already_queued|already_running|queued_after_running, \"queued_at\"}`"),
         (status = 404, body = Error), (status = 409, body = Error, description = "the source is being deleted")))]
     pub fn check() {}
+    #[utoipa::path(post, path = "/api/sources/{id}/rollback", params(("id" = i64, Path)), request_body(content = RollbackBody, description = "optional"), responses(
+        (status = 202, body = RollbackQueued), (status = 400, body = Error, description = "a bad body, or `to` not an entry of this source"),
+        (status = 404, body = Error), (status = 409, body = Error, description = "nothing to roll back to (no earlier deploy, or its manifests were not kept), or the source is being deleted")))]
+    pub fn rollback() {}
+    #[utoipa::path(post, path = "/api/sources/{id}/unpin", params(("id" = i64, Path)), responses(
+        (status = 202, description = "`{\"msg\", \"result\", \"queued_at\"}`: unpinned, a check queued"),
+        (status = 404, body = Error), (status = 409, body = Error, description = "not pinned")))]
+    pub fn unpin() {}
+    #[utoipa::path(get, path = "/api/history/{id}", params(("id" = i64, Path)), responses(
+        (status = 200, body = HistoryEntry), (status = 400, body = Error), (status = 404, body = Error)))]
+    pub fn history_entry() {}
+    #[utoipa::path(get, path = "/api/history/{id}/manifests", params(("id" = i64, Path)), responses(
+        (status = 200, content_type = "application/yaml", description = "the render applied, multi-document YAML, Secret values and URL credentials masked"),
+        (status = 404, body = Error, description = "no such entry, or no manifests kept (dropped by retention, too large, or none applied): the message says which")))]
+    pub fn manifests() {}
+    #[utoipa::path(get, path = "/api/history/{id}/diff", params(("id" = i64, Path),
+        ("against" = Option<i64>, Query, description = "another entry (default: the source's previous entry with kept manifests)")), responses(
+        (status = 200, body = Diff), (status = 400, body = Error), (status = 404, body = Error, description = "an entry missing, or without kept manifests")))]
+    pub fn diff() {}
     #[utoipa::path(get, path = "/api/history", params(
         ("limit" = Option<u32>, Query), ("before" = Option<i64>, Query), ("outcome" = Option<String>, Query, description = OUTCOME),
-        ("namespace" = Option<String>, Query), ("source_id" = Option<i64>, Query), ("since" = Option<String>, Query, description = "RFC 3339")),
+        ("namespace" = Option<String>, Query), ("source_id" = Option<i64>, Query), ("since" = Option<String>, Query, description = "RFC 3339"),
+        ("at" = Option<String>, Query, description = "RFC 3339: instead of a page, for each source the entry of the deploy live then (not with before or since)")),
         responses((status = 200, body = HistoryPage), (status = 400, body = Error)))]
     pub fn history() {}
     #[utoipa::path(post, path = "/api/webhooks/{provider}", params(("provider" = String, Path, description = "github, gitlab, gitea or generic")),

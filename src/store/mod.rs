@@ -12,10 +12,20 @@ use chump_jobs::store::Store;
 
 use crate::config::DatabaseConfig;
 
-/// Opens the configured store.
-pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store, keeping the manifests of each source's
+/// newest `manifest_retention` history entries.
+pub async fn open(
+    config: &DatabaseConfig,
+    manifest_retention: u32,
+) -> anyhow::Result<Arc<dyn Store>> {
     match config {
-        DatabaseConfig::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
-        DatabaseConfig::RethinkDb(rc) => Ok(Arc::new(rethinkdb::RethinkStore::open(rc).await?)),
+        DatabaseConfig::Sqlite { path } => Ok(Arc::new(
+            sqlite::SqliteStore::open(path)
+                .await?
+                .with_manifest_retention(manifest_retention),
+        )),
+        DatabaseConfig::RethinkDb(rc) => Ok(Arc::new(
+            rethinkdb::RethinkStore::open(rc).await?, // RETENTION-PENDING
+        )),
     }
 }

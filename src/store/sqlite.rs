@@ -21,8 +21,11 @@ use async_trait::async_trait;
 use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
 use chump_jobs::inventory::Inventory;
 use chump_jobs::source::{Source, SourceId, SourceSpec};
+use chump_jobs::manifests::{ManifestsState, PackedManifests};
+use chump_jobs::rollback::{Pin, PinChange, RollbackOrder};
 use chump_jobs::store::{
     Claim, Deletion, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
+    DEFAULT_MANIFEST_RETENTION,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -31,8 +34,13 @@ use time::OffsetDateTime;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const SOURCE_COLUMNS: &str = "id, namespace, deployment_name, git_url, branch, deploy_path, \
-    container_name, image_version_file, interval_seconds, suspended, prune, deleting, revision, \
-    created_at, updated_at";
+    container_name, image_version_file, interval_seconds, suspended, prune, auto_rollback, \
+    deleting, revision, created_at, updated_at";
+
+/// Outcomes and stages of entries that went live, as SQL (see
+/// [`chump_jobs::history::went_live`]; a test below keeps them in step).
+const WENT_LIVE: &str = "(outcome IN ('deployed', 'rolled_back', 'superseded') \
+    OR (outcome = 'failed' AND stage IN ('rollout', 'prune')))";
 
 /// A [`Store`] on a SQLite file.
 #[derive(Clone)]
@@ -41,6 +49,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Held open (and locked) while any clone of the store lives.
     _lock: std::sync::Arc<std::fs::File>,
+    /// Per source, how many of the newest entries keep their manifests.
+    manifest_retention: u32,
 }
 
 impl SqliteStore {
@@ -83,7 +93,50 @@ impl SqliteStore {
             writer,
             reader,
             _lock: std::sync::Arc::new(lock),
+            manifest_retention: DEFAULT_MANIFEST_RETENTION,
         })
+    }
+
+    /// Keeps the manifests of each source's newest `n` entries (at least 1).
+    pub fn with_manifest_retention(mut self, n: u32) -> Self {
+        self.manifest_retention = n.max(1);
+        self
+    }
+
+    /// Retention: source `source_id` keeps the manifests of its newest
+    /// entries, and always those of its newest successful deploy; older
+    /// ones are deleted and their entries marked `dropped`.
+    async fn drop_old_manifests(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        source_id: SourceId,
+    ) -> StoreResult<()> {
+        let doomed: Vec<(i64,)> = sqlx::query_as(
+            "SELECT history_id FROM history_manifests WHERE source_id = ?1 \
+               AND history_id NOT IN (SELECT history_id FROM history_manifests \
+                 WHERE source_id = ?1 ORDER BY history_id DESC LIMIT ?2) \
+               AND history_id IS NOT (SELECT MAX(h.id) FROM history h \
+                 JOIN history_manifests m ON m.history_id = h.id \
+                 WHERE h.source_id = ?1 AND h.outcome IN ('deployed', 'rolled_back'))",
+        )
+        .bind(source_id)
+        .bind(self.manifest_retention as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for (id,) in doomed {
+            sqlx::query("DELETE FROM history_manifests WHERE history_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            sqlx::query("UPDATE history SET manifests = 'dropped' WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
     }
 
     /// Closes both pools, waiting for connections in use.
@@ -178,6 +231,9 @@ fn source_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Source, sqlx::Error>
                 .map(|v| v as u32),
             suspended: row.try_get::<i64, _>("suspended")? != 0,
             prune: row.try_get::<i64, _>("prune")? != 0,
+            auto_rollback: row
+                .try_get::<Option<i64>, _>("auto_rollback")?
+                .map(|v| v != 0),
         },
         revision: row.try_get("revision")?,
         created_at: from_ms(row.try_get("created_at")?),
@@ -204,8 +260,9 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let row = sqlx::query(&format!(
             "INSERT INTO sources (namespace, deployment_name, git_url, branch, deploy_path, \
-             container_name, image_version_file, interval_seconds, suspended, prune, revision, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING {SOURCE_COLUMNS}"
+             container_name, image_version_file, interval_seconds, suspended, prune, auto_rollback, \
+             revision, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) \
+             RETURNING {SOURCE_COLUMNS}"
         ))
         .bind(&spec.namespace)
         .bind(&spec.deployment_name)
@@ -217,6 +274,7 @@ impl Store for SqliteStore {
         .bind(spec.interval_seconds.map(i64::from))
         .bind(spec.suspended as i64)
         .bind(spec.prune as i64)
+        .bind(spec.auto_rollback.map(i64::from))
         .bind(ms(now))
         .bind(ms(now))
         .fetch_one(&mut *tx)
@@ -265,7 +323,7 @@ impl Store for SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE sources SET namespace = ?, deployment_name = ?, git_url = ?, branch = ?, \
              deploy_path = ?, container_name = ?, image_version_file = ?, interval_seconds = ?, \
-             suspended = ?, prune = ?, revision = revision + 1, updated_at = ? \
+             suspended = ?, prune = ?, auto_rollback = ?, revision = revision + 1, updated_at = ? \
              WHERE id = ? AND deleting = 0 RETURNING {SOURCE_COLUMNS}"
         ))
         .bind(&spec.namespace)
@@ -278,6 +336,7 @@ impl Store for SqliteStore {
         .bind(spec.interval_seconds.map(i64::from))
         .bind(spec.suspended as i64)
         .bind(spec.prune as i64)
+        .bind(spec.auto_rollback.map(i64::from))
         .bind(ms(now))
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -368,8 +427,21 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> StoreResult<RequestResult> {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let result = request_in(&mut tx, id, trigger, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(result)
+    }
+
+    async fn request_rollback(
+        &self,
+        id: SourceId,
+        to: i64,
+        trigger: Trigger,
+        now: OffsetDateTime,
+    ) -> StoreResult<RequestResult> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
         let row = sqlx::query(
-            "SELECT s.deleting, st.requested_trigger, st.lease_owner, st.lease_until \
+            "SELECT s.deleting, st.rollback_to, st.lease_until \
              FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id = ?",
         )
         .bind(id)
@@ -382,35 +454,83 @@ impl Store for SqliteStore {
         if row.try_get::<i64, _>("deleting").map_err(db_err)? != 0 {
             return Err(StoreError::BeingDeleted(id));
         }
-        let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
+        let pending: Option<i64> = row.try_get("rollback_to").map_err(db_err)?;
         let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
-        let running = lease_until.is_some_and(|t| t > ms(now));
-        let result = if requested.is_some() {
-            RequestResult::AlreadyQueued
-        } else if running && trigger == Trigger::Manual {
-            RequestResult::AlreadyRunning
-        } else if running {
+        let result = if lease_until.is_some_and(|t| t > ms(now)) {
             RequestResult::QueuedAfterRunning
+        } else if pending == Some(to) {
+            RequestResult::AlreadyQueued
         } else {
             RequestResult::Queued
         };
-        if matches!(
-            result,
-            RequestResult::Queued | RequestResult::QueuedAfterRunning
-        ) {
-            sqlx::query(
-                "UPDATE source_status SET requested_trigger = ?, next_check_at = MIN(next_check_at, ?) \
-                 WHERE source_id = ?",
-            )
-            .bind(trigger.as_str())
-            .bind(ms(now))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
+        sqlx::query(
+            "UPDATE source_status SET rollback_to = ?, rollback_trigger = ?, \
+             next_check_at = MIN(next_check_at, ?) WHERE source_id = ?",
+        )
+        .bind(to)
+        .bind(trigger.as_str())
+        .bind(ms(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(result)
+    }
+
+    async fn unpin(&self, id: SourceId, now: OffsetDateTime) -> StoreResult<Option<RequestResult>> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT pinned_commit FROM source_status WHERE source_id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        match row {
+            None => return Err(StoreError::NotFound(id)),
+            Some((None,)) => {
+                // Not pinned; still tell a missing or deleting source apart.
+                if deleting(&mut tx, id).await? == Some(true) {
+                    return Err(StoreError::BeingDeleted(id));
+                }
+                return Ok(None);
+            }
+            Some((Some(_),)) => {}
+        }
+        sqlx::query(
+            "UPDATE source_status SET pinned_commit = NULL, pinned_reason = NULL, \
+             pinned_entry = NULL, pinned_at = NULL WHERE source_id = ?",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        // Resumes at once: a manual check now, or right after a running one.
+        let result = match request_in(&mut tx, id, Trigger::Manual, now).await? {
+            RequestResult::AlreadyRunning => {
+                sqlx::query(
+                    "UPDATE source_status SET requested_trigger = 'manual' WHERE source_id = ?",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                RequestResult::QueuedAfterRunning
+            }
+            other => other,
+        };
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(result))
+    }
+
+    async fn manifests(&self, history_id: i64) -> StoreResult<Option<PackedManifests>> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT data FROM history_manifests WHERE history_id = ?")
+                .bind(history_id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_err)?;
+        Ok(row.map(|(data,)| PackedManifests::from_bytes(data)))
     }
 
     async fn claim_due(
@@ -428,11 +548,13 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         let rows = sqlx::query(&format!(
             "SELECT {cols}, st.requested_trigger, st.consecutive_failures, st.last_outcome, \
-             st.next_check_at \
+             st.next_check_at, st.last_commit, st.pinned_commit, st.rollback_to, \
+             st.rollback_trigger \
              FROM source_status st JOIN sources s ON s.id = st.source_id \
              WHERE st.next_check_at <= ?1 \
                AND (st.lease_until IS NULL OR st.lease_until <= ?1) \
-               AND (s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1) \
+               AND (s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1 \
+                    OR st.rollback_to IS NOT NULL) \
              ORDER BY st.next_check_at, s.id LIMIT ?2",
             cols = SOURCE_COLUMNS
                 .split(", ")
@@ -452,6 +574,11 @@ impl Store for SqliteStore {
             let failures: i64 = row.try_get("consecutive_failures").map_err(db_err)?;
             let last_outcome: Option<String> = row.try_get("last_outcome").map_err(db_err)?;
             let due_at = from_ms(row.try_get("next_check_at").map_err(db_err)?);
+            let pinned: Option<String> = row.try_get("pinned_commit").map_err(db_err)?;
+            let last_commit: Option<String> = row.try_get("last_commit").map_err(db_err)?;
+            let rollback_to: Option<i64> = row.try_get("rollback_to").map_err(db_err)?;
+            let rollback_trigger: Option<String> =
+                row.try_get("rollback_trigger").map_err(db_err)?;
             sqlx::query(
                 "UPDATE source_status SET lease_owner = ?, lease_until = ?, requested_trigger = NULL \
                  WHERE source_id = ?",
@@ -462,12 +589,23 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            let rollback = match (source.deleting, rollback_to) {
+                (false, Some(to)) => Some(rollback_order(&mut tx, to, rollback_trigger, || {
+                    pinned.clone().or(last_commit.clone())
+                })
+                .await?),
+                _ => None,
+            };
             let trigger = if source.deleting {
                 Trigger::Delete
+            } else if let Some(order) = &rollback {
+                order.trigger
             } else {
                 parse_opt(requested).unwrap_or(Trigger::Schedule)
             };
             claims.push(Claim {
+                pinned,
+                rollback,
                 trigger,
                 consecutive_failures: failures.max(0) as u32,
                 last_outcome: parse_opt(last_outcome),
@@ -535,13 +673,19 @@ impl Store for SqliteStore {
         }
         // Deploys, failures, supersessions and deletions always; a steady
         // check only when it starts or ends a degraded spell.
+        let mut entry_id: Option<i64> = None;
         if report.goes_to_history(claim.last_outcome) {
             let objects = serde_json::to_string(&report.objects)
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
-            sqlx::query(
+            let manifests_state = report.manifests.as_ref().map(|m| match m {
+                Ok(_) => ManifestsState::Kept,
+                Err(state) => *state,
+            });
+            let (id,): (i64,) = sqlx::query_as(
                 "INSERT INTO history (source_id, namespace, deployment_name, container_name, trigger, \
                  started_at, finished_at, commit_sha, desired_image, running_image, outcome, stage, \
-                 message, objects) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 message, objects, manifests, rollback_to) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(source.id)
             .bind(&source.spec.namespace)
@@ -557,9 +701,24 @@ impl Store for SqliteStore {
             .bind(report.stage.map(Stage::as_str))
             .bind(&report.message)
             .bind(objects)
-            .execute(&mut *tx)
+            .bind(manifests_state.map(ManifestsState::as_str))
+            .bind(report.rollback_to)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
+            entry_id = Some(id);
+            if let Some(Ok(packed)) = &report.manifests {
+                sqlx::query(
+                    "INSERT INTO history_manifests (history_id, source_id, data) VALUES (?, ?, ?)",
+                )
+                .bind(id)
+                .bind(source.id)
+                .bind(packed.as_bytes())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                self.drop_old_manifests(&mut tx, source.id).await?;
+            }
         }
         // The prune of a source being deleted is done: it goes, with its
         // status and inventory (the history entry above stays). Only while
@@ -575,6 +734,14 @@ impl Store for SqliteStore {
         // Only failures count (degraded and superseded are not): they drive
         // the backoff.
         let failed = report.outcome == Outcome::Failed;
+        // The rollback this claim carried is done (unless another replaced it).
+        let claim_rollback = claim.rollback.as_ref().map(|r| r.to);
+        // 0: keep the pin, 1: set it, 2: clear it.
+        let (pin_op, pin_commit, pin_reason) = match &report.pin {
+            PinChange::Keep => (0, None, None),
+            PinChange::Set { commit, reason } => (1, Some(commit.as_str()), Some(reason.as_str())),
+            PinChange::Clear => (2, None, None),
+        };
         // Due at once instead when the source changed or a check was asked
         // for while this one ran.
         let updated = sqlx::query(
@@ -585,8 +752,15 @@ impl Store for SqliteStore {
                consecutive_failures = CASE WHEN ? THEN consecutive_failures + 1 ELSE 0 END, \
                next_check_at = CASE \
                  WHEN requested_trigger IS NOT NULL \
+                   OR (rollback_to IS NOT NULL AND rollback_to IS NOT ?) \
                    OR (SELECT revision FROM sources WHERE id = ?) != ? THEN ? \
                  ELSE ? END, \
+               rollback_trigger = CASE WHEN rollback_to IS ? THEN NULL ELSE rollback_trigger END, \
+               rollback_to = CASE WHEN rollback_to IS ? THEN NULL ELSE rollback_to END, \
+               pinned_commit = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_commit END, \
+               pinned_reason = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_reason END, \
+               pinned_entry = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_entry END, \
+               pinned_at = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_at END, \
                lease_owner = NULL, lease_until = NULL \
              WHERE source_id = ? AND lease_owner = ?",
         )
@@ -602,10 +776,21 @@ impl Store for SqliteStore {
             &report.running_image
         })
         .bind(failed)
+        .bind(claim_rollback)
         .bind(source.id)
         .bind(source.revision)
         .bind(ms(report.finished_at))
         .bind(ms(next_check_at))
+        .bind(claim_rollback)
+        .bind(claim_rollback)
+        .bind(pin_op)
+        .bind(pin_commit)
+        .bind(pin_op)
+        .bind(pin_reason)
+        .bind(pin_op)
+        .bind(entry_id)
+        .bind(pin_op)
+        .bind(ms(report.finished_at))
         .bind(source.id)
         .bind(&claim.owner)
         .execute(&mut *tx)
@@ -684,7 +869,8 @@ impl Store for SqliteStore {
             "SELECT MIN(CASE WHEN st.lease_until IS NOT NULL AND st.lease_until > st.next_check_at \
                     THEN st.lease_until ELSE st.next_check_at END) \
              FROM source_status st JOIN sources s ON s.id = st.source_id \
-             WHERE s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1",
+             WHERE s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1 \
+                OR st.rollback_to IS NOT NULL",
         )
         .fetch_optional(&self.reader)
         .await
@@ -720,8 +906,22 @@ impl Store for SqliteStore {
 
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM history WHERE 1 = 1");
+        if let Some(at) = query.at {
+            // Each source's newest entry by then that went live or deleted
+            // it; a deletion means nothing was live.
+            qb.push(" AND id IN (SELECT MAX(id) FROM history WHERE finished_at <= ")
+                .push_bind(ms(at))
+                .push(format!(" AND ({WENT_LIVE} OR outcome = 'deleted')"));
+            if let Some(id) = query.source_id {
+                qb.push(" AND source_id = ").push_bind(id);
+            }
+            qb.push(" GROUP BY source_id) AND outcome != 'deleted'");
+        }
         if let Some(id) = query.source_id {
             qb.push(" AND source_id = ").push_bind(id);
+        }
+        if query.applied {
+            qb.push(" AND manifests IS NOT NULL");
         }
         if let Some(outcome) = query.outcome {
             qb.push(" AND outcome = ").push_bind(outcome.as_str());
@@ -762,6 +962,89 @@ impl Store for SqliteStore {
         }
         inventory_from_row(&row).map(Some)
     }
+}
+
+/// [`Store::request_check`] inside a transaction.
+async fn request_in(
+    tx: &mut sqlx::SqliteConnection,
+    id: SourceId,
+    trigger: Trigger,
+    now: OffsetDateTime,
+) -> StoreResult<RequestResult> {
+        let row = sqlx::query(
+            "SELECT s.deleting, st.requested_trigger, st.lease_owner, st.lease_until \
+             FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(id));
+        };
+        if row.try_get::<i64, _>("deleting").map_err(db_err)? != 0 {
+            return Err(StoreError::BeingDeleted(id));
+        }
+        let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
+        let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
+        let running = lease_until.is_some_and(|t| t > ms(now));
+        let result = if requested.is_some() {
+            RequestResult::AlreadyQueued
+        } else if running && trigger == Trigger::Manual {
+            RequestResult::AlreadyRunning
+        } else if running {
+            RequestResult::QueuedAfterRunning
+        } else {
+            RequestResult::Queued
+        };
+        if matches!(
+            result,
+            RequestResult::Queued | RequestResult::QueuedAfterRunning
+        ) {
+            sqlx::query(
+                "UPDATE source_status SET requested_trigger = ?, next_check_at = MIN(next_check_at, ?) \
+                 WHERE source_id = ?",
+            )
+            .bind(trigger.as_str())
+            .bind(ms(now))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+    Ok(result)
+}
+
+/// The rollback a claim carries: entry `to`'s commit, image and kept
+/// manifests (None when dropped since it was asked for), and the commit to
+/// pin away from (the current pin, else the head last seen).
+async fn rollback_order(
+    tx: &mut sqlx::SqliteConnection,
+    to: i64,
+    trigger: Option<String>,
+    from_commit: impl FnOnce() -> Option<String>,
+) -> StoreResult<RollbackOrder> {
+    let entry: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT commit_sha, desired_image FROM history WHERE id = ?")
+            .bind(to)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    let data: Option<(Vec<u8>,)> =
+        sqlx::query_as("SELECT data FROM history_manifests WHERE history_id = ?")
+            .bind(to)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    let (commit, desired_image) = entry.unwrap_or_default();
+    Ok(RollbackOrder {
+        to,
+        trigger: parse_opt(trigger).unwrap_or(Trigger::Manual),
+        commit,
+        desired_image,
+        from_commit: from_commit(),
+        manifests: data.map(|(d,)| PackedManifests::from_bytes(d)),
+    })
 }
 
 /// Whether source `id` is being deleted (None: no such source).
@@ -825,6 +1108,20 @@ fn status_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SourceStatus> {
             .max(0) as u32,
         next_check_at: Some(from_ms(row.try_get("next_check_at").map_err(db_err)?)),
         requested: parse_opt(get("requested_trigger")?),
+        pinned: match get("pinned_commit")? {
+            Some(commit) => Some(Pin {
+                commit,
+                reason: get("pinned_reason")?.unwrap_or_default(),
+                entry: row.try_get("pinned_entry").map_err(db_err)?,
+                since: from_ms(
+                    row.try_get::<Option<i64>, _>("pinned_at")
+                        .map_err(db_err)?
+                        .unwrap_or_default(),
+                ),
+            }),
+            None => None,
+        },
+        rollback_to: row.try_get("rollback_to").map_err(db_err)?,
         in_flight: row
             .try_get::<Option<i64>, _>("lease_until")
             .map_err(db_err)?
@@ -844,6 +1141,7 @@ fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HistoryEntry> 
         namespace: text("namespace")?,
         deployment_name: text("deployment_name")?,
         container_name: text("container_name")?,
+        manifests: parse_opt(get("manifests")?),
         report: CheckReport {
             source_id: int("source_id")?,
             trigger: trigger
@@ -861,6 +1159,10 @@ fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HistoryEntry> 
             message: get("message")?,
             objects: serde_json::from_str(&text("objects")?).unwrap_or_default(),
             inventory: None,
+            rollback_to: row.try_get("rollback_to").map_err(db_err)?,
+            manifests: None,
+            pin: PinChange::Keep,
+            rollback_wanted: false,
         },
     })
 }

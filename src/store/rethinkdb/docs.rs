@@ -64,6 +64,7 @@ pub(super) fn source_from_doc(doc: &Value) -> StoreResult<Source> {
             // The Python tool's documents have neither: pruning on, not
             // being deleted.
             prune: doc.get("prune").and_then(Value::as_bool).unwrap_or(true),
+            auto_rollback: doc.get("auto_rollback").and_then(Value::as_bool),
         },
         revision: opt_int(doc, "revision").unwrap_or(1),
         created_at,
@@ -142,6 +143,8 @@ pub(super) fn status_from_doc(doc: &Value) -> StoreResult<(SourceId, SourceStatu
             next_check_at: opt_int(doc, "next_check_at").map(from_ms),
             requested: parse_opt(opt_str(doc, "requested_trigger")),
             in_flight: opt_int(doc, "lease_until").is_some_and(|t| t > now),
+            pinned: None,
+            rollback_to: None,
         },
     ))
 }
@@ -158,6 +161,7 @@ pub(super) fn history_from_doc(doc: &Value) -> StoreResult<HistoryEntry> {
         namespace: text("namespace")?,
         deployment_name: text("deployment_name")?,
         container_name: text("container_name")?,
+        manifests: parse_opt(opt_str(doc, "manifests")),
         report: CheckReport {
             source_id: int("source_id")?,
             trigger: trigger
@@ -179,6 +183,10 @@ pub(super) fn history_from_doc(doc: &Value) -> StoreResult<HistoryEntry> {
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default(),
             inventory: None,
+            rollback_to: opt_int(doc, "rollback_to"),
+            manifests: None,
+            pin: Default::default(),
+            rollback_wanted: false,
         },
     })
 }

@@ -1148,6 +1148,8 @@ impl Store for RethinkStore {
                 inventory: Inventory::default(),
                 owner: owner.to_string(),
                 lease_until,
+                pinned: None,
+                rollback: None,
             });
         }
         let ids: Vec<SourceId> = claims.iter().map(|c| c.source.id).collect();
@@ -1395,6 +1397,24 @@ impl Store for RethinkStore {
         }
         entries.truncate(limit);
         Ok(entries)
+    }
+
+    async fn request_rollback(
+        &self,
+        id: SourceId,
+        _to: i64,
+        _trigger: Trigger,
+        _now: OffsetDateTime,
+    ) -> StoreResult<RequestResult> {
+        Err(StoreError::Backend(format!("rollback of source {id}: not implemented on RethinkDB yet")))
+    }
+
+    async fn unpin(&self, id: SourceId, _now: OffsetDateTime) -> StoreResult<Option<RequestResult>> {
+        Err(StoreError::Backend(format!("unpin of source {id}: not implemented on RethinkDB yet")))
+    }
+
+    async fn manifests(&self, _history_id: i64) -> StoreResult<Option<chump_jobs::manifests::PackedManifests>> {
+        Ok(None)
     }
 
     async fn inventory(&self, id: SourceId) -> StoreResult<Option<Inventory>> {
