@@ -225,9 +225,9 @@ pub async fn manifests(
 }
 
 /// `GET /api/history/{id}/diff?against={other}`: how the entry's render
-/// differs from `other`'s (default: the source's previous entry with kept
-/// manifests; none: everything is added), object by object, as unified
-/// diffs of the masked YAML.
+/// differs from `other`'s (default: the source's previous entry that
+/// applied one; none: everything is added), object by object, as unified
+/// diffs of the masked YAML. 404 when either render is not kept.
 pub async fn diff(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -254,18 +254,20 @@ pub async fn diff(
                 )
             })?)
         }
+        // The source's previous entry that applied a render (whose
+        // manifests, when not kept, make this a 404 saying so).
         None => state
             .store
             .history(&HistoryQuery {
                 source_id: Some(e.report.source_id),
                 applied: true,
                 before: Some(e.id),
-                limit: 50,
+                limit: 1,
                 ..Default::default()
             })
             .await?
             .into_iter()
-            .find(|p| p.manifests == Some(ManifestsState::Kept)),
+            .next(),
     };
     let old = match &against {
         Some(a) => render_of(&state, a).await?,

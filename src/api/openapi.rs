@@ -392,7 +392,7 @@ mod doc {
         (status = 404, body = Error, description = "no such entry, or no manifests kept (dropped by retention, too large, or none applied): the message says which")))]
     pub fn manifests() {}
     #[utoipa::path(get, path = "/api/history/{id}/diff", params(("id" = i64, Path),
-        ("against" = Option<i64>, Query, description = "another entry (default: the source's previous entry with kept manifests)")), responses(
+        ("against" = Option<i64>, Query, description = "another entry (default: the source's previous entry that applied a render; none: every object is added)")), responses(
         (status = 200, body = Diff), (status = 400, body = Error), (status = 404, body = Error, description = "an entry missing, or without kept manifests")))]
     pub fn diff() {}
     #[utoipa::path(get, path = "/api/history", params(
