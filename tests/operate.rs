@@ -765,12 +765,19 @@ async fn metrics_health_and_openapi() {
             "deleted",
             "degraded",
             "superseded",
+            "rolled_back",
         ] {
             assert!(described.contains(name), "{path}: {outcome}");
         }
     }
+    let at = doc["paths"]["/api/history"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "at");
+    assert!(at, "?at= is documented");
     let status = &doc["components"]["schemas"]["Status"]["properties"];
-    for field in ["health", "health_reason"] {
+    for field in ["health", "health_reason", "pinned", "rollback_to"] {
         assert!(status[field].is_object(), "{field}: {status}");
     }
     let endpoints = get(&c, "/api").await["endpoints"]

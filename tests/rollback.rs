@@ -326,8 +326,8 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
         assert_eq!(d["unchanged"], 2, "{d}");
         let text = d.to_string();
         let deployment = &d["objects"][1]["diff"];
-        assert!(deployment.as_str().unwrap().contains("-        image: nginx:1"), "{d}");
-        assert!(deployment.as_str().unwrap().contains("+        image: nginx:2"), "{d}");
+        assert!(deployment.as_str().unwrap().contains("-      - image: nginx:1"), "{d}");
+        assert!(deployment.as_str().unwrap().contains("+      - image: nginx:2"), "{d}");
         assert!(d["objects"][2]["diff"].as_str().unwrap().contains("*** (changed)"), "{d}");
         assert!(!text.contains(one) && !text.contains(two) && !text.contains("hunter2"), "{d}");
     }

@@ -233,7 +233,9 @@ pub fn diff(old: &[Value], new: &[Value]) -> (Vec<ObjectDiff>, usize) {
     };
     let (old, new) = (index(old), index(new));
     let mut keys: Vec<&ObjectKey> = old.keys().chain(new.keys()).collect();
-    keys.sort();
+    keys.sort_by(|a, b| {
+        (&a.kind, &a.namespace, &a.name, &a.group).cmp(&(&b.kind, &b.namespace, &b.name, &b.group))
+    });
     keys.dedup();
     let mut diffs = Vec::new();
     let mut same = 0;
