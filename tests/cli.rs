@@ -1,6 +1,8 @@
 //! The CLI client of issue #5, through the real binary against a running
 //! `chump serve`: every subcommand, human and `--json` output, `-f` files,
-//! exit codes and error messages, `--url`/`CHUMP_URL` and `--token`.
+//! exit codes and error messages, `--url`/`CHUMP_URL` and `--token`; and
+//! issue #14's `history show`, `diff`, `rollback`, `unpin`, `history --at`
+//! and the pin in `status`.
 
 mod support;
 
@@ -546,8 +548,38 @@ fn help_texts() {
     // The client commands are listed.
     let o = chump_command().arg("--help").output().unwrap();
     let help = stdout(&o);
-    for cmd in ["serve", "sources", "check", "history", "status"] {
-        assert!(help.contains(cmd), "{help}");
+    for cmd in [
+        "serve", "sources", "check", "history", "diff", "rollback", "unpin", "status",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.split_whitespace().next() == Some(cmd)),
+            "{cmd}: {help}"
+        );
+    }
+    // `history show`, and the flags of the rollback commands.
+    for (args, words) in [
+        (
+            &["history", "--help"][..],
+            &["show", "--at", "rolled_back"][..],
+        ),
+        (&["history", "show", "--help"], &["<ID>", "--json"]),
+        (&["diff", "--help"], &["<ID>", "--against"]),
+        (
+            &["rollback", "--help"],
+            &["<SOURCE>", "--to <ENTRY>", "pinned"],
+        ),
+        (&["unpin", "--help"], &["<SOURCE>"]),
+        (
+            &["sources", "update", "--help"],
+            &["--auto-rollback", "default"],
+        ),
+    ] {
+        let o = chump_command().args(args).output().unwrap();
+        let help = stdout(&o);
+        for w in words {
+            assert!(help.contains(w), "{args:?}: {w}: {help}");
+        }
     }
     let o = chump_command()
         .args(["sources", "add", "--help"])
@@ -564,6 +596,7 @@ fn help_texts() {
         "--image-version-file",
         "--interval-seconds",
         "--suspended",
+        "--auto-rollback",
         "--file",
         "--url",
         "--token",
@@ -754,4 +787,553 @@ async fn delete_with_prune_asks_the_server_to_prune() {
     .await
     .unwrap();
     assert_eq!(o.status.code(), Some(1));
+}
+
+/// Runs the binary off the async runtime; its output.
+async fn run_async(c: &Chump, args: &[&str]) -> Output {
+    let cmd = cli(c);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        run(cmd, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+/// `fails`, off the async runtime: expects exit `code`, returns stderr.
+async fn fails_async(c: &Chump, args: &[&str], code: i32) -> String {
+    let o = run_async(c, args).await;
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "chump {args:?}\nstdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stderr(&o)
+}
+
+/// `json`, off the async runtime.
+async fn json_async(c: &Chump, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out = ok_async(c, &args).await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("chump {args:?}: not JSON ({e}): {out}"))
+}
+
+/// Whether some line of `out` is `words`, whitespace aside.
+fn has_line(out: &str, words: &[&str]) -> bool {
+    out.lines()
+        .any(|l| l.split_whitespace().eq(words.iter().copied()))
+}
+
+/// The value of a `key: value` line of `out`.
+fn line_value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+const SECRET_VALUE: &str = "hunter2-do-not-print";
+
+/// A source deployed twice: `nginx:1` with a Namespace, the Deployment and
+/// a ConfigMap; then `nginx:2` adding ConfigMap `extra` and Secret `creds`.
+struct TwoDeploys {
+    env: support::env::Env,
+    c: Chump,
+    id: String,
+    first: Value,
+    second: Value,
+    /// After the first deploy, before the second.
+    between: String,
+}
+
+async fn two_deploys() -> TwoDeploys {
+    use support::env::{app_files, wait_history, Env};
+    use time::format_description::well_known::Rfc3339;
+    let env = Env::new().await;
+    env.app_repo("web", "shop", "web", "nginx:1");
+    // No scheduled check gets in the way: deploys follow `chump check`.
+    let c = env.chump_with(env.options().env("CHUMP_INTERVAL", "600"));
+    let git_url = env.git.url("web");
+    let out = ok_async(
+        &c,
+        &[
+            "sources",
+            "add",
+            "--namespace",
+            "shop",
+            "--deployment-name",
+            "web",
+            "--git-url",
+            &git_url,
+            "--branch",
+            "main",
+            "--deploy-path",
+            "deploy",
+            "--container-name",
+            "app",
+            "--image-version-file",
+            "deploy/deployment.yaml",
+            "--auto-rollback=false",
+        ],
+    )
+    .await;
+    assert!(has_line(&out, &["auto_rollback:", "false"]), "{out}");
+    let id: i64 = line_value(&out, "id").unwrap().parse().unwrap();
+    let first = wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
+    let between = time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap();
+    let id = id.to_string();
+
+    // One deploy only: nothing to roll back to, the server's 409 said.
+    let err = fails_async(&c, &["rollback", &id], 1).await;
+    assert!(
+        err.contains(&format!(
+            "[WARN] Nothing to roll back to: no successful deploy of another commit before entry {}",
+            first["id"]
+        )),
+        "{err}"
+    );
+    let mut files = app_files("shop", "web", "nginx:2");
+    files[0].1 = "resources:\n- namespace.yaml\n- deployment.yaml\n- config.yaml\n- extra.yaml\n- secret.yaml\n".into();
+    files.push((
+        "deploy/extra.yaml".into(),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  added: second\n"
+            .into(),
+    ));
+    files.push((
+        "deploy/secret.yaml".into(),
+        format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: {SECRET_VALUE}\n"),
+    ));
+    let commit = env
+        .git
+        .commit_files("web", "main", files, "nginx 2, extra, creds");
+    let out = ok_async(&c, &["check", &id]).await;
+    assert!(out.contains("result:"), "{out}");
+    let second = wait_history(&c, id.parse().unwrap(), "the second deploy", |e| {
+        e["outcome"] == "deployed" && e["commit"] == commit.as_str()
+    })
+    .await;
+    TwoDeploys {
+        env,
+        c,
+        id,
+        first,
+        second,
+        between,
+    }
+}
+
+/// The YAML documents after the entry's fields (and the blank line).
+fn documents(show: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let (_, yaml) = show
+        .split_once("\n\n")
+        .unwrap_or_else(|| panic!("no manifests after the entry: {show}"));
+    yaml_serde::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{e}: {yaml}")))
+        .collect()
+}
+
+fn kinds_and_names(docs: &[Value]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or("?").to_string(),
+                d["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn kn(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, n)| (k.to_string(), n.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_show_diff_and_at() {
+    let t = two_deploys().await;
+    let c = &t.c;
+    let (first, second) = (t.first["id"].to_string(), t.second["id"].to_string());
+    let short = |e: &Value| e["commit"].as_str().unwrap()[..7].to_string();
+
+    // The entry, then the YAML it applied, the Secret's value masked.
+    let out = ok_async(c, &["history", "show", &second]).await;
+    for line in [
+        &["id:", second.as_str()][..],
+        &["source_id:", t.id.as_str()],
+        &["outcome:", "deployed"],
+        &["commit:", t.second["commit"].as_str().unwrap()],
+        &["desired_image:", "nginx:2"],
+        &["manifests:", "kept"],
+        &["rollback_to:", "-"],
+        &["created", "v1", "ConfigMap", "shop/extra"],
+        &["created", "v1", "Secret", "shop/creds"],
+    ] {
+        assert!(has_line(&out, line), "{line:?}: {out}");
+    }
+    assert!(!out.contains(SECRET_VALUE), "{out}");
+    let docs = documents(&out);
+    assert_eq!(
+        kinds_and_names(&docs),
+        kn(&[
+            ("ConfigMap", "extra"),
+            ("ConfigMap", "web-config"),
+            ("Deployment", "web"),
+            ("Namespace", "shop"),
+            ("Secret", "creds"),
+        ]),
+        "{out}"
+    );
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2",
+        "{out}"
+    );
+    let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert_eq!(secret["stringData"]["password"], "***", "{out}");
+    // The first deploy: its own render.
+    let out = ok_async(c, &["history", "show", &first]).await;
+    assert!(has_line(&out, &["desired_image:", "nginx:1"]), "{out}");
+    assert_eq!(
+        kinds_and_names(&documents(&out)),
+        kn(&[
+            ("ConfigMap", "web-config"),
+            ("Deployment", "web"),
+            ("Namespace", "shop"),
+        ]),
+        "{out}"
+    );
+    // --json: the server's entry.
+    let v = json_async(c, &["history", "show", &second]).await;
+    assert_eq!(v, t.second, "{v}");
+
+    // The diff: the changed Deployment, the added objects, the summary. The
+    // render is kustomize's: objects without a namespace of their own show
+    // none.
+    let out = ok_async(c, &["diff", &second]).await;
+    for header in [
+        "changed Deployment shop/web (apps/v1)",
+        "added ConfigMap extra (v1)",
+        "added Secret creds (v1)",
+    ] {
+        assert!(out.lines().any(|l| l == header), "{header}: {out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with('-') && l.contains("image: nginx:1"))
+            && out
+                .lines()
+                .any(|l| l.starts_with('+') && l.contains("image: nginx:2")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("ConfigMap web-config")
+            && !out.contains("Namespace shop")
+            && !out.contains(SECRET_VALUE),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some(
+            format!(
+                "3 objects changed, 2 unchanged, against entry {first} (commit {})",
+                short(&t.first)
+            )
+            .as_str()
+        ),
+        "{out}"
+    );
+    // The other way round: removed.
+    let out = ok_async(c, &["diff", &first, "--against", &second]).await;
+    assert!(
+        out.lines().any(|l| l == "removed Secret creds (v1)"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l == "removed ConfigMap extra (v1)"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(&format!(
+            "against entry {second} (commit {})\n",
+            short(&t.second)
+        )),
+        "{out}"
+    );
+    // The first deploy: nothing before it.
+    let out = ok_async(c, &["diff", &first]).await;
+    assert!(
+        out.ends_with("\n3 objects changed, 0 unchanged, against nothing: every object is added\n"),
+        "{out}"
+    );
+    let v = json_async(c, &["diff", &second]).await;
+    assert_eq!(
+        (v["against"].to_string(), v["unchanged"].as_i64()),
+        (first.clone(), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["objects"].as_array().map(Vec::len), Some(3), "{v}");
+
+    // --at: what was live then, of all sources and of this one.
+    let out = ok_async(c, &["history", "--at", &t.between]).await;
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(
+        (rows[0][0], rows[0][1]),
+        (first.as_str(), t.id.as_str()),
+        "{out}"
+    );
+    assert!(out.starts_with("ID  SOURCE"), "{out}");
+    let v = json_async(c, &["history", &t.id, "--at", &t.between]).await;
+    assert_eq!(v["history"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["history"][0]["id"], t.first["id"], "{v}");
+    let v = json_async(c, &["history", "--at", "0s"]).await;
+    assert_eq!(v["history"][0]["id"], t.second["id"], "{v}");
+    // Another source deployed since: one entry per source, or this one's.
+    t.env.app_repo("api", "other", "api", "nginx:1");
+    let other = support::env::create(c, &t.env.source("api", "other", "api")).await;
+    let deployed = support::env::wait_history(c, other, "the other source's deploy", |e| {
+        e["outcome"] == "deployed"
+    })
+    .await;
+    let v = json_async(c, &["history", "--at", "0s"]).await;
+    let mut live: Vec<i64> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    live.sort_unstable();
+    let mut want = vec![
+        t.second["id"].as_i64().unwrap(),
+        deployed["id"].as_i64().unwrap(),
+    ];
+    want.sort_unstable();
+    assert_eq!(live, want, "{v}");
+    let out = ok_async(c, &["history", &t.id, "--at", "0s"]).await;
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    let row: Vec<&str> = rows[0].split_whitespace().collect();
+    assert_eq!(&row[..3], [second.as_str(), t.id.as_str(), "shop"], "{out}");
+    // Before anything was deployed: nothing.
+    let out = ok_async(c, &["history", "--at", "2020-01-01T00:00:00Z"]).await;
+    assert_eq!(out, "nothing was live then\n");
+    // The list itself is as it was.
+    let out = ok_async(c, &["history", &t.id]).await;
+    assert!(out.starts_with("ID  STARTED"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    drop(t.env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_pins_and_unpin_resumes() {
+    use support::env::{history, wait_history};
+    let t = two_deploys().await;
+    let c = &t.c;
+    let id: i64 = t.id.parse().unwrap();
+    let short = |e: &Value| e["commit"].as_str().unwrap()[..7].to_string();
+    let status = ok_async(c, &["status", &t.id]).await;
+    assert!(has_line(&status, &["pinned:", "-"]), "{status}");
+    let err = fails_async(c, &["unpin", &t.id], 1).await;
+    assert!(err.contains("is not pinned"), "{err}");
+
+    // Queued: the server's message, where to.
+    let out = ok_async(c, &["rollback", &t.id]).await;
+    assert!(
+        out.contains(&format!(
+            "[INFO] Rollback to entry {} (commit {}) queued",
+            t.first["id"],
+            short(&t.first)
+        )) || out.contains(&format!(
+            "[INFO] Rollback to entry {} queued after the running check",
+            t.first["id"]
+        )),
+        "{out}"
+    );
+    assert!(
+        has_line(&out, &["to:", &t.first["id"].to_string()]),
+        "{out}"
+    );
+    assert!(
+        has_line(&out, &["commit:", t.first["commit"].as_str().unwrap()]),
+        "{out}"
+    );
+    let rolled = wait_history(c, id, "the rollback", |e| e["outcome"] == "rolled_back").await;
+    assert_eq!(
+        t.env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:1")
+    );
+    let rolled_id = rolled["id"].to_string();
+
+    // The history shows it; `show` tells what it went back to.
+    let out = ok_async(c, &["history", &t.id, "--outcome", "rolled_back"]).await;
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row.first(), row.get(3)),
+        (Some(&rolled_id.as_str()), Some(&"rolled_back")),
+        "{out}"
+    );
+    let out = ok_async(c, &["history", "show", &rolled_id]).await;
+    assert!(has_line(&out, &["outcome:", "rolled_back"]), "{out}");
+    assert!(
+        has_line(&out, &["rollback_to:", &t.first["id"].to_string()]),
+        "{out}"
+    );
+    assert!(has_line(&out, &["manifests:", "kept"]), "{out}");
+    assert!(
+        kinds_and_names(&documents(&out))
+            .iter()
+            .all(|(_, name)| name != "extra"),
+        "{out}"
+    );
+
+    // Pinned away from the second commit, and why.
+    let status = ok_async(c, &["status", &t.id]).await;
+    let pinned = line_value(&status, "pinned").unwrap_or_default();
+    assert!(
+        pinned.starts_with(&short(&t.second)) && pinned.ends_with(&format!("(entry {rolled_id})")),
+        "{status}"
+    );
+    let reason = line_value(&status, "pinned_reason").unwrap_or_default();
+    assert!(
+        reason.contains(&format!("rolled back to entry {}", t.first["id"])),
+        "{status}"
+    );
+    let list = ok_async(c, &["sources", "list"]).await;
+    assert!(list.lines().next().unwrap().ends_with("PINNED"), "{list}");
+    assert_eq!(
+        list.lines()
+            .nth(1)
+            .and_then(|r| r.split_whitespace().last()),
+        Some(short(&t.second).as_str()),
+        "{list}"
+    );
+    let v = json_async(c, &["status", &t.id]).await;
+    assert_eq!(v["pinned"]["commit"], t.second["commit"], "{v}");
+
+    // Unpinned: not pinned any more, and the branch deployed again.
+    let out = ok_async(c, &["unpin", &t.id]).await;
+    assert!(
+        out.contains("[INFO] Unpinned: auto-deploy resumes with a check now"),
+        "{out}"
+    );
+    assert!(out.contains("result:"), "{out}");
+    let status = ok_async(c, &["status", &t.id]).await;
+    assert!(has_line(&status, &["pinned:", "-"]), "{status}");
+    let redeployed = wait_history(c, id, "the branch deployed again", |e| {
+        e["outcome"] == "deployed" && e["id"].as_i64() > rolled["id"].as_i64()
+    })
+    .await;
+    assert_eq!(redeployed["commit"], t.second["commit"], "{redeployed}");
+    assert_eq!(
+        t.env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:2")
+    );
+    let err = fails_async(c, &["unpin", &t.id], 1).await;
+    assert!(err.contains("is not pinned"), "{err}");
+
+    // --to: an entry of this source; another's is refused (exit 1, named).
+    let out = ok_async(
+        c,
+        &[
+            "rollback",
+            &t.id,
+            "--to",
+            &t.first["id"].to_string(),
+            "--json",
+        ],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["to"], t.first["id"], "{v}");
+    let err = fails_async(c, &["rollback", &t.id, "--to", "999"], 1).await;
+    assert!(
+        err.contains("to:") && err.contains("has no history entry 999"),
+        "{err}"
+    );
+    assert!(history(c, id).await.len() >= 4);
+}
+
+#[test]
+fn history_show_and_rollback_of_a_source_never_deployed() {
+    let c = Chump::start();
+    add_seed(&c);
+    // Its checks fail at git: an entry without manifests.
+    let entry = support::git_server::wait_for(std::time::Duration::from_secs(60), || {
+        json(&c, &["history", "1"])["history"]
+            .as_array()
+            .and_then(|h| h.last().cloned())
+    })
+    .expect("a failed check in the history");
+    let eid = entry["id"].to_string();
+    let out = ok(&c, &["history", "show", &eid]);
+    assert!(has_line(&out, &["outcome:", "failed"]), "{out}");
+    assert!(has_line(&out, &["manifests:", "-"]), "{out}");
+    assert!(has_line(&out, &["objects:", "none"]), "{out}");
+    assert!(
+        out.ends_with(&format!(
+            "\n\nno manifests: [WARN] History entry {eid} applied no manifests (or was recorded before chump kept them)\n"
+        )),
+        "{out}"
+    );
+    let err = fails(&c, &["diff", &eid], 1);
+    assert!(err.contains("applied no manifests"), "{err}");
+    let err = fails(&c, &["rollback", "1"], 1);
+    assert!(
+        err.contains("[WARN] Nothing to roll back to: nothing was deployed yet"),
+        "{err}"
+    );
+    let err = fails(&c, &["unpin", "1"], 1);
+    assert!(err.contains("[WARN] Source 1 is not pinned"), "{err}");
+    // Unknown ids: the server's message, exit 1.
+    let err = fails(&c, &["history", "show", "999"], 1);
+    assert!(
+        err.contains("[WARN] History entry 999 doesn't exist"),
+        "{err}"
+    );
+    let err = fails(&c, &["diff", "999"], 1);
+    assert!(
+        err.contains("[WARN] History entry 999 doesn't exist"),
+        "{err}"
+    );
+    let err = fails(&c, &["rollback", "999"], 1);
+    assert!(err.contains("[WARN] Source doesn't exist!"), "{err}");
+    // The source's auto_rollback: the service default, then set, then back.
+    assert!(has_line(
+        &ok(&c, &["sources", "get", "1"]),
+        &["auto_rollback:", "default"]
+    ));
+    let v = json(&c, &["sources", "update", "1", "--auto-rollback"]);
+    assert_eq!(v["source"]["auto_rollback"], true, "{v}");
+    let v = json(
+        &c,
+        &["sources", "update", "1", "--auto-rollback", "default"],
+    );
+    assert_eq!(v["source"]["auto_rollback"], Value::Null, "{v}");
+    // Usage errors: exit 2, nothing sent.
+    fails(&c, &["history", "show", "0"], 2);
+    fails(&c, &["diff", "1", "--against", "x"], 2);
+    fails(&c, &["rollback", "1", "--to", "0"], 2);
+    let err = fails(&c, &["history", "--at", "1h", "--before", "3"], 2);
+    assert!(err.contains("--at") && err.contains("--before"), "{err}");
+    let err = fails(&c, &["history", "--at", "whenever"], 2);
+    assert!(err.contains("--at 'whenever'"), "{err}");
+    let err = fails(&c, &["sources", "update", "1", "--auto-rollback=maybe"], 2);
+    assert!(err.contains("--auto-rollback"), "{err}");
 }

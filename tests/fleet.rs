@@ -26,13 +26,14 @@ use support::rethinkdb::{
 use time::OffsetDateTime;
 
 /// The tables chump keeps in its database.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "sources",
     "chump_status",
     "chump_history",
     "chump_counters",
     "chump_targets",
     "chump_inventory",
+    "chump_manifests",
 ];
 
 /// How many databases named like `config.db` exist, and how many tables of

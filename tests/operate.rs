@@ -134,7 +134,13 @@ async fn history_paging_filters_and_bad_parameters() {
     .await;
     assert_eq!(mine["history"][0]["source_id"], ids[0]);
     // Every outcome is a filter (these checks all failed).
-    for outcome in ["degraded", "superseded", "up_to_date", "deleted"] {
+    for outcome in [
+        "degraded",
+        "superseded",
+        "up_to_date",
+        "deleted",
+        "rolled_back",
+    ] {
         for path in [
             format!("/api/history?outcome={outcome}"),
             format!("/api/sources/{}/history?outcome={outcome}", ids[0]),
@@ -153,7 +159,8 @@ async fn history_paging_filters_and_bad_parameters() {
         format!("/api/sources/{}/history?outcome=bogus", ids[0]),
         "/api/history?outcome=Degraded".to_string(),
     ] {
-        let why = "must be deployed, up_to_date, failed, deleted, degraded or superseded";
+        let why =
+            "must be deployed, up_to_date, failed, deleted, degraded, superseded or rolled_back";
         let (s, b) = status_of(&c, &path).await;
         assert_eq!(
             (s, b),

@@ -42,7 +42,8 @@ async fn get_raw(c: &Chump, path: &str) -> (StatusCode, String) {
 
 /// The app's files with an extra ConfigMap `extra` (what a bad deploy adds).
 fn with_extra(files: &mut Vec<(String, String)>) {
-    files[0].1 = "resources:\n- namespace.yaml\n- deployment.yaml\n- config.yaml\n- extra.yaml\n".into();
+    files[0].1 =
+        "resources:\n- namespace.yaml\n- deployment.yaml\n- config.yaml\n- extra.yaml\n".into();
     files.push((
         "deploy/extra.yaml".into(),
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  added: by-the-bad-deploy\n".into(),
@@ -69,7 +70,8 @@ async fn checks_after(c: &Chump, id: i64, n: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_restores_the_last_good_deploy_prunes_and_pins_until_the_branch_moves() {
     let env = Env::new().await;
-    env.kube.set_pod_behaviour(BAD_IMAGE, PodBehaviour::ImagePullBackOff);
+    env.kube
+        .set_pod_behaviour(BAD_IMAGE, PodBehaviour::ImagePullBackOff);
     env.app_repo("app", "shop", "web", "nginx:1");
     let c = env.chump_with(env.options().env("CHUMP_ROLLOUT_TIMEOUT", "60"));
     let id = create(&c, &env.source("app", "shop", "web")).await;
@@ -85,8 +87,14 @@ async fn a_rollback_restores_the_last_good_deploy_prunes_and_pins_until_the_bran
     })
     .await;
     assert_eq!(bad["stage"], "rollout", "{bad}");
-    assert!(extra_exists(&env, "shop"), "the bad deploy applied its object");
-    assert_eq!(env.deployed_image("shop", "web").as_deref(), Some(BAD_IMAGE));
+    assert!(
+        extra_exists(&env, "shop"),
+        "the bad deploy applied its object"
+    );
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some(BAD_IMAGE)
+    );
 
     // Roll back, no body: to the last successful deploy.
     let (code, answer) = post(&c, &format!("/api/sources/{id}/rollback"), None).await;
@@ -98,8 +106,14 @@ async fn a_rollback_restores_the_last_good_deploy_prunes_and_pins_until_the_bran
     assert_eq!(rolled["trigger"], "manual", "{rolled}");
     assert_eq!(rolled["commit"], good["commit"], "{rolled}");
     assert_eq!(rolled["manifests"], "kept", "{rolled}");
-    assert_eq!(env.deployed_image("shop", "web").as_deref(), Some("nginx:1"));
-    assert!(!extra_exists(&env, "shop"), "the rollback prunes what the bad deploy added");
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:1")
+    );
+    assert!(
+        !extra_exists(&env, "shop"),
+        "the rollback prunes what the bad deploy added"
+    );
     let pruned = rolled["objects"]
         .as_array()
         .unwrap()
@@ -111,17 +125,39 @@ async fn a_rollback_restores_the_last_good_deploy_prunes_and_pins_until_the_bran
     let st = status(&c, id).await;
     assert_eq!(st["pinned"]["commit"], bad_commit.as_str(), "{st}");
     assert_eq!(st["pinned"]["entry"], rolled["id"], "{st}");
-    assert!(st["pinned"]["reason"].as_str().unwrap().contains("rolled back"), "{st}");
+    assert!(
+        st["pinned"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{st}"
+    );
     let entries = history(&c, id).await.len();
     env.kube.clear_requests();
     let st = checks_after(&c, id, 3).await;
-    assert_eq!(history(&c, id).await.len(), entries, "pinned checks add no history");
+    assert_eq!(
+        history(&c, id).await.len(),
+        entries,
+        "pinned checks add no history"
+    );
     let writes = env.kube.writes();
-    assert!(writes.is_empty(), "pinned checks write nothing to the cluster: {writes:?}");
+    assert!(
+        writes.is_empty(),
+        "pinned checks write nothing to the cluster: {writes:?}"
+    );
     assert_eq!(st["last_outcome"], "up_to_date", "{st}");
-    assert!(st["last_message"].as_str().unwrap().contains("pinned away from"), "{st}");
+    assert!(
+        st["last_message"]
+            .as_str()
+            .unwrap()
+            .contains("pinned away from"),
+        "{st}"
+    );
     assert_eq!(st["pinned"]["commit"], bad_commit.as_str(), "{st}");
-    assert_eq!(env.deployed_image("shop", "web").as_deref(), Some("nginx:1"));
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:1")
+    );
 
     // A new commit deploys normally, and the pin is gone.
     let fixed = env
@@ -131,7 +167,10 @@ async fn a_rollback_restores_the_last_good_deploy_prunes_and_pins_until_the_bran
         e["outcome"] == "deployed" && e["commit"] == fixed.as_str()
     })
     .await;
-    assert_eq!(env.deployed_image("shop", "web").as_deref(), Some("nginx:2"));
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:2")
+    );
     let st = status(&c, id).await;
     assert!(st["pinned"].is_null(), "{st}");
 }
@@ -143,9 +182,9 @@ async fn a_rollback_works_with_the_git_server_stopped() {
     let c = env.chump();
     let id = create(&c, &env.source("app", "shop", "web")).await;
     let first = wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
-    let second_commit = env
-        .git
-        .commit_files("app", "main", app_files("shop", "web", "nginx:2"), "two");
+    let second_commit =
+        env.git
+            .commit_files("app", "main", app_files("shop", "web", "nginx:2"), "two");
     wait_history(&c, id, "the second deploy", |e| {
         e["outcome"] == "deployed" && e["commit"] == second_commit.as_str()
     })
@@ -155,13 +194,19 @@ async fn a_rollback_works_with_the_git_server_stopped() {
     assert_eq!(code, StatusCode::ACCEPTED, "{answer}");
     let rolled = wait_history(&c, id, "the rollback", |e| e["outcome"] == "rolled_back").await;
     assert_eq!(rolled["rollback_to"], first["id"], "{rolled}");
-    assert_eq!(env.deployed_image("shop", "web").as_deref(), Some("nginx:1"));
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:1")
+    );
     let st = status(&c, id).await;
     assert_eq!(st["pinned"]["commit"], second_commit.as_str(), "{st}");
     // With git still down, the next checks fail at git and apply nothing.
     let st = checks_after(&c, id, 1).await;
     assert_eq!(st["last_stage"], "git", "{st}");
-    assert_eq!(env.deployed_image("shop", "web").as_deref(), Some("nginx:1"));
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:1")
+    );
     // Unpinning resumes at once: with git back, the branch head deploys.
     env.git.restart();
     let (code, answer) = post(&c, &format!("/api/sources/{id}/unpin"), None).await;
@@ -173,14 +218,19 @@ async fn a_rollback_works_with_the_git_server_stopped() {
     .await;
     let (code, answer) = post(&c, &format!("/api/sources/{id}/unpin"), None).await;
     assert_eq!(code, StatusCode::CONFLICT, "{answer}");
-    assert!(answer["msg"].as_str().unwrap().contains("not pinned"), "{answer}");
+    assert!(
+        answer["msg"].as_str().unwrap().contains("not pinned"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_rollback_restores_the_previous_image_and_never_loops() {
     let env = Env::new().await;
-    env.kube.set_pod_behaviour(BAD_IMAGE, PodBehaviour::ImagePullBackOff);
-    env.kube.set_pod_behaviour("nginx:also-bad", PodBehaviour::CrashLoopBackOff);
+    env.kube
+        .set_pod_behaviour(BAD_IMAGE, PodBehaviour::ImagePullBackOff);
+    env.kube
+        .set_pod_behaviour("nginx:also-bad", PodBehaviour::CrashLoopBackOff);
     env.app_repo("auto", "auto", "web", "nginx:1");
     env.app_repo("manual", "manual", "web", "nginx:1");
     // The service's default turns it on; a source can turn it off.
@@ -193,23 +243,39 @@ async fn auto_rollback_restores_the_previous_image_and_never_loops() {
     let mut off = env.source("manual", "manual", "web");
     off["auto_rollback"] = json!(false);
     let manual = create(&c, &off).await;
-    let good = wait_history(&c, auto, "auto's first deploy", |e| e["outcome"] == "deployed").await;
-    wait_history(&c, manual, "manual's first deploy", |e| e["outcome"] == "deployed").await;
+    let good = wait_history(&c, auto, "auto's first deploy", |e| {
+        e["outcome"] == "deployed"
+    })
+    .await;
+    wait_history(&c, manual, "manual's first deploy", |e| {
+        e["outcome"] == "deployed"
+    })
+    .await;
 
     let pushed = Instant::now();
     let bad = env
         .git
         .commit_files("auto", "main", app_files("auto", "web", BAD_IMAGE), "bad");
-    env.git
-        .commit_files("manual", "main", app_files("manual", "web", BAD_IMAGE), "bad");
-    let rolled = wait_history(&c, auto, "the automatic rollback", |e| e["outcome"] == "rolled_back").await;
+    env.git.commit_files(
+        "manual",
+        "main",
+        app_files("manual", "web", BAD_IMAGE),
+        "bad",
+    );
+    let rolled = wait_history(&c, auto, "the automatic rollback", |e| {
+        e["outcome"] == "rolled_back"
+    })
+    .await;
     println!(
         "push of a bad image → previous image running again: {:.1}s",
         pushed.elapsed().as_secs_f64()
     );
     assert_eq!(rolled["trigger"], "auto_rollback", "{rolled}");
     assert_eq!(rolled["rollback_to"], good["id"], "{rolled}");
-    assert_eq!(env.deployed_image("auto", "web").as_deref(), Some("nginx:1"));
+    assert_eq!(
+        env.deployed_image("auto", "web").as_deref(),
+        Some("nginx:1")
+    );
     let h = history(&c, auto).await;
     let failed = h
         .iter()
@@ -221,29 +287,49 @@ async fn auto_rollback_restores_the_previous_image_and_never_loops() {
 
     // The source with auto_rollback off stays failed at the bad image.
     wait_history(&c, manual, "manual's failure", |e| e["outcome"] == "failed").await;
-    assert_eq!(env.deployed_image("manual", "web").as_deref(), Some(BAD_IMAGE));
-    assert!(history(&c, manual).await.iter().all(|e| e["outcome"] != "rolled_back"));
+    assert_eq!(
+        env.deployed_image("manual", "web").as_deref(),
+        Some(BAD_IMAGE)
+    );
+    assert!(history(&c, manual)
+        .await
+        .iter()
+        .all(|e| e["outcome"] != "rolled_back"));
 
     // Pinned: the bad commit is not tried again.
     checks_after(&c, auto, 3).await;
     let count = |h: &[Value], outcome: &str| h.iter().filter(|e| e["outcome"] == outcome).count();
     let h = history(&c, auto).await;
-    assert_eq!((count(&h, "failed"), count(&h, "rolled_back")), (1, 1), "{h:?}");
+    assert_eq!(
+        (count(&h, "failed"), count(&h, "rolled_back")),
+        (1, 1),
+        "{h:?}"
+    );
 
     // Another bad commit is tried, fails, and is rolled back too; then quiet.
-    let bad2 = env
-        .git
-        .commit_files("auto", "main", app_files("auto", "web", "nginx:also-bad"), "bad again");
+    let bad2 = env.git.commit_files(
+        "auto",
+        "main",
+        app_files("auto", "web", "nginx:also-bad"),
+        "bad again",
+    );
     wait_for("the second rollback", WAIT, || async {
         let h = history(&c, auto).await;
         (count(&h, "rolled_back") == 2).then_some(())
     })
     .await;
-    assert_eq!(env.deployed_image("auto", "web").as_deref(), Some("nginx:1"));
+    assert_eq!(
+        env.deployed_image("auto", "web").as_deref(),
+        Some("nginx:1")
+    );
     assert_eq!(status(&c, auto).await["pinned"]["commit"], bad2.as_str());
     checks_after(&c, auto, 3).await;
     let h = history(&c, auto).await;
-    assert_eq!((count(&h, "failed"), count(&h, "rolled_back")), (2, 2), "never a loop: {h:?}");
+    assert_eq!(
+        (count(&h, "failed"), count(&h, "rolled_back")),
+        (2, 2),
+        "never a loop: {h:?}"
+    );
 }
 
 /// A Secret whose value is `value` (base64 in `data`).
@@ -253,7 +339,8 @@ fn secret_yaml(value: &str) -> String {
 
 fn secret_app(image: &str, secret_b64: &str, extra: bool) -> Vec<(String, String)> {
     let mut files = app_files("shop", "web", image);
-    files[0].1 = "resources:\n- namespace.yaml\n- deployment.yaml\n- config.yaml\n- secret.yaml\n".into();
+    files[0].1 =
+        "resources:\n- namespace.yaml\n- deployment.yaml\n- config.yaml\n- secret.yaml\n".into();
     files.push(("deploy/secret.yaml".into(), secret_yaml(secret_b64)));
     if extra {
         files[0].1.push_str("- extra.yaml\n");
@@ -270,7 +357,8 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
     let env = Env::new().await;
     // "s3cr3t-one" and "s3cr3t-two", base64.
     let (one, two) = ("czNjcjN0LW9uZQ==", "czNjcjN0LXR3bw==");
-    env.git.create_repo("app", "main", secret_app("nginx:1", one, false));
+    env.git
+        .create_repo("app", "main", secret_app("nginx:1", one, false));
     let c = env.chump_with(env.options().env("CHUMP_MANIFEST_RETENTION", "2"));
     let id = create(&c, &env.source("app", "shop", "web")).await;
     let first = wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
@@ -299,7 +387,10 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
     assert_eq!(secret["data"]["password"], "***", "{yaml}");
     assert!(!yaml.contains(two) && !yaml.contains("hunter2"), "{yaml}");
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    assert_eq!(deployment["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:2"
+    );
 
     // The diff against the previous deploy (the default, and named).
     for path in [
@@ -312,7 +403,12 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| (o["kind"].as_str().unwrap().into(), o["change"].as_str().unwrap().into()))
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap().into(),
+                    o["change"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         assert_eq!(
             changes,
@@ -326,15 +422,43 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
         assert_eq!(d["unchanged"], 2, "{d}");
         let text = d.to_string();
         let deployment = &d["objects"][1]["diff"];
-        assert!(deployment.as_str().unwrap().contains("-      - image: nginx:1"), "{d}");
-        assert!(deployment.as_str().unwrap().contains("+      - image: nginx:2"), "{d}");
-        assert!(d["objects"][2]["diff"].as_str().unwrap().contains("*** (changed)"), "{d}");
-        assert!(!text.contains(one) && !text.contains(two) && !text.contains("hunter2"), "{d}");
+        assert!(
+            deployment
+                .as_str()
+                .unwrap()
+                .contains("-      - image: nginx:1"),
+            "{d}"
+        );
+        assert!(
+            deployment
+                .as_str()
+                .unwrap()
+                .contains("+      - image: nginx:2"),
+            "{d}"
+        );
+        assert!(
+            d["objects"][2]["diff"]
+                .as_str()
+                .unwrap()
+                .contains("*** (changed)"),
+            "{d}"
+        );
+        assert!(
+            !text.contains(one) && !text.contains(two) && !text.contains("hunter2"),
+            "{d}"
+        );
     }
     // The first deploy against nothing: every object added.
     let d = get(&c, &format!("/api/history/{}/diff", first["id"])).await;
     assert!(d["against"].is_null(), "{d}");
-    assert!(d["objects"].as_array().unwrap().iter().all(|o| o["change"] == "added"), "{d}");
+    assert!(
+        d["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["change"] == "added"),
+        "{d}"
+    );
 
     // A third deploy: retention (2) drops the first one's manifests.
     let c3 = env
@@ -356,9 +480,19 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
     let (code, body) = get_raw(&c, &format!("/api/history/{}/manifests", first["id"])).await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert!(body["msg"].as_str().unwrap().contains("dropped by retention"), "{body}");
+    assert!(
+        body["msg"]
+            .as_str()
+            .unwrap()
+            .contains("dropped by retention"),
+        "{body}"
+    );
     let (code, body) = get_raw(&c, &format!("/api/history/{}/diff", second["id"])).await;
-    assert_eq!(code, StatusCode::NOT_FOUND, "the default comparison is gone: {body}");
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "the default comparison is gone: {body}"
+    );
     // Rolling back to it is refused, saying why; nothing is queued.
     let (code, answer) = post(
         &c,
@@ -367,17 +501,38 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
     )
     .await;
     assert_eq!(code, StatusCode::CONFLICT, "{answer}");
-    assert!(answer["msg"].as_str().unwrap().contains("dropped by retention"), "{answer}");
+    assert!(
+        answer["msg"]
+            .as_str()
+            .unwrap()
+            .contains("dropped by retention"),
+        "{answer}"
+    );
     assert!(status(&c, id).await["rollback_to"].is_null());
 
     // Bad requests.
     for (path, want) in [
-        ("/api/history/999999/manifests".to_string(), StatusCode::NOT_FOUND),
-        ("/api/history/abc/manifests".to_string(), StatusCode::BAD_REQUEST),
+        (
+            "/api/history/999999/manifests".to_string(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/history/abc/manifests".to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
         ("/api/history/0/diff".to_string(), StatusCode::BAD_REQUEST),
-        (format!("/api/history/{}/diff?against=x", second["id"]), StatusCode::BAD_REQUEST),
-        (format!("/api/history/{}/diff?against=999999", second["id"]), StatusCode::NOT_FOUND),
-        (format!("/api/history/{}/diff?versus=1", second["id"]), StatusCode::BAD_REQUEST),
+        (
+            format!("/api/history/{}/diff?against=x", second["id"]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/api/history/{}/diff?against=999999", second["id"]),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/api/history/{}/diff?versus=1", second["id"]),
+            StatusCode::BAD_REQUEST,
+        ),
         ("/api/history/999999".to_string(), StatusCode::NOT_FOUND),
     ] {
         let resp = Client::new().get(c.url(&path)).send().await.unwrap();
@@ -386,7 +541,10 @@ async fn manifests_and_diffs_are_kept_masked_and_dropped_by_retention() {
         assert!(body["msg"].is_string(), "{path}: {body}");
     }
     let one_entry = get(&c, &format!("/api/history/{}", second["id"])).await;
-    assert_eq!(one_entry, h.iter().find(|e| e["id"] == second["id"]).unwrap().clone());
+    assert_eq!(
+        one_entry,
+        h.iter().find(|e| e["id"] == second["id"]).unwrap().clone()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +588,13 @@ async fn bad_rollback_requests_are_refused_and_change_nothing() {
     // One deploy only: nothing to roll back to.
     let (code, answer) = post(&c, &format!("/api/sources/{id}/rollback"), None).await;
     assert_eq!(code, StatusCode::CONFLICT, "{answer}");
-    assert!(answer["msg"].as_str().unwrap().contains("Nothing to roll back to"), "{answer}");
+    assert!(
+        answer["msg"]
+            .as_str()
+            .unwrap()
+            .contains("Nothing to roll back to"),
+        "{answer}"
+    );
     let cases = [
         (json!({"to": "1"}), "to"),
         (json!({"to": 0}), "to"),
@@ -441,7 +605,12 @@ async fn bad_rollback_requests_are_refused_and_change_nothing() {
         (json!({"to": 999999}), "to"),
     ];
     for (body, field) in cases {
-        let (code, answer) = post(&c, &format!("/api/sources/{id}/rollback"), Some(body.clone())).await;
+        let (code, answer) = post(
+            &c,
+            &format!("/api/sources/{id}/rollback"),
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{body}: {answer}");
         assert!(answer["errors"][field].is_string(), "{body}: {answer}");
     }
@@ -466,7 +635,10 @@ async fn bad_rollback_requests_are_refused_and_change_nothing() {
 
     // Nothing was queued or changed by any of it.
     let st = status(&c, id).await;
-    assert!(st["rollback_to"].is_null() && st["pinned"].is_null(), "{st}");
+    assert!(
+        st["rollback_to"].is_null() && st["pinned"].is_null(),
+        "{st}"
+    );
     let h = history(&c, id).await;
     assert_eq!(h.len(), 1, "{h:?}");
     assert_eq!(h[0]["id"], first["id"]);
@@ -502,7 +674,8 @@ async fn live_at(c: &Chump, query: &str) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_at_tells_what_was_live_around_a_deploy_and_a_rollback() {
     let env = Env::new().await;
-    env.kube.set_pod_behaviour(BAD_IMAGE, PodBehaviour::ImagePullBackOff);
+    env.kube
+        .set_pod_behaviour(BAD_IMAGE, PodBehaviour::ImagePullBackOff);
     env.app_repo("app", "shop", "web", "nginx:1");
     env.app_repo("gone", "gone", "web", "nginx:1");
     let c = env.chump_with(env.options().env("CHUMP_ROLLOUT_TIMEOUT", "60"));
@@ -511,9 +684,9 @@ async fn history_at_tells_what_was_live_around_a_deploy_and_a_rollback() {
     let gone = create(&c, &env.source("gone", "gone", "web")).await;
     let first = wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
     let gone_deploy = wait_history(&c, gone, "gone's deploy", |e| e["outcome"] == "deployed").await;
-    let bad_commit = env
-        .git
-        .commit_files("app", "main", app_files("shop", "web", BAD_IMAGE), "bad");
+    let bad_commit =
+        env.git
+            .commit_files("app", "main", app_files("shop", "web", BAD_IMAGE), "bad");
     let bad = wait_history(&c, id, "the failed deploy", |e| {
         e["outcome"] == "failed" && e["commit"] == bad_commit.as_str()
     })
@@ -540,12 +713,30 @@ async fn history_at_tells_what_was_live_around_a_deploy_and_a_rollback() {
     let src = format!("source_id={id}");
     let id_of = |e: &Value| e["id"].as_i64().unwrap();
 
-    assert_eq!(live_at(&c, &format!("at={}&{src}", at(before_all))).await, Vec::<i64>::new());
-    assert_eq!(live_at(&c, &format!("at={}&{src}", at(finished(&first) - ms))).await, Vec::<i64>::new());
-    assert_eq!(live_at(&c, &format!("at={}&{src}", at(finished(&first)))).await, vec![id_of(&first)]);
-    assert_eq!(live_at(&c, &format!("at={}&{src}", at(finished(&bad) - ms))).await, vec![id_of(&first)]);
-    assert_eq!(live_at(&c, &format!("at={}&{src}", at(finished(&bad)))).await, vec![id_of(&bad)]);
-    assert_eq!(live_at(&c, &format!("at={}&{src}", at(finished(&rolled)))).await, vec![id_of(&rolled)]);
+    assert_eq!(
+        live_at(&c, &format!("at={}&{src}", at(before_all))).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={}&{src}", at(finished(&first) - ms))).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={}&{src}", at(finished(&first)))).await,
+        vec![id_of(&first)]
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={}&{src}", at(finished(&bad) - ms))).await,
+        vec![id_of(&first)]
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={}&{src}", at(finished(&bad)))).await,
+        vec![id_of(&bad)]
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={}&{src}", at(finished(&rolled)))).await,
+        vec![id_of(&rolled)]
+    );
     // Every source: both live before the deletion, one after it.
     let t = at(finished(&deleted) - ms);
     let mut both = live_at(&c, &format!("at={t}")).await;
@@ -555,11 +746,27 @@ async fn history_at_tells_what_was_live_around_a_deploy_and_a_rollback() {
     want.sort();
     assert_eq!(both, want);
     let now = at(OffsetDateTime::now_utc());
-    assert_eq!(live_at(&c, &format!("at={now}")).await, vec![id_of(&rolled)]);
-    assert_eq!(live_at(&c, &format!("at={now}&namespace=gone")).await, Vec::<i64>::new());
-    assert_eq!(live_at(&c, &format!("at={now}&outcome=rolled_back")).await, vec![id_of(&rolled)]);
-    assert_eq!(live_at(&c, &format!("at={now}&outcome=deployed")).await, Vec::<i64>::new());
-    for bad_query in ["at=yesterday".to_string(), format!("at={now}&before=5"), format!("at={now}&since={now}")] {
+    assert_eq!(
+        live_at(&c, &format!("at={now}")).await,
+        vec![id_of(&rolled)]
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={now}&namespace=gone")).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={now}&outcome=rolled_back")).await,
+        vec![id_of(&rolled)]
+    );
+    assert_eq!(
+        live_at(&c, &format!("at={now}&outcome=deployed")).await,
+        Vec::<i64>::new()
+    );
+    for bad_query in [
+        "at=yesterday".to_string(),
+        format!("at={now}&before=5"),
+        format!("at={now}&since={now}"),
+    ] {
         let resp = Client::new()
             .get(c.url(&format!("/api/history?{bad_query}")))
             .send()
@@ -569,4 +776,76 @@ async fn history_at_tells_what_was_live_around_a_deploy_and_a_rollback() {
         let body: Value = resp.json().await.unwrap();
         assert!(body["errors"].is_object(), "{bad_query}: {body}");
     }
+}
+
+/// The same rollback, pin and manifests on the RethinkDB store (only with
+/// `CHUMP_TEST_RETHINKDB`; says so when skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_on_rethinkdb_restores_pins_and_keeps_manifests() {
+    let Some(config) = support::rethinkdb::fresh_config() else {
+        return;
+    };
+    let env = Env::new().await;
+    env.kube
+        .set_pod_behaviour(BAD_IMAGE, PodBehaviour::ImagePullBackOff);
+    env.app_repo("app", "shop", "web", "nginx:1");
+    let c = env.chump_with(
+        env.options()
+            .env("CHUMP_DATABASE", support::rethinkdb::database_url(&config))
+            .env("CHUMP_ROLLOUT_TIMEOUT", "60")
+            .env("CHUMP_MANIFEST_RETENTION", "2"),
+    );
+    let id = create(&c, &env.source("app", "shop", "web")).await;
+    let good = wait_history(&c, id, "the first deploy", |e| e["outcome"] == "deployed").await;
+    let mut files = app_files("shop", "web", BAD_IMAGE);
+    with_extra(&mut files);
+    let bad_commit = env.git.commit_files("app", "main", files, "bad");
+    let bad = wait_history(&c, id, "the bad deploy failing", |e| {
+        e["outcome"] == "failed" && e["commit"] == bad_commit.as_str()
+    })
+    .await;
+    let d = get(&c, &format!("/api/history/{}/diff", bad["id"])).await;
+    assert_eq!(d["against"], good["id"], "{d}");
+    assert!(
+        d["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "extra" && o["change"] == "added"),
+        "{d}"
+    );
+    let (code, answer) = post(&c, &format!("/api/sources/{id}/rollback"), None).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{answer}");
+    let rolled = wait_history(&c, id, "the rollback", |e| e["outcome"] == "rolled_back").await;
+    assert_eq!(rolled["rollback_to"], good["id"], "{rolled}");
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:1")
+    );
+    assert!(!extra_exists(&env, "shop"));
+    let st = status(&c, id).await;
+    assert_eq!(st["pinned"]["commit"], bad_commit.as_str(), "{st}");
+    let entries = history(&c, id).await.len();
+    checks_after(&c, id, 2).await;
+    assert_eq!(
+        history(&c, id).await.len(),
+        entries,
+        "pinned checks add no history"
+    );
+    // Retention 2: the first deploy's manifests stay (the newest
+    // successful deploy before the rollback is a copy in the rollback).
+    let (code, yaml) = get_raw(&c, &format!("/api/history/{}/manifests", rolled["id"])).await;
+    assert_eq!(code, StatusCode::OK, "{yaml}");
+    assert!(yaml.contains("image: nginx:1"), "{yaml}");
+    let now = at(OffsetDateTime::now_utc());
+    assert_eq!(
+        live_at(&c, &format!("at={now}")).await,
+        vec![rolled["id"].as_i64().unwrap()]
+    );
+    let (code, answer) = post(&c, &format!("/api/sources/{id}/unpin"), None).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{answer}");
+    wait_for("the head deployed again", WAIT, || async {
+        (env.deployed_image("shop", "web").as_deref() == Some(BAD_IMAGE)).then_some(())
+    })
+    .await;
 }

@@ -23,7 +23,11 @@ use time::OffsetDateTime;
 
 async fn fresh() -> Option<Arc<dyn Store>> {
     let config = fresh_config()?;
-    Some(Arc::new(RethinkStore::open(&config).await.unwrap()))
+    let store = RethinkStore::open(&config)
+        .await
+        .unwrap()
+        .with_manifest_retention(support::conformance::RETENTION);
+    Some(Arc::new(store))
 }
 
 conformance_tests!(fresh());

@@ -17,7 +17,8 @@ async fn fresh() -> Option<Arc<dyn Store>> {
         .keep();
     let store = SqliteStore::open(dir.join("chump.db").to_str().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .with_manifest_retention(support::conformance::RETENTION);
     Some(Arc::new(store))
 }
 

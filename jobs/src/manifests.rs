@@ -94,7 +94,9 @@ impl PackedManifests {
             .map_err(|e| ManifestsError::Pack(std::io::Error::other(e)))?;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&json).map_err(ManifestsError::Pack)?;
-        gz.finish().map(PackedManifests).map_err(ManifestsError::Pack)
+        gz.finish()
+            .map(PackedManifests)
+            .map_err(ManifestsError::Pack)
     }
 
     /// Stored bytes, as [`PackedManifests::as_bytes`] gave them.
@@ -191,7 +193,8 @@ pub fn to_yaml(objects: &[Value]) -> String {
 }
 
 fn object_yaml(object: &Value) -> String {
-    let mut text = yaml_serde::to_string(object).unwrap_or_else(|e| format!("# unprintable: {e}\n"));
+    let mut text =
+        yaml_serde::to_string(object).unwrap_or_else(|e| format!("# unprintable: {e}\n"));
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -226,10 +229,7 @@ pub struct ObjectDiff {
 /// `*** (changed)`, never its content.
 pub fn diff(old: &[Value], new: &[Value]) -> (Vec<ObjectDiff>, usize) {
     let index = |objects: &[Value]| -> BTreeMap<ObjectKey, Value> {
-        objects
-            .iter()
-            .map(|o| (key_of(o), o.clone()))
-            .collect()
+        objects.iter().map(|o| (key_of(o), o.clone())).collect()
     };
     let (old, new) = (index(old), index(new));
     let mut keys: Vec<&ObjectKey> = old.keys().chain(new.keys()).collect();
@@ -335,7 +335,10 @@ mod tests {
 
     #[test]
     fn packs_and_unpacks() {
-        let objects = vec![secret("c2VjcmV0"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}})];
+        let objects = vec![
+            secret("c2VjcmV0"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}),
+        ];
         let packed = PackedManifests::pack(&objects).unwrap();
         assert_eq!(packed.unpack().unwrap(), objects);
         assert!(!format!("{packed:?}").contains("c2VjcmV0"));
@@ -343,7 +346,9 @@ mod tests {
 
     #[test]
     fn corrupt_bytes_are_an_error() {
-        let err = PackedManifests::from_bytes(b"not gzip".to_vec()).unpack().unwrap_err();
+        let err = PackedManifests::from_bytes(b"not gzip".to_vec())
+            .unpack()
+            .unwrap_err();
         assert!(matches!(err, ManifestsError::Corrupt(_)), "{err}");
     }
 
@@ -352,9 +357,15 @@ mod tests {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"},
                         "data": {"url": "postgres://app:hunter2@db:5432/app", "plain": "x"}});
         let yaml = to_yaml(&[secret("c2VjcmV0"), cm]);
-        assert!(!yaml.contains("c2VjcmV0") && !yaml.contains("YWRtaW4="), "{yaml}");
+        assert!(
+            !yaml.contains("c2VjcmV0") && !yaml.contains("YWRtaW4="),
+            "{yaml}"
+        );
         assert!(!yaml.contains("hunter2"), "{yaml}");
-        assert!(yaml.contains("password: '***'") || yaml.contains("password: \"***\""), "{yaml}");
+        assert!(
+            yaml.contains("password: '***'") || yaml.contains("password: \"***\""),
+            "{yaml}"
+        );
         assert!(yaml.contains("plain: x"), "{yaml}");
         assert_eq!(yaml.matches("---\n").count(), 2);
     }
@@ -370,19 +381,39 @@ mod tests {
         let new = vec![deploy("web:2"), secret("bmV3"), extra];
         let (diffs, same) = diff(&old, &new);
         assert_eq!(same, 0);
-        let kinds: Vec<(&str, Change)> = diffs.iter().map(|d| (d.kind.as_str(), d.change)).collect();
+        let kinds: Vec<(&str, Change)> =
+            diffs.iter().map(|d| (d.kind.as_str(), d.change)).collect();
         assert_eq!(
             kinds,
-            vec![("ConfigMap", Change::Added), ("Deployment", Change::Changed), ("Secret", Change::Changed)]
+            vec![
+                ("ConfigMap", Change::Added),
+                ("Deployment", Change::Changed),
+                ("Secret", Change::Changed)
+            ]
         );
         let deployment = &diffs[1].diff;
-        assert!(deployment.contains("-") && deployment.contains("image: web:1"), "{deployment}");
-        assert!(deployment.contains("+") && deployment.contains("image: web:2"), "{deployment}");
-        assert!(deployment.starts_with("--- a/Deployment/prod/web\n+++ b/Deployment/prod/web\n"), "{deployment}");
+        assert!(
+            deployment.contains("-") && deployment.contains("image: web:1"),
+            "{deployment}"
+        );
+        assert!(
+            deployment.contains("+") && deployment.contains("image: web:2"),
+            "{deployment}"
+        );
+        assert!(
+            deployment.starts_with("--- a/Deployment/prod/web\n+++ b/Deployment/prod/web\n"),
+            "{deployment}"
+        );
         let secret_diff = &diffs[2].diff;
         assert!(secret_diff.contains("*** (changed)"), "{secret_diff}");
-        assert!(!secret_diff.contains("b2xk") && !secret_diff.contains("bmV3"), "{secret_diff}");
-        assert!(!secret_diff.contains("user: '*** (changed)'"), "an unchanged value is not marked: {secret_diff}");
+        assert!(
+            !secret_diff.contains("b2xk") && !secret_diff.contains("bmV3"),
+            "{secret_diff}"
+        );
+        assert!(
+            !secret_diff.contains("user: '*** (changed)'"),
+            "an unchanged value is not marked: {secret_diff}"
+        );
         let (none, same) = diff(&new, &new);
         assert!(none.is_empty());
         assert_eq!(same, 3);

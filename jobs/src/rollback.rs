@@ -70,9 +70,13 @@ pub enum NoTarget {
     NothingDeployed,
     #[error("no successful deploy of another commit before entry {0}")]
     NoEarlierDeploy(i64),
-    #[error("the manifests of entry {0}, the last successful deploy before, were dropped by retention")]
+    #[error(
+        "the manifests of entry {0}, the last successful deploy before, were dropped by retention"
+    )]
     Dropped(i64),
-    #[error("the manifests of entry {0}, the last successful deploy before, were too large to keep")]
+    #[error(
+        "the manifests of entry {0}, the last successful deploy before, were too large to keep"
+    )]
     TooLarge(i64),
 }
 
@@ -150,28 +154,52 @@ mod tests {
     fn goes_back_past_a_failure_to_the_last_success() {
         let h = [entry(3, Failed, "b", Kept), entry(1, Deployed, "a", Kept)];
         assert_eq!(default_target(&h).unwrap().id, 1);
-        let h = [entry(3, Deployed, "b", Kept), entry(2, Deployed, "b", Kept), entry(1, Deployed, "a", Kept)];
-        assert_eq!(default_target(&h).unwrap().id, 1, "a redeploy of the same commit is not a target");
+        let h = [
+            entry(3, Deployed, "b", Kept),
+            entry(2, Deployed, "b", Kept),
+            entry(1, Deployed, "a", Kept),
+        ];
+        assert_eq!(
+            default_target(&h).unwrap().id,
+            1,
+            "a redeploy of the same commit is not a target"
+        );
     }
 
     #[test]
     fn a_second_rollback_goes_further_back() {
         let mut r = entry(4, RolledBack, "b", Kept);
         r.report.rollback_to = Some(2);
-        let h = [r, entry(3, Failed, "c", Kept), entry(2, Deployed, "b", Kept), entry(1, Deployed, "a", Kept)];
+        let h = [
+            r,
+            entry(3, Failed, "c", Kept),
+            entry(2, Deployed, "b", Kept),
+            entry(1, Deployed, "a", Kept),
+        ];
         assert_eq!(default_target(&h).unwrap().id, 1);
         let mut r = entry(3, RolledBack, "a", Kept);
         r.report.rollback_to = Some(1);
-        let h = [r, entry(2, Failed, "b", Kept), entry(1, Deployed, "a", Kept)];
+        let h = [
+            r,
+            entry(2, Failed, "b", Kept),
+            entry(1, Deployed, "a", Kept),
+        ];
         assert_eq!(default_target(&h), Err(NoTarget::NoEarlierDeploy(1)));
     }
 
     #[test]
     fn says_why_there_is_nothing() {
         assert_eq!(default_target(&[]), Err(NoTarget::NothingDeployed));
-        let h = [entry(2, Deployed, "b", Kept), entry(1, Deployed, "a", Dropped)];
+        let h = [
+            entry(2, Deployed, "b", Kept),
+            entry(1, Deployed, "a", Dropped),
+        ];
         assert_eq!(default_target(&h), Err(NoTarget::Dropped(1)));
-        let h = [entry(3, Deployed, "c", Kept), entry(2, Deployed, "b", TooLarge), entry(1, Deployed, "a", Kept)];
+        let h = [
+            entry(3, Deployed, "c", Kept),
+            entry(2, Deployed, "b", TooLarge),
+            entry(1, Deployed, "a", Kept),
+        ];
         assert_eq!(default_target(&h).unwrap().id, 1);
         let h = [entry(2, Deployed, "b", Kept), entry(1, Failed, "a", Kept)];
         assert_eq!(default_target(&h), Err(NoTarget::NoEarlierDeploy(2)));

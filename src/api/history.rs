@@ -122,7 +122,10 @@ pub async fn all(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = parse_query(&params, &["outcome", "namespace", "source_id", "since", "at"])?;
+    let q = parse_query(
+        &params,
+        &["outcome", "namespace", "source_id", "since", "at"],
+    )?;
     page(&state, &q).await
 }
 
@@ -141,14 +144,11 @@ pub(super) async fn entry(state: &AppState, id: i64) -> Result<Option<HistoryEnt
 }
 
 fn parse_entry_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "[WARN] Invalid history entry id '{raw}': must be an integer from 1"
-            ))
-        })
+    raw.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "[WARN] Invalid history entry id '{raw}': must be an integer from 1"
+        ))
+    })
 }
 
 async fn entry_or_404(state: &AppState, raw: &str) -> Result<HistoryEntry, ApiError> {
@@ -196,7 +196,10 @@ async fn render_of(state: &AppState, e: &HistoryEntry) -> Result<Vec<Value>, Api
         tracing::error!(entry = e.id, error = %err, "unreadable manifests");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("[ERROR] The manifests of history entry {} cannot be read: {err}", e.id),
+            format!(
+                "[ERROR] The manifests of history entry {} cannot be read: {err}",
+                e.id
+            ),
         )
     })
 }

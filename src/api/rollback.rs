@@ -69,7 +69,12 @@ pub async fn rollback(
         .await?;
     state.wake_scheduler();
     let commit = target.report.commit.clone();
-    tracing::info!(source_id = id, to = target.id, commit = commit.as_deref(), "rollback requested");
+    tracing::info!(
+        source_id = id,
+        to = target.id,
+        commit = commit.as_deref(),
+        "rollback requested"
+    );
     let msg = match result {
         RequestResult::QueuedAfterRunning => format!(
             "[INFO] Rollback to entry {} queued after the running check",
@@ -121,7 +126,11 @@ fn field_error(field: &str, why: &str) -> ApiError {
 }
 
 /// Entry `to`, checked: this source's, with kept manifests.
-async fn explicit_target(state: &AppState, id: SourceId, to: i64) -> Result<HistoryEntry, ApiError> {
+async fn explicit_target(
+    state: &AppState,
+    id: SourceId,
+    to: i64,
+) -> Result<HistoryEntry, ApiError> {
     let entry = super::history::entry(state, to)
         .await?
         .filter(|e| e.report.source_id == id)

@@ -135,6 +135,16 @@ impl Client {
         self.send(Method::DELETE, path, query, None).await
     }
 
+    /// `GET path` of a route that answers text (YAML): the body as is.
+    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+        let (status, text) = self.request(Method::GET, path, &[], None).await?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(refusal(status, &text))
+        }
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -142,8 +152,30 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> Result<Value, CliError> {
+        let (status, text) = self.request(method, path, query, body).await?;
+        if !status.is_success() {
+            return Err(refusal(status, &text));
+        }
+        serde_json::from_str::<Value>(&text).map_err(|_| {
+            CliError::Transport(format!(
+                "the server at {} answered {status} with something that is not JSON \
+                 (is it a chump server?): {}",
+                self.base,
+                excerpt(&text)
+            ))
+        })
+    }
+
+    /// Sends a request; the status and the body's text.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<(StatusCode, String), CliError> {
         let url = self.url(path, query)?;
-        let mut req = self.http.request(method, url.clone());
+        let mut req = self.http.request(method, url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -153,44 +185,7 @@ impl Client {
         let resp = req.send().await.map_err(|e| self.transport(&e))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| self.transport(&e))?;
-        let parsed = serde_json::from_str::<Value>(&text);
-        if status.is_success() {
-            return parsed.map_err(|_| {
-                CliError::Transport(format!(
-                    "the server at {} answered {status} with something that is not JSON \
-                     (is it a chump server?): {}",
-                    self.base,
-                    excerpt(&text)
-                ))
-            });
-        }
-        match parsed {
-            Ok(v) if v.get("msg").is_some() => Err(CliError::Server {
-                status,
-                msg: v["msg"]
-                    .as_str()
-                    .map_or_else(|| v["msg"].to_string(), str::to_string),
-                errors: v
-                    .get("errors")
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| {
-                                (
-                                    k.clone(),
-                                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
-            _ => Err(CliError::Server {
-                status,
-                msg: format!("the server answered {status}: {}", excerpt(&text)),
-                errors: Vec::new(),
-            }),
-        }
+        Ok((status, text))
     }
 
     fn transport(&self, e: &reqwest::Error) -> CliError {
@@ -216,6 +211,37 @@ impl Client {
                 self.base
             ))
         }
+    }
+}
+
+/// An error answer: its JSON `msg` and `errors`, or an excerpt.
+fn refusal(status: StatusCode, text: &str) -> CliError {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if v.get("msg").is_some() => CliError::Server {
+            status,
+            msg: v["msg"]
+                .as_str()
+                .map_or_else(|| v["msg"].to_string(), str::to_string),
+            errors: v
+                .get("errors")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        _ => CliError::Server {
+            status,
+            msg: format!("the server answered {status}: {}", excerpt(text)),
+            errors: Vec::new(),
+        },
     }
 }
 

@@ -1,5 +1,6 @@
 //! The client side of the `chump` binary: subcommands that talk to a running
-//! chump server over its REST API (`sources`, `check`, `history`, `status`).
+//! chump server over its REST API (`sources`, `check`, `history`, `diff`,
+//! `rollback`, `unpin`, `status`).
 //!
 //! Every command takes `--url` (`CHUMP_URL`), `--token` (`CHUMP_API_TOKEN`)
 //! and `--json`. Output is a human table or key/value list by default; with
@@ -46,12 +47,34 @@ pub enum ClientCommand {
     Sources(SourcesArgs),
     /// Ask for a check of a source now (it runs as soon as a worker is free).
     Check(CheckArgs),
-    /// Deploys, failures, supersessions, deletions and degraded spells
-    /// (their start and end), newest first: of one source, or of all.
+    /// Deploys, rollbacks, failures, supersessions, deletions and degraded
+    /// spells (their start and end), newest first: of one source, or of all.
+    ///
+    /// With --at, what was live at a moment (one entry per source).
+    /// `chump history show ID`: one entry and the manifests it applied.
     History(HistoryArgs),
+    /// How the manifests a history entry applied differ from an earlier
+    /// entry's, object by object.
+    ///
+    /// The earlier entry is --against, or by default the source's previous
+    /// one with kept manifests. Each object added, removed or changed gets a
+    /// header line and a unified diff of its YAML (Secret values masked),
+    /// then a summary line.
+    Diff(DiffArgs),
+    /// Roll a source back to a recorded deploy, keeping auto-deploy on.
+    ///
+    /// The target is --to, or by default the last successful deploy of
+    /// another commit before the live one. A worker applies that deploy's
+    /// kept manifests again and waits for the rollout; the source then stays
+    /// pinned away from the commit it left until the branch moves off it (or
+    /// `chump unpin`).
+    Rollback(RollbackArgs),
+    /// Lift the pin a rollback left: auto-deploy resumes with a check now.
+    Unpin(UnpinArgs),
     /// A source's last check, its workloads' health (and why, when
-    /// degraded), its next check, and what chump last applied (object counts
-    /// by kind, and the commit).
+    /// degraded), its pin after a rollback (the commit and why), its next
+    /// check, and what chump last applied (object counts by kind, and the
+    /// commit).
     Status(StatusArgs),
 }
 
@@ -157,6 +180,17 @@ pub struct SourceFields {
     /// them; server default: true).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub prune: Option<bool>,
+    /// Roll back to the last successful deploy when a deploy fails at apply
+    /// or rollout: true (--auto-rollback), false, or default (the server's
+    /// CHUMP_AUTO_ROLLBACK).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = ["true", "false", "default"]
+    )]
+    pub auto_rollback: Option<String>,
 }
 
 /// The seven required fields: JSON name and flag.
@@ -198,6 +232,14 @@ impl SourceFields {
         if let Some(p) = self.prune {
             m.insert("prune".into(), p.into());
         }
+        if let Some(a) = self.auto_rollback {
+            let value = match a.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => Value::Null,
+            };
+            m.insert("auto_rollback".into(), value);
+        }
         m
     }
 }
@@ -212,11 +254,14 @@ pub struct CheckArgs {
     pub id: u64,
 }
 
-/// `chump history [ID]`
+/// `chump history [ID]`, `chump history show ID`
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct HistoryArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: Option<HistoryCommand>,
     /// Source id (default: every source).
     #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     pub id: Option<u64>,
@@ -226,9 +271,10 @@ pub struct HistoryArgs {
     /// Only entries older than this entry id (the next page).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub before: Option<u64>,
-    /// Only this outcome: deployed, up_to_date (only the check that ended a
-    /// degraded spell is kept), failed, deleted, degraded (the check that
-    /// started a spell) or superseded (the branch moved during a rollout).
+    /// Only this outcome: deployed, rolled_back (a recorded deploy applied
+    /// again), up_to_date (only the check that ended a degraded spell is
+    /// kept), failed, deleted, degraded (the check that started a spell) or
+    /// superseded (the branch moved during a rollout).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::api::OUTCOME_NAMES.iter().copied()))]
     pub outcome: Option<String>,
     /// Only sources in this namespace (all sources only).
@@ -238,6 +284,63 @@ pub struct HistoryArgs {
     /// duration ago (90m, 2h, 7d) (all sources only).
     #[arg(long, conflicts_with = "id")]
     pub since: Option<String>,
+    /// What was live at this time, one entry per source (its newest deploy,
+    /// rollback, supersession or failure after the apply that had finished
+    /// by then): RFC 3339 or a duration ago (90m, 2h, 7d).
+    #[arg(long, conflicts_with_all = ["before", "since"])]
+    pub at: Option<String>,
+}
+
+/// `chump history show ID`
+#[derive(Debug, Subcommand)]
+pub enum HistoryCommand {
+    /// One history entry (with its manifests state and, for a rollback, the
+    /// entry it went back to), then the manifests it applied as YAML (Secret
+    /// values masked) when they are kept, or why they are not. With --json:
+    /// the entry alone.
+    Show {
+        /// History entry id.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
+}
+
+/// `chump diff ID [--against ID]`
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// History entry id.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// The entry to compare with (default: the source's previous entry with
+    /// kept manifests; none: every object is added).
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub against: Option<u64>,
+}
+
+/// `chump rollback SOURCE [--to ENTRY]`
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Source id.
+    #[arg(value_name = "SOURCE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// The history entry to go back to (one of this source's, with kept
+    /// manifests; `chump history SOURCE` lists them).
+    #[arg(long, value_name = "ENTRY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub to: Option<u64>,
+}
+
+/// `chump unpin SOURCE`
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Source id.
+    #[arg(value_name = "SOURCE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
 }
 
 /// `chump status ID`
@@ -272,10 +375,13 @@ async fn execute(command: ClientCommand) -> Result<(), CliError> {
             let v = c
                 .post(&format!("/api/sources/{}/check", args.id), None)
                 .await?;
-            emit(args.client.json, &v, output::check)
+            emit(args.client.json, &v, output::queued)
         }
         ClientCommand::History(args) => {
             let c = Client::new(&args.client)?;
+            if let Some(HistoryCommand::Show { id }) = args.command {
+                return history_show(&c, args.client.json, id).await;
+            }
             let mut query: Vec<(&str, String)> = Vec::new();
             if let Some(l) = args.limit {
                 query.push(("limit", l.to_string()));
@@ -290,7 +396,16 @@ async fn execute(command: ClientCommand) -> Result<(), CliError> {
                 query.push(("namespace", n.clone()));
             }
             if let Some(s) = &args.since {
-                query.push(("since", since(s)?));
+                query.push(("since", time_arg("--since", s)?));
+            }
+            if let Some(at) = &args.at {
+                // One entry per source: only the all-sources route has it.
+                query.push(("at", time_arg("--at", at)?));
+                if let Some(id) = args.id {
+                    query.push(("source_id", id.to_string()));
+                }
+                let v = c.get_query("/api/history", &query).await?;
+                return emit(args.client.json, &v, output::history_at);
             }
             let path = match args.id {
                 Some(id) => format!("/api/sources/{id}/history"),
@@ -299,6 +414,33 @@ async fn execute(command: ClientCommand) -> Result<(), CliError> {
             let v = c.get_query(&path, &query).await?;
             let all = args.id.is_none();
             emit(args.client.json, &v, |v| output::history(v, all))
+        }
+        ClientCommand::Diff(args) => {
+            let c = Client::new(&args.client)?;
+            let query: Vec<(&str, String)> = args
+                .against
+                .map(|a| ("against", a.to_string()))
+                .into_iter()
+                .collect();
+            let v = c
+                .get_query(&format!("/api/history/{}/diff", args.id), &query)
+                .await?;
+            emit(args.client.json, &v, output::diff)
+        }
+        ClientCommand::Rollback(args) => {
+            let c = Client::new(&args.client)?;
+            let body = args.to.map(|to| serde_json::json!({ "to": to }));
+            let v = c
+                .post(&format!("/api/sources/{}/rollback", args.id), body)
+                .await?;
+            emit(args.client.json, &v, output::queued)
+        }
+        ClientCommand::Unpin(args) => {
+            let c = Client::new(&args.client)?;
+            let v = c
+                .post(&format!("/api/sources/{}/unpin", args.id), None)
+                .await?;
+            emit(args.client.json, &v, output::queued)
         }
         ClientCommand::Status(args) => {
             let c = Client::new(&args.client)?;
@@ -322,6 +464,26 @@ async fn execute(command: ClientCommand) -> Result<(), CliError> {
             })
         }
     }
+}
+
+/// `chump history show ID`: the entry, then its manifests (or why there
+/// are none).
+async fn history_show(c: &Client, json: bool, id: u64) -> Result<(), CliError> {
+    let entry = c.get(&format!("/api/history/{id}")).await?;
+    if json {
+        return emit(true, &entry, |_| String::new());
+    }
+    let manifests = match c.get_text(&format!("/api/history/{id}/manifests")).await {
+        Ok(yaml) => Ok(yaml),
+        // None kept: the server says why (dropped, too large, none applied).
+        Err(CliError::Server { status, msg, .. }) if status == reqwest::StatusCode::NOT_FOUND => {
+            Err(msg)
+        }
+        Err(e) => return Err(e),
+    };
+    emit(false, &entry, |v| {
+        output::history_entry(v, manifests.as_deref().map_err(String::as_str))
+    })
 }
 
 async fn sources(c: &Client, json: bool, command: SourcesCommand) -> Result<(), CliError> {
@@ -458,20 +620,20 @@ fn read_document(path: &std::path::Path) -> Result<Map<String, Value>, CliError>
     }
 }
 
-/// `--since`: an RFC 3339 time as is, or a duration ago.
-fn since(raw: &str) -> Result<String, CliError> {
+/// `--since`, `--at`: an RFC 3339 time as is, or a duration ago.
+fn time_arg(flag: &str, raw: &str) -> Result<String, CliError> {
     let raw = raw.trim();
     if OffsetDateTime::parse(raw, &Rfc3339).is_ok() {
         return Ok(raw.to_string());
     }
     let ago = humantime::parse_duration(raw).map_err(|_| {
         CliError::Usage(format!(
-            "--since '{raw}' is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration (90m, 2h, 7d)"
+            "{flag} '{raw}' is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration (90m, 2h, 7d)"
         ))
     })?;
     time::Duration::try_from(ago)
         .ok()
         .and_then(|ago| OffsetDateTime::now_utc().checked_sub(ago))
         .and_then(|at| at.format(&Rfc3339).ok())
-        .ok_or_else(|| CliError::Usage(format!("--since '{raw}' is too long ago")))
+        .ok_or_else(|| CliError::Usage(format!("{flag} '{raw}' is too long ago")))
 }

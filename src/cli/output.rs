@@ -3,6 +3,7 @@
 //! server does not send (an older server) never breaks the output.
 
 use chump_jobs::inventory::{Inventory, InventoryObject};
+use chump_jobs::rollback::short;
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -20,6 +21,7 @@ const SOURCE_FIELDS: &[&str] = &[
     "interval_seconds",
     "suspended",
     "prune",
+    "auto_rollback",
     "deleting",
     "created_at",
     "updated_at",
@@ -32,6 +34,8 @@ const STATUS_FIELDS: &[&str] = &[
     "deleting",
     "health",
     "health_reason",
+    "pinned",
+    "pinned_reason",
     "last_checked_at",
     "last_outcome",
     "last_stage",
@@ -42,11 +46,34 @@ const STATUS_FIELDS: &[&str] = &[
     "consecutive_failures",
     "next_check_at",
     "requested",
+    "rollback_to",
     "in_flight",
 ];
 
+/// Fields of a history entry in display order (`objects` follows as a
+/// list); any others follow, sorted.
+const ENTRY_FIELDS: &[&str] = &[
+    "id",
+    "source_id",
+    "namespace",
+    "deployment_name",
+    "container_name",
+    "trigger",
+    "started_at",
+    "finished_at",
+    "outcome",
+    "stage",
+    "commit",
+    "desired_image",
+    "running_image",
+    "message",
+    "rollback_to",
+    "manifests",
+];
+
 /// `GET /api/sources` as a table. A source being deleted shows `deleting`
-/// as its last outcome (`chump status ID` has the outcome of its last try).
+/// as its last outcome (`chump status ID` has the outcome of its last try);
+/// a pinned one (after a rollback) the commit it stays away from.
 pub fn source_list(v: &Value) -> String {
     let sources = v["sources"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if sources.is_empty() {
@@ -69,6 +96,10 @@ pub fn source_list(v: &Value) -> String {
                     cell(&st["last_outcome"])
                 },
                 time_cell(&st["next_check_at"]),
+                match st["pinned"]["commit"].as_str() {
+                    Some(commit) => cell(&Value::String(short(commit).to_string())),
+                    None => "-".into(),
+                },
             ]
         })
         .collect();
@@ -82,17 +113,23 @@ pub fn source_list(v: &Value) -> String {
             "SUSPENDED",
             "LAST OUTCOME",
             "NEXT CHECK",
+            "PINNED",
         ],
         &rows,
     )
 }
 
 /// One source as `key: value` lines (its status indented, when present).
+/// `auto_rollback: default`: the server's CHUMP_AUTO_ROLLBACK decides.
 pub fn source(v: &Value) -> String {
-    let mut out = fields(v, SOURCE_FIELDS, &["status"], "");
+    let mut shown = v.clone();
+    if let Some(a) = shown.get_mut("auto_rollback").filter(|a| a.is_null()) {
+        *a = Value::String("default".into());
+    }
+    let mut out = fields(&shown, SOURCE_FIELDS, &["status"], "");
     if let Some(st) = v.get("status").filter(|s| s.is_object()) {
         out.push_str("status:\n");
-        out.push_str(&fields(st, STATUS_FIELDS, &[], "  "));
+        out.push_str(&fields(&status_view(st), STATUS_FIELDS, &[], "  "));
     }
     out
 }
@@ -114,17 +151,53 @@ pub fn message(v: &Value) -> String {
     }
 }
 
-/// `POST /api/sources/{id}/check`.
-pub fn check(v: &Value) -> String {
+/// `POST /api/sources/{id}/check`, `/rollback` and `/unpin`: the message,
+/// the result and when, and for a rollback the entry and commit it goes to.
+pub fn queued(v: &Value) -> String {
     let mut out = message(v);
     out.push_str(&format!("result:    {}\n", text(&v["result"])));
     out.push_str(&format!("queued_at: {}\n", text(&v["queued_at"])));
+    if let Some(to) = v.get("to") {
+        out.push_str(&format!("to:        {}\n", text(to)));
+        out.push_str(&format!("commit:    {}\n", text(&v["commit"])));
+    }
     out
 }
 
 /// `GET /api/sources/{id}/status`.
 pub fn status(v: &Value) -> String {
-    fields(v, STATUS_FIELDS, &[], "")
+    fields(&status_view(v), STATUS_FIELDS, &[], "")
+}
+
+/// A status with its pin as two lines: `pinned` (the commit, short, since
+/// when, and the rollback's entry) and `pinned_reason` (null and null when
+/// not pinned; neither from a server without pins).
+fn status_view(v: &Value) -> Value {
+    let mut shown = v.as_object().cloned().unwrap_or_default();
+    if let Some(pin) = shown.remove("pinned") {
+        let (pinned, reason) = match pin.as_object() {
+            Some(p) => {
+                let mut line = p
+                    .get("commit")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| "-".to_string(), |c| short(c).to_string());
+                if let Some(since) = p.get("since").filter(|s| !s.is_null()) {
+                    line.push_str(&format!(" since {}", time_cell(since)));
+                }
+                if let Some(entry) = p.get("entry").and_then(Value::as_i64) {
+                    line.push_str(&format!(" (entry {entry})"));
+                }
+                (
+                    Value::String(line),
+                    p.get("reason").cloned().unwrap_or(Value::Null),
+                )
+            }
+            None => (Value::Null, Value::Null),
+        };
+        shown.insert("pinned".into(), pinned);
+        shown.insert("pinned_reason".into(), reason);
+    }
+    Value::Object(shown)
 }
 
 /// `GET /api/sources/{id}/status`, then from `GET /api/sources/{id}/objects`
@@ -142,7 +215,7 @@ pub fn status_with_objects(v: &Value, objects: Option<&Value>) -> String {
         let by_kind: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
         format!("{} ({})", inventory.objects.len(), by_kind.join(", "))
     };
-    let mut all = v.as_object().cloned().unwrap_or_default();
+    let mut all = status_view(v).as_object().cloned().unwrap_or_default();
     all.insert("inventory_commit".into(), objects["commit"].clone());
     all.insert("objects".into(), Value::String(summary));
     let mut order = STATUS_FIELDS.to_vec();
@@ -177,9 +250,18 @@ fn inventory(v: &Value) -> Inventory {
 
 /// A history page as a table; `all`: across sources (adds the target columns).
 pub fn history(v: &Value, all: bool) -> String {
+    history_table(v, all, "no history\n")
+}
+
+/// `GET /api/history?at=`: the entry live at that time, per source.
+pub fn history_at(v: &Value) -> String {
+    history_table(v, true, "nothing was live then\n")
+}
+
+fn history_table(v: &Value, all: bool, empty: &str) -> String {
     let entries = v["history"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut out = if entries.is_empty() {
-        "no history\n".to_string()
+        empty.to_string()
     } else {
         let mut header = vec!["ID"];
         if all {
@@ -218,6 +300,100 @@ pub fn history(v: &Value, all: bool) -> String {
         out.push_str(&format!("(more: add --before {next})\n"));
     }
     out
+}
+
+/// `GET /api/history/{id}` as `key: value` lines (its manifests state and
+/// `rollback_to` always, `-` when absent), the objects it applied one per
+/// line, then a blank line and `manifests`: the YAML, or why there is none.
+pub fn history_entry(v: &Value, manifests: Result<&str, &str>) -> String {
+    let mut shown = v.as_object().cloned().unwrap_or_default();
+    for key in ["rollback_to", "manifests"] {
+        shown.entry(key).or_insert(Value::Null);
+    }
+    let objects = shown.remove("objects");
+    let mut out = fields(&Value::Object(shown), ENTRY_FIELDS, &[], "");
+    match objects.as_ref().and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => {
+            out.push_str("objects:\n");
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|o| {
+                    vec![
+                        cell(&o["action"]),
+                        cell(&o["api_version"]),
+                        cell(&o["kind"]),
+                        object_name(o),
+                    ]
+                })
+                .collect();
+            for line in table(&["", "", "", ""], &rows).lines().skip(1) {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        _ => out.push_str("objects: none\n"),
+    }
+    out.push('\n');
+    match manifests {
+        Ok(yaml) => {
+            out.push_str(yaml);
+            if !yaml.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        Err(why) => out.push_str(&format!("no manifests: {why}\n")),
+    }
+    out
+}
+
+/// `GET /api/history/{id}/diff`: per object a header line (`changed
+/// Deployment shop/web (apps/v1)`) and its unified diff, then a summary.
+pub fn diff(v: &Value) -> String {
+    let objects = v["objects"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut out = String::new();
+    for o in objects {
+        out.push_str(&format!(
+            "{} {} {} ({})\n",
+            cell(&o["change"]),
+            cell(&o["kind"]),
+            object_name(o),
+            cell(&o["api_version"])
+        ));
+        let text = text(&o["diff"]);
+        out.push_str(&text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    if !objects.is_empty() {
+        out.push('\n');
+    }
+    let n = objects.len();
+    let counted = format!(
+        "{n} object{} changed, {} unchanged",
+        if n == 1 { "" } else { "s" },
+        text(&v["unchanged"])
+    );
+    match v["against"].as_i64() {
+        Some(against) => {
+            let commit = v["against_commit"]
+                .as_str()
+                .map(|c| format!(" (commit {})", cell(&Value::String(short(c).to_string()))))
+                .unwrap_or_default();
+            out.push_str(&format!("{counted}, against entry {against}{commit}\n"));
+        }
+        None => out.push_str(&format!(
+            "{counted}, against nothing: every object is added\n"
+        )),
+    }
+    out
+}
+
+/// `namespace/name`, or `name` for a cluster-scoped object.
+fn object_name(o: &Value) -> String {
+    match o["namespace"].as_str() {
+        Some(ns) => cell(&Value::String(format!("{ns}/{}", text(&o["name"])))),
+        None => cell(&o["name"]),
+    }
 }
 
 /// A value as one table cell: strings bare, null as `-`, no control characters.
@@ -382,5 +558,135 @@ mod tests {
         );
         // An older server without the route: the status alone.
         assert_eq!(status_with_objects(&st, None), status(&st));
+    }
+
+    #[test]
+    fn status_shows_the_pin_and_why() {
+        let st = json!({"source_id": 1, "health": "healthy", "health_reason": null,
+            "pinned": {"commit": "0123456789abcdef", "reason": "rolled back to entry 2 (commit fedcba9)",
+                "entry": 5, "since": "2026-01-31T12:00:00.25Z"},
+            "rollback_to": null, "last_outcome": "rolled_back"});
+        let out = status(&st);
+        assert!(
+            out.contains("pinned:        0123456 since 2026-01-31T12:00:00Z (entry 5)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pinned_reason: rolled back to entry 2 (commit fedcba9)\n"),
+            "{out}"
+        );
+        assert!(out.contains("rollback_to:   -\n"), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[3].starts_with("pinned:"), "{out}");
+        // Not pinned: shown as such.
+        let st = json!({"source_id": 1, "pinned": null, "rollback_to": 4});
+        let out = status(&st);
+        assert!(
+            out.contains("pinned:        -\n") && out.contains("pinned_reason: -\n"),
+            "{out}"
+        );
+        assert!(out.contains("rollback_to:   4\n"), "{out}");
+        // The source table: the pinned commit, short.
+        let row = |pinned: Value| {
+            json!({"id": 1, "namespace": "shop", "deployment_name": "web", "container_name": "app",
+                "branch": "main", "suspended": false, "deleting": false,
+                "status": {"last_outcome": "rolled_back", "next_check_at": null, "pinned": pinned}})
+        };
+        let out = source_list(&json!({"sources": [
+            row(json!({"commit": "0123456789abcdef", "reason": "r", "entry": 5, "since": "2026-01-31T12:00:00Z"})),
+            row(Value::Null),
+        ]}));
+        let last: Vec<&str> = out
+            .lines()
+            .map(|l| l.split_whitespace().last().unwrap())
+            .collect();
+        assert_eq!(last, ["PINNED", "0123456", "-"], "{out}");
+        // A source: its auto_rollback, null as the server's default.
+        let out = source(&json!({"id": 1, "prune": true, "auto_rollback": null}));
+        assert!(out.contains("auto_rollback: default\n"), "{out}");
+        let out = source(&json!({"id": 1, "prune": true, "auto_rollback": false}));
+        assert!(out.contains("auto_rollback: false\n"), "{out}");
+    }
+
+    #[test]
+    fn an_entry_with_its_objects_and_manifests() {
+        let e = json!({"id": 7, "source_id": 1, "namespace": "shop", "deployment_name": "web",
+            "container_name": "app", "trigger": "manual", "outcome": "rolled_back", "stage": null,
+            "commit": "abc", "message": "rolled back to entry 2", "rollback_to": 2, "manifests": "kept",
+            "objects": [
+                {"api_version": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web", "action": "configured"},
+                {"api_version": "v1", "kind": "Namespace", "name": "shop", "action": "unchanged"}]});
+        let out = history_entry(&e, Ok("---\nkind: Namespace\n"));
+        assert!(out.starts_with("id:"), "{out}");
+        assert!(out.contains("rollback_to:     2\n"), "{out}");
+        assert!(out.contains("manifests:       kept\n"), "{out}");
+        assert!(
+            out.contains("objects:\n  configured  apps/v1  Deployment  shop/web\n  unchanged   v1       Namespace   shop\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("\n\n---\nkind: Namespace\n"), "{out}");
+        // Not kept, and fields an older entry lacks: shown as `-`.
+        let e = json!({"id": 8, "outcome": "failed", "objects": []});
+        let out = history_entry(&e, Err("[WARN] History entry 8 applied no manifests"));
+        assert!(out.contains("manifests:   -\n"), "{out}");
+        assert!(out.contains("rollback_to: -\n"), "{out}");
+        assert!(out.contains("objects: none\n"), "{out}");
+        assert!(
+            out.ends_with("\nno manifests: [WARN] History entry 8 applied no manifests\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_diff_with_headers_and_a_summary() {
+        let d = json!({"entry": 5, "against": 3, "commit": "b", "against_commit": "0123456789",
+            "unchanged": 2, "objects": [
+                {"api_version": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web",
+                 "change": "changed", "diff": "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-image: a\n+image: b\n"},
+                {"api_version": "v1", "kind": "ConfigMap", "namespace": "shop", "name": "extra",
+                 "change": "added", "diff": "--- a/y\n+++ b/y\n@@ -0,0 +1 @@\n+kind: ConfigMap"}]});
+        let out = diff(&d);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "changed Deployment shop/web (apps/v1)", "{out}");
+        assert_eq!(lines[5], "+image: b", "{out}");
+        assert_eq!(lines[6], "added ConfigMap shop/extra (v1)", "{out}");
+        assert_eq!(lines[10], "+kind: ConfigMap", "{out}");
+        assert_eq!(
+            lines.last().copied(),
+            Some("2 objects changed, 2 unchanged, against entry 3 (commit 0123456)"),
+            "{out}"
+        );
+        let first = json!({"entry": 1, "against": null, "unchanged": 0, "objects": [
+            {"api_version": "v1", "kind": "Namespace", "namespace": null, "name": "shop",
+             "change": "added", "diff": "+kind: Namespace\n"}]});
+        let out = diff(&first);
+        assert!(out.starts_with("added Namespace shop (v1)\n"), "{out}");
+        assert!(
+            out.ends_with(
+                "\n1 object changed, 0 unchanged, against nothing: every object is added\n"
+            ),
+            "{out}"
+        );
+        let same = json!({"entry": 4, "against": 3, "against_commit": null, "unchanged": 3, "objects": []});
+        assert_eq!(
+            diff(&same),
+            "0 objects changed, 3 unchanged, against entry 3\n"
+        );
+    }
+
+    #[test]
+    fn a_queued_rollback_says_where_to() {
+        let out = queued(
+            &json!({"msg": "[INFO] Rollback to entry 2 (commit abc1234) queued",
+            "result": "queued", "queued_at": "2026-01-31T12:00:00Z", "to": 2, "commit": "abc1234ff"}),
+        );
+        assert_eq!(
+            out,
+            "[INFO] Rollback to entry 2 (commit abc1234) queued\nresult:    queued\n\
+             queued_at: 2026-01-31T12:00:00Z\nto:        2\ncommit:    abc1234ff\n"
+        );
+        // A check (or an unpin): no target lines.
+        let out = queued(&json!({"msg": "m", "result": "queued", "queued_at": "t"}));
+        assert_eq!(out, "m\nresult:    queued\nqueued_at: t\n");
     }
 }

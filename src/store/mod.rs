@@ -25,7 +25,9 @@ pub async fn open(
                 .with_manifest_retention(manifest_retention),
         )),
         DatabaseConfig::RethinkDb(rc) => Ok(Arc::new(
-            rethinkdb::RethinkStore::open(rc).await?, // RETENTION-PENDING
+            rethinkdb::RethinkStore::open(rc)
+                .await?
+                .with_manifest_retention(manifest_retention),
         )),
     }
 }

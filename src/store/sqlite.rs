@@ -20,9 +20,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
 use chump_jobs::inventory::Inventory;
-use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::manifests::{ManifestsState, PackedManifests};
 use chump_jobs::rollback::{Pin, PinChange, RollbackOrder};
+use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
     Claim, Deletion, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
     DEFAULT_MANIFEST_RETENTION,
@@ -590,10 +590,12 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
             let rollback = match (source.deleting, rollback_to) {
-                (false, Some(to)) => Some(rollback_order(&mut tx, to, rollback_trigger, || {
-                    pinned.clone().or(last_commit.clone())
-                })
-                .await?),
+                (false, Some(to)) => Some(
+                    rollback_order(&mut tx, to, rollback_trigger, || {
+                        pinned.clone().or(last_commit.clone())
+                    })
+                    .await?,
+                ),
                 _ => None,
             };
             let trigger = if source.deleting {
@@ -971,37 +973,37 @@ async fn request_in(
     trigger: Trigger,
     now: OffsetDateTime,
 ) -> StoreResult<RequestResult> {
-        let row = sqlx::query(
-            "SELECT s.deleting, st.requested_trigger, st.lease_owner, st.lease_until \
+    let row = sqlx::query(
+        "SELECT s.deleting, st.requested_trigger, st.lease_owner, st.lease_until \
              FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some(row) = row else {
-            return Err(StoreError::NotFound(id));
-        };
-        if row.try_get::<i64, _>("deleting").map_err(db_err)? != 0 {
-            return Err(StoreError::BeingDeleted(id));
-        }
-        let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
-        let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
-        let running = lease_until.is_some_and(|t| t > ms(now));
-        let result = if requested.is_some() {
-            RequestResult::AlreadyQueued
-        } else if running && trigger == Trigger::Manual {
-            RequestResult::AlreadyRunning
-        } else if running {
-            RequestResult::QueuedAfterRunning
-        } else {
-            RequestResult::Queued
-        };
-        if matches!(
-            result,
-            RequestResult::Queued | RequestResult::QueuedAfterRunning
-        ) {
-            sqlx::query(
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(id));
+    };
+    if row.try_get::<i64, _>("deleting").map_err(db_err)? != 0 {
+        return Err(StoreError::BeingDeleted(id));
+    }
+    let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
+    let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
+    let running = lease_until.is_some_and(|t| t > ms(now));
+    let result = if requested.is_some() {
+        RequestResult::AlreadyQueued
+    } else if running && trigger == Trigger::Manual {
+        RequestResult::AlreadyRunning
+    } else if running {
+        RequestResult::QueuedAfterRunning
+    } else {
+        RequestResult::Queued
+    };
+    if matches!(
+        result,
+        RequestResult::Queued | RequestResult::QueuedAfterRunning
+    ) {
+        sqlx::query(
                 "UPDATE source_status SET requested_trigger = ?, next_check_at = MIN(next_check_at, ?) \
                  WHERE source_id = ?",
             )
@@ -1011,7 +1013,7 @@ async fn request_in(
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        }
+    }
     Ok(result)
 }
 

@@ -6,11 +6,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chump_jobs::history::{AppliedObject, ApplyAction, CheckReport, Outcome, Stage, Trigger};
+use chump_jobs::history::{
+    AppliedObject, ApplyAction, CheckReport, HistoryEntry, Outcome, Stage, Trigger,
+};
 use chump_jobs::inventory::{Inventory, InventoryObject};
-use chump_jobs::source::SourceSpec;
+use chump_jobs::manifests::{ManifestsState, PackedManifests};
+use chump_jobs::rollback::{Pin, PinChange, RollbackOrder};
+use chump_jobs::source::{SourceId, SourceSpec};
 use chump_jobs::store::{Claim, Deletion, HistoryQuery, RequestResult, Store, StoreError};
+use serde_json::json;
 use time::OffsetDateTime;
+
+/// How many entries per source keep their manifests in the stores under
+/// test (`with_manifest_retention`).
+pub const RETENTION: u32 = 3;
 
 pub fn spec(name: &str) -> SourceSpec {
     SourceSpec {
@@ -24,6 +33,7 @@ pub fn spec(name: &str) -> SourceSpec {
         interval_seconds: None,
         suspended: false,
         prune: true,
+        auto_rollback: None,
     }
 }
 
@@ -57,6 +67,10 @@ pub fn report(claim: &Claim, outcome: Outcome, at: OffsetDateTime) -> CheckRepor
             Vec::new()
         },
         inventory: None,
+        rollback_to: None,
+        manifests: None,
+        pin: PinChange::Keep,
+        rollback_wanted: false,
     }
 }
 
@@ -1743,6 +1757,790 @@ pub async fn superseded_checks_are_kept_and_are_no_failures(store: Arc<dyn Store
     claim_expecting(&store, a.id, t(300), Some(Outcome::Deployed)).await;
 }
 
+// ---------------------------------------------------------------------------
+// Manifests, retention, rollbacks, pins and time travel.
+
+/// A 40-character commit id of `c`s.
+fn sha(c: char) -> String {
+    std::iter::repeat_n(c, 40).collect()
+}
+
+/// The render of commit `c`: one ConfigMap naming it.
+fn render(c: char) -> PackedManifests {
+    PackedManifests::pack(&[json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": format!("render-{c}"), "namespace": "production"},
+        "data": {"commit": sha(c)},
+    })])
+    .unwrap()
+}
+
+/// A report of `outcome` at `at` that applied commit `c`'s render (image
+/// `nginx:<c>`), to be kept with its entry; a failure is a failed rollout.
+fn applied(claim: &Claim, outcome: Outcome, at: OffsetDateTime, c: char) -> CheckReport {
+    let mut r = report(claim, outcome, at);
+    r.commit = Some(sha(c));
+    r.desired_image = Some(format!("nginx:{c}"));
+    r.manifests = Some(Ok(render(c)));
+    if outcome == Outcome::Failed {
+        r.stage = Some(Stage::Rollout);
+        r.message = Some("Deployment production/web: ImagePullBackOff".into());
+    }
+    r
+}
+
+/// `r` as a history entry gives it back (manifests, pin and rollback wish
+/// are not part of the entry's report).
+fn as_stored(r: &CheckReport) -> CheckReport {
+    CheckReport {
+        inventory: None,
+        manifests: None,
+        pin: PinChange::Keep,
+        rollback_wanted: false,
+        ..r.clone()
+    }
+}
+
+/// `r`, started a second before `t(secs)` and finished at it.
+fn ending(mut r: CheckReport, secs: i64) -> CheckReport {
+    r.started_at = t(secs - 1);
+    r.finished_at = t(secs);
+    r
+}
+
+/// Claims source `id` at `at` (giving back the claims of any other source
+/// due), records `make(&claim)` and leaves the source due again at once.
+async fn record(
+    store: &Arc<dyn Store>,
+    id: SourceId,
+    at: OffsetDateTime,
+    make: impl FnOnce(&Claim) -> CheckReport,
+) -> (Claim, CheckReport) {
+    let claims = store.claim_due(at, 10, "p1", LEASE).await.unwrap();
+    let others: Vec<SourceId> = claims
+        .iter()
+        .map(|c| c.source.id)
+        .filter(|other| *other != id)
+        .collect();
+    store.release_claims("p1", &others).await.unwrap();
+    let claim = claims
+        .into_iter()
+        .find(|c| c.source.id == id)
+        .unwrap_or_else(|| panic!("source {id} is due at {at}"));
+    let r = make(&claim);
+    store.finish_check(&claim, &r, at).await.unwrap();
+    (claim, r)
+}
+
+/// Source `id`'s history, newest first.
+async fn entries_of(store: &Arc<dyn Store>, id: SourceId) -> Vec<HistoryEntry> {
+    store
+        .history(&HistoryQuery {
+            source_id: Some(id),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// The id of source `id`'s newest entry.
+async fn newest(store: &Arc<dyn Store>, id: SourceId) -> i64 {
+    entries_of(store, id).await[0].id
+}
+
+fn states(h: &[HistoryEntry]) -> Vec<Option<ManifestsState>> {
+    h.iter().map(|e| e.manifests).collect()
+}
+
+fn ids(h: &[HistoryEntry]) -> Vec<i64> {
+    h.iter().map(|e| e.id).collect()
+}
+
+const KEPT: Option<ManifestsState> = Some(ManifestsState::Kept);
+const DROPPED: Option<ManifestsState> = Some(ManifestsState::Dropped);
+
+pub async fn manifests_are_kept_with_their_entry(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let (_, deploy) = record(&store, a.id, t(0), |c| {
+        applied(c, Outcome::Deployed, t(0), '1')
+    })
+    .await;
+    let h = entries_of(&store, a.id).await;
+    assert_eq!(states(&h), vec![KEPT]);
+    assert_eq!(h[0].report, as_stored(&deploy));
+    assert_eq!(store.manifests(h[0].id).await.unwrap(), Some(render('1')));
+    let first = h[0].id;
+
+    // Too large to keep: the entry says so, and there are no bytes.
+    let (_, big) = record(&store, a.id, t(100), |c| {
+        let mut r = applied(c, Outcome::Failed, t(100), '2');
+        r.manifests = Some(Err(ManifestsState::TooLarge));
+        r
+    })
+    .await;
+    let h = entries_of(&store, a.id).await;
+    assert_eq!(states(&h), vec![Some(ManifestsState::TooLarge), KEPT]);
+    assert_eq!(h[0].report, as_stored(&big));
+    assert_eq!(store.manifests(h[0].id).await.unwrap(), None);
+
+    // A failure before anything was applied: no manifests at all.
+    record(&store, a.id, t(200), |c| {
+        let mut r = report(c, Outcome::Failed, t(200));
+        r.stage = Some(Stage::Build);
+        r
+    })
+    .await;
+    let h = entries_of(&store, a.id).await;
+    assert_eq!(states(&h), vec![None, Some(ManifestsState::TooLarge), KEPT]);
+    assert_eq!(store.manifests(h[0].id).await.unwrap(), None);
+
+    // An up-to-date check (after a failure) is no history: nothing kept,
+    // whatever it carries.
+    record(&store, a.id, t(300), |c| {
+        let mut r = report(c, Outcome::UpToDate, t(300));
+        r.manifests = Some(Ok(render('3')));
+        r
+    })
+    .await;
+    assert_eq!(entries_of(&store, a.id).await, h);
+    assert_eq!(store.manifests(h[0].id + 1).await.unwrap(), None);
+    assert_eq!(store.manifests(first + 1000).await.unwrap(), None);
+
+    // The next deploy keeps its own; the first keeps its bytes.
+    record(&store, a.id, t(400), |c| {
+        applied(c, Outcome::Deployed, t(400), '4')
+    })
+    .await;
+    let h = entries_of(&store, a.id).await;
+    assert_eq!(h.len(), 4);
+    assert_eq!(store.manifests(h[0].id).await.unwrap(), Some(render('4')));
+    assert_eq!(store.manifests(first).await.unwrap(), Some(render('1')));
+    // `applied`: only the entries whose check applied a render.
+    let only_applied = store
+        .history(&HistoryQuery {
+            applied: true,
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&only_applied), vec![h[0].id, h[2].id, h[3].id]);
+}
+
+pub async fn old_manifests_are_dropped_but_the_last_success_keeps_them(store: Arc<dyn Store>) {
+    assert_eq!(RETENTION, 3, "the stores under test keep 3");
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let b = store.create_source(&spec("b"), t(0)).await.unwrap();
+    // b deploys once: a's retention never touches it.
+    record(&store, b.id, t(0), |c| {
+        applied(c, Outcome::Deployed, t(0), 'b')
+    })
+    .await;
+
+    let mut deploys = Vec::new();
+    for (i, c) in "12345".chars().enumerate() {
+        let at = t(100 * (i as i64 + 1));
+        record(&store, a.id, at, |cl| applied(cl, Outcome::Deployed, at, c)).await;
+        let h = entries_of(&store, a.id).await;
+        deploys.push(h[0].id);
+        let expected: Vec<_> = (0..=i)
+            .map(|k| {
+                if k < RETENTION as usize {
+                    KEPT
+                } else {
+                    DROPPED
+                }
+            })
+            .collect();
+        assert_eq!(states(&h), expected, "after deploy {}", i + 1);
+    }
+    for (i, (id, c)) in deploys.iter().zip("12345".chars()).enumerate() {
+        let expected = (i >= 2).then(|| render(c));
+        assert_eq!(store.manifests(*id).await.unwrap(), expected, "deploy {c}");
+    }
+
+    // Failed rollouts: the newest three keep theirs, and the last
+    // successful deploy keeps its own however many fail after it.
+    let mut failures = Vec::new();
+    for (i, c) in "6789".chars().enumerate() {
+        let at = t(600 + 100 * i as i64);
+        record(&store, a.id, at, |cl| applied(cl, Outcome::Failed, at, c)).await;
+        failures.push(newest(&store, a.id).await);
+    }
+    let h = entries_of(&store, a.id).await;
+    assert_eq!(
+        states(&h),
+        vec![KEPT, KEPT, KEPT, DROPPED, KEPT, DROPPED, DROPPED, DROPPED, DROPPED],
+        "the last successful deploy (5) keeps its manifests"
+    );
+    assert_eq!(
+        store.manifests(deploys[4]).await.unwrap(),
+        Some(render('5'))
+    );
+    assert_eq!(store.manifests(failures[0]).await.unwrap(), None);
+    assert_eq!(
+        store.manifests(failures[3]).await.unwrap(),
+        Some(render('9'))
+    );
+
+    // A rollback is a success: now it is the one kept, and 5 goes.
+    let (_, rolled) = record(&store, a.id, t(1000), |cl| {
+        let mut r = applied(cl, Outcome::RolledBack, t(1000), '5');
+        r.rollback_to = Some(deploys[4]);
+        r
+    })
+    .await;
+    let h = entries_of(&store, a.id).await;
+    assert_eq!(h[0].report, as_stored(&rolled));
+    assert_eq!(h[0].report.rollback_to, Some(deploys[4]));
+    assert_eq!(
+        states(&h),
+        vec![KEPT, KEPT, KEPT, DROPPED, DROPPED, DROPPED, DROPPED, DROPPED, DROPPED, DROPPED]
+    );
+    assert_eq!(store.manifests(h[0].id).await.unwrap(), Some(render('5')));
+    assert_eq!(store.manifests(deploys[4]).await.unwrap(), None);
+    assert_eq!(store.manifests(failures[1]).await.unwrap(), None);
+    assert_eq!(
+        store.manifests(failures[2]).await.unwrap(),
+        Some(render('8'))
+    );
+
+    let hb = entries_of(&store, b.id).await;
+    assert_eq!(states(&hb), vec![KEPT]);
+    assert_eq!(store.manifests(hb[0].id).await.unwrap(), Some(render('b')));
+}
+
+pub async fn rollbacks_are_claimed_with_their_order(store: Arc<dyn Store>) {
+    assert!(matches!(
+        store.request_rollback(9, 1, Trigger::Manual, t(0)).await,
+        Err(StoreError::NotFound(9))
+    ));
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    record(&store, a.id, t(0), |c| {
+        applied(c, Outcome::Deployed, t(0), '1')
+    })
+    .await;
+    let e1 = newest(&store, a.id).await;
+    record(&store, a.id, t(100), |c| {
+        applied(c, Outcome::Deployed, t(100), '2')
+    })
+    .await;
+    let e2 = newest(&store, a.id).await;
+    let status = |store: &Arc<dyn Store>| {
+        let store = store.clone();
+        async move { store.status(a.id).await.unwrap().unwrap() }
+    };
+    assert_eq!(status(&store).await.rollback_to, None);
+
+    // Suspended: nothing is due until a rollback (or a manual check) is
+    // asked for.
+    let mut suspended = spec("a");
+    suspended.suspended = true;
+    store.update_source(a.id, &suspended, t(150)).await.unwrap();
+    assert!(store
+        .claim_due(t(150), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due().await.unwrap(), None);
+
+    // Asked while a check runs: it follows that check.
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Manual, t(160))
+            .await
+            .unwrap(),
+        RequestResult::Queued
+    );
+    let running = claim_expecting(&store, a.id, t(160), Some(Outcome::Deployed)).await;
+    assert_eq!(
+        (running.trigger, &running.rollback),
+        (Trigger::Manual, &None)
+    );
+    assert_eq!(
+        store
+            .request_rollback(a.id, e1, Trigger::Manual, t(161))
+            .await
+            .unwrap(),
+        RequestResult::QueuedAfterRunning
+    );
+    let st = status(&store).await;
+    assert_eq!((st.rollback_to, st.in_flight), (Some(e1), true));
+    let mut steady = report(&running, Outcome::UpToDate, t(162));
+    steady.commit = Some(sha('2'));
+    store.finish_check(&running, &steady, t(900)).await.unwrap();
+    let st = status(&store).await;
+    assert_eq!(
+        (st.rollback_to, st.next_check_at, st.in_flight),
+        (Some(e1), Some(t(163)), false),
+        "the check's finish leaves the rollback pending, due at once"
+    );
+    assert_eq!(store.next_due().await.unwrap(), Some(t(163)));
+
+    // Claimed although suspended, with what to apply.
+    let claim = claim_expecting(&store, a.id, t(163), Some(Outcome::UpToDate)).await;
+    assert_eq!(claim.trigger, Trigger::Manual);
+    assert_eq!(claim.pinned, None);
+    assert_eq!(
+        claim.rollback,
+        Some(RollbackOrder {
+            to: e1,
+            trigger: Trigger::Manual,
+            commit: Some(sha('1')),
+            from_commit: Some(sha('2')),
+            desired_image: Some("nginx:1".into()),
+            manifests: Some(render('1')),
+        })
+    );
+    let st = status(&store).await;
+    assert_eq!(
+        (st.rollback_to, st.in_flight),
+        (Some(e1), true),
+        "pending until recorded"
+    );
+    assert!(store
+        .claim_due(t(163), 10, "p2", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Another rollback asked for while this one runs follows it.
+    assert_eq!(
+        store
+            .request_rollback(a.id, e2, Trigger::AutoRollback, t(164))
+            .await
+            .unwrap(),
+        RequestResult::QueuedAfterRunning
+    );
+    let mut rolled = applied(&claim, Outcome::RolledBack, t(164), '1');
+    rolled.rollback_to = Some(e1);
+    store.finish_check(&claim, &rolled, t(900)).await.unwrap();
+    let st = status(&store).await;
+    assert_eq!(
+        (st.rollback_to, st.next_check_at),
+        (Some(e2), Some(t(165))),
+        "a rollback asked for since is not cleared, and due at once"
+    );
+    let h = entries_of(&store, a.id).await;
+    assert_eq!(h[0].report, as_stored(&rolled));
+    assert_eq!(h[0].manifests, KEPT);
+    let claim = claim_expecting(&store, a.id, t(165), Some(Outcome::RolledBack)).await;
+    assert_eq!(claim.trigger, Trigger::AutoRollback);
+    assert_eq!(
+        claim.rollback,
+        Some(RollbackOrder {
+            to: e2,
+            trigger: Trigger::AutoRollback,
+            commit: Some(sha('2')),
+            from_commit: Some(sha('1')),
+            desired_image: Some("nginx:2".into()),
+            manifests: Some(render('2')),
+        })
+    );
+    // Its finish clears it: nothing pending, nothing due (suspended).
+    let mut rolled = applied(&claim, Outcome::RolledBack, t(166), '2');
+    rolled.rollback_to = Some(e2);
+    store.finish_check(&claim, &rolled, t(900)).await.unwrap();
+    let st = status(&store).await;
+    assert_eq!((st.rollback_to, st.next_check_at), (None, Some(t(900))));
+    assert!(store
+        .claim_due(t(1000), 10, "p1", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due().await.unwrap(), None);
+    // Four renders, three kept: the first went.
+    assert_eq!(
+        states(&entries_of(&store, a.id).await),
+        vec![KEPT, KEPT, KEPT, DROPPED]
+    );
+
+    // Asked twice while idle: queued once, due at once.
+    assert_eq!(
+        store
+            .request_rollback(a.id, e1, Trigger::Manual, t(800))
+            .await
+            .unwrap(),
+        RequestResult::Queued
+    );
+    assert_eq!(
+        store
+            .request_rollback(a.id, e1, Trigger::Manual, t(801))
+            .await
+            .unwrap(),
+        RequestResult::AlreadyQueued
+    );
+    let st = status(&store).await;
+    assert_eq!((st.rollback_to, st.next_check_at), (Some(e1), Some(t(800))));
+    // Its entry's manifests were dropped: the order says so.
+    let claim = claim_expecting(&store, a.id, t(801), Some(Outcome::RolledBack)).await;
+    let order = claim.rollback.clone().unwrap();
+    assert_eq!(
+        (order.to, order.commit.clone(), order.manifests.clone()),
+        (e1, Some(sha('1')), None)
+    );
+    let mut failed = report(&claim, Outcome::Failed, t(802));
+    failed.message = Some("the manifests of the entry were dropped".into());
+    store.finish_check(&claim, &failed, t(2000)).await.unwrap();
+    assert_eq!(status(&store).await.rollback_to, None);
+
+    // Dropped while it waited for a running check: the order says so too.
+    assert_eq!(
+        store
+            .request_check(a.id, Trigger::Manual, t(2000))
+            .await
+            .unwrap(),
+        RequestResult::Queued
+    );
+    let running = claim_expecting(&store, a.id, t(2000), Some(Outcome::Failed)).await;
+    assert_eq!(running.rollback, None);
+    // e2's render is the oldest of the three kept; the deploy pushes it out.
+    let target = e2;
+    assert_eq!(store.manifests(target).await.unwrap(), Some(render('2')));
+    assert_eq!(
+        store
+            .request_rollback(a.id, target, Trigger::Manual, t(2001))
+            .await
+            .unwrap(),
+        RequestResult::QueuedAfterRunning
+    );
+    let deploy = applied(&running, Outcome::Deployed, t(2002), '3');
+    store
+        .finish_check(&running, &deploy, t(3000))
+        .await
+        .unwrap();
+    assert_eq!(store.manifests(target).await.unwrap(), None);
+    let claim = claim_expecting(&store, a.id, t(2003), Some(Outcome::Deployed)).await;
+    assert_eq!(
+        claim.rollback,
+        Some(RollbackOrder {
+            to: target,
+            trigger: Trigger::Manual,
+            commit: Some(sha('2')),
+            from_commit: Some(sha('3')),
+            desired_image: Some("nginx:2".into()),
+            manifests: None,
+        })
+    );
+
+    // A source being deleted takes no rollback.
+    let (d, _) = deployed(&store, "d", false, &["x"]).await;
+    assert_eq!(
+        store.delete_source(d.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    assert!(matches!(
+        store.request_rollback(d.id, e2, Trigger::Manual, t(3000)).await,
+        Err(StoreError::BeingDeleted(id)) if id == d.id
+    ));
+    assert_eq!(store.status(d.id).await.unwrap().unwrap().rollback_to, None);
+}
+
+pub async fn pins_are_set_kept_and_cleared(store: Arc<dyn Store>) {
+    assert!(matches!(
+        store.unpin(9, t(0)).await,
+        Err(StoreError::NotFound(9))
+    ));
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    record(&store, a.id, t(0), |c| {
+        applied(c, Outcome::Deployed, t(0), '1')
+    })
+    .await;
+    let e1 = newest(&store, a.id).await;
+    let status = |store: &Arc<dyn Store>| {
+        let store = store.clone();
+        async move { store.status(a.id).await.unwrap().unwrap() }
+    };
+    // Not pinned: unpinning changes nothing.
+    let before = status(&store).await;
+    assert_eq!(before.pinned, None);
+    assert_eq!(store.unpin(a.id, t(50)).await.unwrap(), None);
+    assert_eq!(status(&store).await, before);
+
+    // A rollback pins the source away from the commit it left.
+    let reason = "rolled back from 2222222 to 1111111";
+    record(&store, a.id, t(100), |c| {
+        let mut r = applied(c, Outcome::RolledBack, t(100), '1');
+        r.rollback_to = Some(e1);
+        r.pin = PinChange::Set {
+            commit: sha('2'),
+            reason: reason.into(),
+        };
+        r
+    })
+    .await;
+    let pin = Pin {
+        commit: sha('2'),
+        reason: reason.into(),
+        entry: Some(newest(&store, a.id).await),
+        since: t(101),
+    };
+    assert_eq!(status(&store).await.pinned, Some(pin.clone()));
+    assert_eq!(
+        store.list_statuses().await.unwrap()[&a.id].pinned,
+        Some(pin.clone())
+    );
+
+    // The next check knows it; keeping leaves it as it is.
+    let (claim, _) = record(&store, a.id, t(200), |c| {
+        let mut r = report(c, Outcome::UpToDate, t(200));
+        r.commit = Some(sha('2'));
+        r
+    })
+    .await;
+    assert_eq!(claim.pinned, Some(sha('2')));
+    assert_eq!(status(&store).await.pinned, Some(pin.clone()));
+
+    // The branch moved on: cleared.
+    let (claim, _) = record(&store, a.id, t(300), |c| {
+        let mut r = applied(c, Outcome::Deployed, t(300), '3');
+        r.pin = PinChange::Clear;
+        r
+    })
+    .await;
+    assert_eq!(claim.pinned, Some(sha('2')));
+    assert_eq!(status(&store).await.pinned, None);
+    let (claim, _) = record(&store, a.id, t(400), |c| {
+        report(c, Outcome::UpToDate, t(400))
+    })
+    .await;
+    assert_eq!(claim.pinned, None);
+
+    // Pinned again, then unpinned: a manual check, at once.
+    let claim = claim_expecting(&store, a.id, t(500), Some(Outcome::UpToDate)).await;
+    let mut r = applied(&claim, Outcome::RolledBack, t(500), '1');
+    r.rollback_to = Some(e1);
+    r.pin = PinChange::Set {
+        commit: sha('3'),
+        reason: "again".into(),
+    };
+    store.finish_check(&claim, &r, t(2000)).await.unwrap();
+    let st = status(&store).await;
+    assert_eq!(
+        st.pinned.as_ref().map(|p| (p.commit.clone(), p.since)),
+        Some((sha('3'), t(501)))
+    );
+    assert_eq!(
+        store.unpin(a.id, t(600)).await.unwrap(),
+        Some(RequestResult::Queued)
+    );
+    let st = status(&store).await;
+    assert_eq!(
+        (st.pinned, st.requested, st.next_check_at),
+        (None, Some(Trigger::Manual), Some(t(600)))
+    );
+    assert_eq!(store.unpin(a.id, t(601)).await.unwrap(), None);
+    let claim = claim_expecting(&store, a.id, t(600), Some(Outcome::RolledBack)).await;
+    assert_eq!(
+        (claim.trigger, claim.pinned.clone()),
+        (Trigger::Manual, None)
+    );
+
+    // Unpinned while a check runs: the pin goes at once, a manual check
+    // follows the running one.
+    let mut r = applied(&claim, Outcome::RolledBack, t(610), '1');
+    r.rollback_to = Some(e1);
+    r.pin = PinChange::Set {
+        commit: sha('4'),
+        reason: "third".into(),
+    };
+    store.finish_check(&claim, &r, t(2000)).await.unwrap();
+    let running = claim_expecting(&store, a.id, t(2000), Some(Outcome::RolledBack)).await;
+    assert_eq!(running.pinned, Some(sha('4')));
+    assert_eq!(
+        store.unpin(a.id, t(2001)).await.unwrap(),
+        Some(RequestResult::QueuedAfterRunning)
+    );
+    let st = status(&store).await;
+    assert_eq!((st.pinned, st.in_flight), (None, true));
+    store
+        .finish_check(
+            &running,
+            &report(&running, Outcome::UpToDate, t(2002)),
+            t(5000),
+        )
+        .await
+        .unwrap();
+    let st = status(&store).await;
+    assert_eq!((st.pinned, st.next_check_at), (None, Some(t(2003))));
+    let claim = claim_expecting(&store, a.id, t(2003), Some(Outcome::UpToDate)).await;
+    assert_eq!((claim.trigger, claim.pinned), (Trigger::Manual, None));
+
+    // A source being deleted cannot be unpinned.
+    let (d, _) = deployed(&store, "d", false, &["x"]).await;
+    assert_eq!(
+        store.delete_source(d.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    assert!(matches!(
+        store.unpin(d.id, t(3000)).await,
+        Err(StoreError::BeingDeleted(id)) if id == d.id
+    ));
+}
+
+pub async fn history_at_an_instant_shows_what_was_live(store: Arc<dyn Store>) {
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let mut staging = spec("b");
+    staging.namespace = "staging".into();
+    let b = store.create_source(&staging, t(0)).await.unwrap();
+    let inv = inventory("1111111111111111111111111111111111111111", &["x"]);
+
+    // a deploys at 10; its build fails at 12 (nothing applied).
+    record(&store, a.id, t(9), |c| {
+        ending(applied(c, Outcome::Deployed, t(9), '1'), 10)
+    })
+    .await;
+    let a10 = newest(&store, a.id).await;
+    record(&store, a.id, t(11), |c| {
+        let mut r = report(c, Outcome::Failed, t(11));
+        r.stage = Some(Stage::Build);
+        ending(r, 12)
+    })
+    .await;
+    // b deploys at 15 (its manifests not kept).
+    record(&store, b.id, t(14), |c| {
+        let mut r = with_inventory(report(c, Outcome::Deployed, t(14)), &inv);
+        r.commit = Some(sha('b'));
+        ending(r, 15)
+    })
+    .await;
+    let b15 = newest(&store, b.id).await;
+    // a's next deploy fails its rollout at 20.
+    record(&store, a.id, t(19), |c| {
+        ending(applied(c, Outcome::Failed, t(19), '2'), 20)
+    })
+    .await;
+    let a20 = newest(&store, a.id).await;
+    // b is deleted with its objects at 25.
+    assert_eq!(
+        store.delete_source(b.id, true).await.unwrap(),
+        Deletion::Pruning
+    );
+    let (claim, _) = record(&store, b.id, t(24), |c| ending(pruned(c, &inv, t(24)), 25)).await;
+    assert_eq!(claim.trigger, Trigger::Delete);
+    assert!(store.get_source(b.id).await.unwrap().is_none());
+    // a is rolled back to its first deploy at 30.
+    record(&store, a.id, t(29), |c| {
+        let mut r = applied(c, Outcome::RolledBack, t(29), '1');
+        r.rollback_to = Some(a10);
+        ending(r, 30)
+    })
+    .await;
+    let a30 = newest(&store, a.id).await;
+
+    let at = |secs: i64| HistoryQuery {
+        at: Some(t(secs)),
+        limit: 50,
+        ..Default::default()
+    };
+    let live = |q: HistoryQuery| {
+        let store = store.clone();
+        async move { ids(&store.history(&q).await.unwrap()) }
+    };
+    assert_eq!(live(at(5)).await, Vec::<i64>::new(), "nothing yet");
+    assert_eq!(live(at(10)).await, vec![a10], "finished at the instant");
+    assert_eq!(
+        live(at(13)).await,
+        vec![a10],
+        "a failed build applied nothing"
+    );
+    assert_eq!(live(at(16)).await, vec![b15, a10]);
+    assert_eq!(live(at(22)).await, vec![a20, b15], "a failed rollout ran");
+    assert_eq!(live(at(26)).await, vec![a20], "b was deleted");
+    assert_eq!(live(at(40)).await, vec![a30]);
+    let whole = store.history(&at(40)).await.unwrap();
+    assert_eq!(whole, entries_of(&store, a.id).await[..1].to_vec());
+
+    // The other filters apply to what was live.
+    let with = |f: &dyn Fn(&mut HistoryQuery)| {
+        let mut q = at(22);
+        f(&mut q);
+        q
+    };
+    assert_eq!(live(with(&|q| q.source_id = Some(a.id))).await, vec![a20]);
+    assert_eq!(live(with(&|q| q.source_id = Some(b.id))).await, vec![b15]);
+    let mut later_b = at(26);
+    later_b.source_id = Some(b.id);
+    assert_eq!(live(later_b).await, Vec::<i64>::new());
+    assert_eq!(
+        live(with(&|q| q.namespace = Some("staging".into()))).await,
+        vec![b15]
+    );
+    assert_eq!(
+        live(with(&|q| q.namespace = Some("production".into()))).await,
+        vec![a20]
+    );
+    assert_eq!(
+        live(with(&|q| q.outcome = Some(Outcome::Deployed))).await,
+        vec![b15],
+        "a's deploy at 10 was not live at 22"
+    );
+    assert_eq!(
+        live(with(&|q| q.outcome = Some(Outcome::Failed))).await,
+        vec![a20]
+    );
+    assert_eq!(live(with(&|q| q.limit = 1)).await, vec![a20]);
+    assert_eq!(live(with(&|q| q.before = Some(a20))).await, vec![b15]);
+    assert_eq!(live(with(&|q| q.since = Some(t(16)))).await, vec![a20]);
+    assert_eq!(
+        live(with(&|q| q.applied = true)).await,
+        vec![a20],
+        "b's deploy kept no manifests"
+    );
+
+    // `applied` without an instant: every entry that applied a render.
+    let applied_only = |f: &dyn Fn(&mut HistoryQuery)| {
+        let mut q = HistoryQuery {
+            applied: true,
+            limit: 50,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    assert_eq!(live(applied_only(&|_| {})).await, vec![a30, a20, a10]);
+    assert_eq!(live(applied_only(&|q| q.limit = 2)).await, vec![a30, a20]);
+    assert_eq!(
+        live(applied_only(&|q| q.source_id = Some(b.id))).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        live(applied_only(&|q| q.outcome = Some(Outcome::Failed))).await,
+        vec![a20]
+    );
+}
+
+pub async fn auto_rollback_round_trips(store: Arc<dyn Store>) {
+    let values = [None, Some(true), Some(false)];
+    let mut sources = Vec::new();
+    for (name, value) in ["a", "b", "c"].into_iter().zip(values) {
+        let mut s = spec(name);
+        s.auto_rollback = value;
+        let created = store.create_source(&s, t(0)).await.unwrap();
+        assert_eq!(created.spec, s);
+        assert_eq!(store.get_source(created.id).await.unwrap().unwrap().spec, s);
+        sources.push((created.id, s));
+    }
+    let listed = store.list_sources().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.spec.clone()).collect::<Vec<_>>(),
+        sources.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>()
+    );
+    // Each to each other value.
+    for (i, (id, s)) in sources.iter_mut().enumerate() {
+        for step in 1..=3 {
+            s.auto_rollback = values[(i + step) % 3];
+            let updated = store.update_source(*id, s, t(step as i64)).await.unwrap();
+            assert_eq!(updated.spec, *s);
+            assert_eq!(store.get_source(*id).await.unwrap().unwrap().spec, *s);
+            let listed = store.list_sources().await.unwrap();
+            assert_eq!(listed.iter().find(|l| l.id == *id).unwrap().spec, *s);
+        }
+    }
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -1763,7 +2561,11 @@ macro_rules! conformance_tests {
             a_prune_whose_lease_was_lost_deletes_nothing,
             a_check_running_at_a_delete_with_prune_is_followed_by_the_prune,
             degraded_spells_are_kept_where_they_start_and_end,
-            superseded_checks_are_kept_and_are_no_failures);
+            superseded_checks_are_kept_and_are_no_failures,
+            manifests_are_kept_with_their_entry,
+            old_manifests_are_dropped_but_the_last_success_keeps_them,
+            rollbacks_are_claimed_with_their_order, pins_are_set_kept_and_cleared,
+            history_at_an_instant_shows_what_was_live, auto_rollback_round_trips);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(

@@ -11,7 +11,6 @@ use crate::lease::LeaseGuard;
 use crate::source::Source;
 
 impl Checker {
-
     /// Whose objects a prune of `source` may delete, and where.
     pub(super) fn prune_scope<'a>(&self, source: &'a Source, id: &'a str) -> PruneScope<'a> {
         PruneScope {

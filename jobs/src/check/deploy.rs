@@ -36,7 +36,8 @@ impl Checker {
         times: &mut StageTimes,
         pin: &mut PinChange,
     ) -> Result<Ended, Failure> {
-        let (source, recorded, last_outcome) = (&claim.source, &claim.inventory, claim.last_outcome);
+        let (source, recorded, last_outcome) =
+            (&claim.source, &claim.inventory, claim.last_outcome);
         let spec = &source.spec;
         let set = |f: &dyn Fn(&mut Progress)| {
             if let Ok(mut p) = progress.lock() {
@@ -68,7 +69,15 @@ impl Checker {
         if let Some(pinned) = &claim.pinned {
             if *pinned == commit {
                 return self
-                    .pinned(cluster, source, recorded, pinned, last_outcome, times, progress)
+                    .pinned(
+                        cluster,
+                        source,
+                        recorded,
+                        pinned,
+                        last_outcome,
+                        times,
+                        progress,
+                    )
                     .await;
             }
             tracing::info!(pinned = %pinned, commit = %commit, "the branch moved off the pinned commit: auto-deploy resumes");

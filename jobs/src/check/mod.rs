@@ -230,7 +230,10 @@ impl Checker {
 
     /// `objects` packed for the history entry, or `TooLarge` past
     /// [`Checker::manifest_max_bytes`] (None: they cannot be packed; logged).
-    fn pack(&self, objects: &[serde_json::Value]) -> Option<Result<PackedManifests, ManifestsState>> {
+    fn pack(
+        &self,
+        objects: &[serde_json::Value],
+    ) -> Option<Result<PackedManifests, ManifestsState>> {
         match PackedManifests::pack(objects) {
             Ok(p) if p.len() <= self.manifest_max_bytes => Some(Ok(p)),
             Ok(p) => {

@@ -182,11 +182,13 @@ impl Checker {
             parts.extend(ended.note.take());
         }
         if !look.drift.is_empty() {
-            parts.push(format!("{} (not undone while pinned)", look.note()).replacen(
-                "drift undone: ",
-                "drift: ",
-                1,
-            ));
+            parts.push(
+                format!("{} (not undone while pinned)", look.note()).replacen(
+                    "drift undone: ",
+                    "drift: ",
+                    1,
+                ),
+            );
         }
         ended.note = Some(parts.join("; "));
         Ok(ended)

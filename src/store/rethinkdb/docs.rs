@@ -3,6 +3,8 @@
 
 use chump_jobs::history::{CheckReport, HistoryEntry};
 use chump_jobs::inventory::Inventory;
+use chump_jobs::manifests::PackedManifests;
+use chump_jobs::rollback::Pin;
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{SourceStatus, StoreError, StoreResult};
 use serde_json::{json, Value};
@@ -61,8 +63,8 @@ pub(super) fn source_from_doc(doc: &Value) -> StoreResult<Source> {
                 .get("suspended")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            // The Python tool's documents have neither: pruning on, not
-            // being deleted.
+            // The Python tool's documents have none of these: pruning on,
+            // the service's auto-rollback default, not being deleted.
             prune: doc.get("prune").and_then(Value::as_bool).unwrap_or(true),
             auto_rollback: doc.get("auto_rollback").and_then(Value::as_bool),
         },
@@ -93,6 +95,7 @@ pub(super) fn spec_fields(spec: &SourceSpec) -> serde_json::Map<String, Value> {
         "interval_seconds": spec.interval_seconds,
         "suspended": spec.suspended,
         "prune": spec.prune,
+        "auto_rollback": spec.auto_rollback,
     });
     match v {
         Value::Object(m) => m,
@@ -117,6 +120,12 @@ pub(super) fn new_status(source: &Source, next_check_at: i64) -> Value {
         "desired_image": null,
         "running_image": null,
         "consecutive_failures": 0,
+        "pinned_commit": null,
+        "pinned_reason": null,
+        "pinned_entry": null,
+        "pinned_at": null,
+        "rollback_to": null,
+        "rollback_trigger": null,
         "suspended": source.spec.suspended,
         "deleting": source.deleting,
         "revision": source.revision,
@@ -143,8 +152,13 @@ pub(super) fn status_from_doc(doc: &Value) -> StoreResult<(SourceId, SourceStatu
             next_check_at: opt_int(doc, "next_check_at").map(from_ms),
             requested: parse_opt(opt_str(doc, "requested_trigger")),
             in_flight: opt_int(doc, "lease_until").is_some_and(|t| t > now),
-            pinned: None,
-            rollback_to: None,
+            pinned: opt_str(doc, "pinned_commit").map(|commit| Pin {
+                commit,
+                reason: opt_str(doc, "pinned_reason").unwrap_or_default(),
+                entry: opt_int(doc, "pinned_entry"),
+                since: from_ms(opt_int(doc, "pinned_at").unwrap_or(0)),
+            }),
+            rollback_to: opt_int(doc, "rollback_to"),
         },
     ))
 }
@@ -213,9 +227,93 @@ pub(super) fn inventory_from_doc(doc: &Value) -> StoreResult<(SourceId, Inventor
     Ok((id, inv))
 }
 
+/// Manifests as a RethinkDB binary value (the `BINARY` pseudo-type, which
+/// the server stores as bytes and answers with again).
+pub(super) fn binary(bytes: &[u8]) -> Value {
+    json!({"$reql_type$": "BINARY", "data": base64_encode(bytes)})
+}
+
+/// The manifests in a binary value read back ([`binary`]); None when it is
+/// not one.
+pub(super) fn manifests_from_binary(v: &Value) -> Option<PackedManifests> {
+    if v.get("$reql_type$").and_then(Value::as_str) != Some("BINARY") {
+        return None;
+    }
+    let data = v.get("data").and_then(Value::as_str)?;
+    base64_decode(data).map(PackedManifests::from_bytes)
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as RethinkDB's pseudo-type carries it.
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of standard base64 (padding optional, line breaks skipped);
+/// None for anything else.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    let mut padding = 0;
+    for c in text.bytes() {
+        let v = match c {
+            b'\n' | b'\r' => continue,
+            b'=' => {
+                padding += 1;
+                continue;
+            }
+            _ if padding > 0 => return None,
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // Leftover bits must be zero padding of the last byte (fewer than 8).
+    (padding <= 2 && acc == 0).then_some(out)
+}
+
 /// A write result's counter (`inserted`, `replaced`, `skipped`, …).
 pub(super) fn count(result: &Value, name: &str) -> i64 {
     result.get(name).and_then(as_int).unwrap_or(0)
+}
+
+/// A write result without errors, or the first error as a backend error.
+pub(super) fn no_errors(result: &Value, what: &str) -> StoreResult<()> {
+    if count(result, "errors") == 0 {
+        return Ok(());
+    }
+    let first = result
+        .get("first_error")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown error");
+    Err(StoreError::Backend(format!("{what}: {first}")))
 }
 
 /// The first `new_val` / `old_val` of a write with `return_changes`.
@@ -251,4 +349,33 @@ pub(super) fn inserted(result: &Value, what: &str) -> StoreResult<Inserted> {
 
 pub(super) fn is_already_exists(e: &StoreError) -> bool {
     matches!(e, StoreError::Backend(m) | StoreError::Unavailable(m) if m.contains("already exists"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for len in 0..70usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let text = base64_encode(&bytes);
+            assert_eq!(text.len(), len.div_ceil(3) * 4);
+            assert_eq!(base64_decode(&text), Some(bytes), "{text}");
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_decode("Zm9v\r\nYg=="), Some(b"foob".to_vec()));
+        assert_eq!(base64_decode("Zm9*"), None);
+        assert_eq!(base64_decode("Zg=a"), None);
+    }
+
+    #[test]
+    fn manifests_are_binary_values() {
+        let packed = PackedManifests::pack(&[json!({"kind": "ConfigMap"})]).unwrap();
+        let v = binary(packed.as_bytes());
+        assert_eq!(v["$reql_type$"], "BINARY");
+        assert_eq!(manifests_from_binary(&v), Some(packed));
+        assert_eq!(manifests_from_binary(&json!("abc")), None);
+    }
 }

@@ -10,8 +10,8 @@
 //!   or target key chump already wrote is a harmless conflict). A source
 //!   marked `deleting` gets its status marked too (due at once), in case
 //!   the delete that marked it was cut before it got there.
-//! - **statuses**: a check requested, a new source, a schedule moved earlier
-//!   or a lease handed back — on any replica — wakes this replica's
+//! - **statuses**: a check or rollback requested, a new source, a schedule
+//!   moved earlier or a lease handed back — on any replica — wakes this replica's
 //!   scheduler, so whichever replica has a free worker takes it at once.
 //!
 //! A feed that breaks (server restart, network) is opened again with
@@ -243,8 +243,9 @@ impl RethinkStore {
 }
 
 /// Whether a change of a status document may make a check due now: a feed
-/// state, a new status, a requested check, a schedule moved earlier, or a
-/// lease handed back without a check recorded.
+/// state, a new status, a requested check or rollback, a schedule moved
+/// earlier, or a lease handed back (without a check recorded, or with a
+/// rollback pending).
 fn wakes_scheduler(change: Command) -> Command {
     let old = field(&change, "old_val");
     let new = field(&change, "new_val");
@@ -263,5 +264,20 @@ fn wakes_scheduler(change: Command) -> Command {
         ),
         eq(of(&new, "last_checked_at"), of(&old, "last_checked_at")),
     );
-    or(or(state, inserted), or(requested, or(earlier, handed_back)))
+    // A rollback asked for (through another replica), or still pending
+    // when the check before it lets the source go.
+    let rollback = and(
+        ne(of(&new, "rollback_to"), null()),
+        or(
+            ne(of(&new, "rollback_to"), of(&old, "rollback_to")),
+            and(
+                ne(of(&old, "lease_owner"), null()),
+                eq(of(&new, "lease_owner"), null()),
+            ),
+        ),
+    );
+    or(
+        or(state, inserted),
+        or(or(requested, rollback), or(earlier, handed_back)),
+    )
 }

@@ -7,18 +7,21 @@
 //!
 //! | table | primary key | holds |
 //! |---|---|---|
-//! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `prune`, `deleting`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them; a missing `prune` reads as true, a missing `deleting` as false) |
-//! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, and copies of the source's `suspended`, `deleting` and `revision` |
-//! | `chump_history` | `id` (integer, from a counter) | deploys, failures, supersessions, deletions, and the checks that start or end a degraded spell ([`CheckReport::goes_to_history`]); they outlive their source |
+//! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `prune`, `auto_rollback` (null: the service's default), `deleting`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them; a missing `prune` reads as true, a missing `auto_rollback` as null, a missing `deleting` as false) |
+//! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, the pin (`pinned_commit`, `pinned_reason`, `pinned_entry`, `pinned_at`), a rollback asked for and not yet recorded (`rollback_to`, `rollback_trigger`), and copies of the source's `suspended`, `deleting` and `revision` |
+//! | `chump_history` | `id` (integer, from a counter) | deploys, failures, supersessions, rollbacks, deletions, and the checks that start or end a degraded spell ([`CheckReport::goes_to_history`]), each with `manifests` (`kept`, `dropped`, `too_large` or null) and `rollback_to`; they outlive their source |
+//! | `chump_manifests` | `id` (the history entry's) | the rendered manifests of entries that keep them: `source_id`, the entry's `outcome` (for retention), `data` (binary: gzip of a JSON array); they outlive their source |
 //! | `chump_counters` | `id` (`"sources"`, `"history"`) | `value`: the last id handed out |
 //! | `chump_targets` | `id` = `namespace/deployment/container` | `source_id` (null while its create is in flight), `token`, `at`: who owns a target |
 //! | `chump_inventory` | `source_id` | what chump last applied for a source: `commit`, `desired_image`, `objects` (each `api_version`, `kind`, `namespace`, `name`, `digest`, `commit`); none until the first check that records one |
 //!
 //! Secondary indexes: `chump_status.next_check_at`;
-//! `chump_history.source_id_id` = `[source_id, id]` and
-//! `chump_history.namespace_id` = `[namespace, id]`. Times are Unix
-//! milliseconds (numbers), as in the SQLite store. Ids stay below 2^53, so
-//! RethinkDB's doubles hold them exactly.
+//! `chump_history.source_id_id` = `[source_id, id]`,
+//! `chump_history.namespace_id` = `[namespace, id]` and
+//! `chump_history.finished_at` (time travel, `?at=`);
+//! `chump_manifests.source_id_id` = `[source_id, id]` (retention). Times are
+//! Unix milliseconds (numbers), as in the SQLite store. Ids stay below 2^53,
+//! so RethinkDB's doubles hold them exactly.
 //!
 //! # Concurrency
 //!
@@ -51,6 +54,17 @@
 //! - **changes during a check**: `update_source` writes the new revision into
 //!   the status document too, so `finish_check` compares revisions inside its
 //!   own atomic update.
+//! - **manifests**: `finish_check` writes an entry's bytes before the entry
+//!   (bytes a cut leaves without their entry are pushed out by retention),
+//!   then applies the source's retention: each dropped entry is marked
+//!   `dropped` before its bytes are deleted, so an entry never says `kept`
+//!   without bytes. Only the lease's holder records a check, so one source's
+//!   retention does not run twice at once.
+//! - **rollbacks and pins** live in the status document: `request_rollback`
+//!   and `unpin` are single conditional updates of it, and `finish_check`
+//!   clears the pending rollback (only the one its claim carried) and sets
+//!   or clears the pin inside its own atomic update. A pin's entry id is
+//!   taken from the counter before that update.
 //! - **deleting with prune**: `delete_source(id, true)` marks the source
 //!   document `deleting` (the truth), then its status (due at once, the
 //!   copy `claim_due`, `request_check` and `next_due` read); a cut between
@@ -84,11 +98,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chump_jobs::history::{CheckReport, HistoryEntry, Outcome, Stage, Trigger};
+use chump_jobs::history::{went_live, CheckReport, HistoryEntry, Outcome, Stage, Trigger};
 use chump_jobs::inventory::Inventory;
+use chump_jobs::manifests::{ManifestsState, PackedManifests};
+use chump_jobs::rollback::{PinChange, RollbackOrder};
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
     Claim, Deletion, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
+    DEFAULT_MANIFEST_RETENTION,
 };
 use ql2::term::TermType;
 use reql::cmd::{between, update, ReturnChanges};
@@ -113,12 +130,16 @@ pub const COUNTERS_TABLE: &str = "chump_counters";
 pub const TARGETS_TABLE: &str = "chump_targets";
 /// Table of per-source inventories (what chump last applied).
 pub const INVENTORY_TABLE: &str = "chump_inventory";
+/// Table of the manifests history entries keep.
+pub const MANIFESTS_TABLE: &str = "chump_manifests";
 
 const SOURCES_COUNTER: &str = "sources";
 const HISTORY_COUNTER: &str = "history";
 const INDEX_DUE: &str = "next_check_at";
 const INDEX_HISTORY_SOURCE: &str = "source_id_id";
 const INDEX_HISTORY_NAMESPACE: &str = "namespace_id";
+const INDEX_HISTORY_FINISHED: &str = "finished_at";
+const INDEX_MANIFESTS_SOURCE: &str = "source_id_id";
 
 /// A target key whose create or update never finished (a crash) is reclaimed
 /// after this long.
@@ -140,6 +161,8 @@ pub struct RethinkStore {
     sources_table: String,
     /// Replicas of each table created.
     replicas: u8,
+    /// Per source, how many of the newest entries keep their manifests.
+    manifest_retention: u32,
 }
 
 impl RethinkStore {
@@ -152,6 +175,7 @@ impl RethinkStore {
             db: config.db.clone(),
             sources_table: config.table.clone(),
             replicas: config.replicas.clamp(1, u8::MAX.into()) as u8,
+            manifest_retention: DEFAULT_MANIFEST_RETENTION,
         };
         store.ensure_schema().await?;
         store.reconcile(OffsetDateTime::now_utc()).await?;
@@ -162,6 +186,12 @@ impl RethinkStore {
             "RethinkDB store open"
         );
         Ok(store)
+    }
+
+    /// Keeps the manifests of each source's newest `n` entries (at least 1).
+    pub fn with_manifest_retention(mut self, n: u32) -> Self {
+        self.manifest_retention = n.max(1);
+        self
     }
 
     fn table(&self, name: &str) -> Command {
@@ -184,6 +214,9 @@ impl RethinkStore {
     }
     fn inventories(&self) -> Command {
         self.table(INVENTORY_TABLE)
+    }
+    fn manifests_table(&self) -> Command {
+        self.table(MANIFESTS_TABLE)
     }
 
     /// Raises counter `name` to at least `floor` (creating it when missing).
@@ -545,9 +578,14 @@ impl RethinkStore {
     /// (nothing left) and deleted, with a second entry; a cut after it
     /// leaves a status and inventory without source, which `reconcile`
     /// drops, and a target key reclaimed as stale.
-    async fn delete_pruned(&self, claim: &Claim, report: &CheckReport) -> StoreResult<()> {
+    async fn delete_pruned(
+        &self,
+        claim: &Claim,
+        report: &CheckReport,
+        entry_id: Option<i64>,
+    ) -> StoreResult<()> {
         let id = claim.source.id;
-        self.insert_history(claim, report).await?;
+        self.insert_history(claim, report, entry_id).await?;
         let only_deleting = lambda(|d| {
             branch(
                 eq(field_or(&d, "deleting", lit(false)), lit(true)),
@@ -580,10 +618,41 @@ impl RethinkStore {
         self.forget_source(id, Some(&claim.source)).await
     }
 
-    /// Writes a history entry for `report`, with the next history id.
-    async fn insert_history(&self, claim: &Claim, report: &CheckReport) -> StoreResult<()> {
+    /// Writes history entry `id` (None: the next history id) for `report`,
+    /// with its manifests: the bytes first, then the entry, then the
+    /// source's retention ([`RethinkStore::drop_old_manifests`]).
+    async fn insert_history(
+        &self,
+        claim: &Claim,
+        report: &CheckReport,
+        id: Option<i64>,
+    ) -> StoreResult<i64> {
         let source = &claim.source;
-        let id = self.next_id(HISTORY_COUNTER).await?;
+        let id = match id {
+            Some(id) => id,
+            None => self.next_id(HISTORY_COUNTER).await?,
+        };
+        let state = report.manifests.as_ref().map(|m| match m {
+            Ok(_) => ManifestsState::Kept,
+            Err(state) => *state,
+        });
+        if let Some(Ok(packed)) = &report.manifests {
+            let doc = json!({
+                "id": id,
+                "source_id": source.id,
+                "outcome": report.outcome.as_str(),
+                "data": binary(packed.as_bytes()),
+            });
+            let result = self
+                .pool
+                .one(term(TermType::Insert, [self.manifests_table(), lit(doc)]))
+                .await?;
+            if let Inserted::Conflict = inserted(&result, "manifests")? {
+                return Err(StoreError::Backend(format!(
+                    "manifests of history entry {id} exist although the counter handed it out"
+                )));
+            }
+        }
         let doc = json!({
             "id": id,
             "source_id": source.id,
@@ -601,6 +670,8 @@ impl RethinkStore {
             "message": report.message,
             "objects": serde_json::to_value(&report.objects)
                 .map_err(|e| StoreError::Backend(e.to_string()))?,
+            "manifests": state.map(ManifestsState::as_str),
+            "rollback_to": report.rollback_to,
         });
         let result = self
             .pool
@@ -611,6 +682,67 @@ impl RethinkStore {
                 "history id {id} is taken although the counter handed it out"
             )));
         }
+        if state == Some(ManifestsState::Kept) {
+            self.drop_old_manifests(source.id).await?;
+        }
+        Ok(id)
+    }
+
+    /// Retention: source `source_id` keeps the manifests of its newest
+    /// `manifest_retention` entries that have them, and always those of its
+    /// newest successful one (`deployed` or `rolled_back`); the others'
+    /// entries are marked `dropped` (first: an entry never says `kept`
+    /// without bytes), then their bytes deleted.
+    async fn drop_old_manifests(&self, source_id: SourceId) -> StoreResult<()> {
+        let of_source = self.manifests_table().between(r.args((
+            json!([source_id, MIN_NUMBER]),
+            json!([source_id, -MIN_NUMBER]),
+            between::Options::new().index(INDEX_MANIFESTS_SOURCE),
+        )));
+        let q = term(TermType::Pluck, [of_source, lit("id"), lit("outcome")]);
+        let mut kept: Vec<(i64, Option<Outcome>)> = self
+            .pool
+            .run(q)
+            .await?
+            .iter()
+            .filter_map(|d| Some((opt_int(d, "id")?, parse_opt(opt_str(d, "outcome")))))
+            .collect();
+        kept.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        let successful = kept
+            .iter()
+            .find(|(_, o)| matches!(o, Some(Outcome::Deployed | Outcome::RolledBack)))
+            .map(|(id, _)| *id);
+        let doomed: Vec<i64> = kept
+            .iter()
+            .skip(self.manifest_retention as usize)
+            .map(|(id, _)| *id)
+            .filter(|id| Some(*id) != successful)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let get_all = |table: Command| {
+            doomed
+                .iter()
+                .fold(Command::new(TermType::GetAll).with_arg(table), |q, id| {
+                    q.with_arg(lit(id))
+                })
+        };
+        let marked = self
+            .pool
+            .one(get_all(self.history_table()).update(lit(json!({"manifests": "dropped"}))))
+            .await?;
+        no_errors(&marked, "marking manifests dropped")?;
+        let deleted = self
+            .pool
+            .one(term(TermType::Delete, [get_all(self.manifests_table())]))
+            .await?;
+        no_errors(&deleted, "dropping manifests")?;
+        tracing::debug!(
+            source = source_id,
+            dropped = doomed.len(),
+            "manifests dropped by retention"
+        );
         Ok(())
     }
 
@@ -704,6 +836,120 @@ impl RethinkStore {
             .await
     }
 
+    /// Entry `order.to`'s commit, image and kept manifests (None: dropped
+    /// since the rollback was asked for), into `order`.
+    async fn fill_rollback(&self, order: &mut RollbackOrder) -> StoreResult<()> {
+        let entry = self.history_table().get(order.to);
+        let data = self.manifests_table().get(order.to);
+        let v = self
+            .pool
+            .one(object(vec![
+                ("commit", field_or(&entry, "commit", null())),
+                ("desired_image", field_or(&entry, "desired_image", null())),
+                ("data", field_or(&data, "data", null())),
+            ]))
+            .await?;
+        order.commit = opt_str(&v, "commit");
+        order.desired_image = opt_str(&v, "desired_image");
+        order.manifests = v.get("data").and_then(manifests_from_binary);
+        Ok(())
+    }
+
+    /// Updates status `id` with the update `make_update` builds (once more
+    /// after adopting a source that had no status), returning the document
+    /// as it was before (also when the update changed nothing).
+    /// [`StoreError::NotFound`] when there is no such source.
+    async fn update_status_reading_old(
+        &self,
+        id: SourceId,
+        now: OffsetDateTime,
+        make_update: impl Fn() -> Command,
+    ) -> StoreResult<Value> {
+        let run = || async {
+            self.pool
+                .one(self.statuses().get(id).update(r.args((
+                    make_update(),
+                    update::Options::new().return_changes(ReturnChanges::Always),
+                ))))
+                .await
+        };
+        let mut result = run().await?;
+        if count(&result, "skipped") > 0 {
+            if !self.ensure_status(id, now).await? {
+                return Err(StoreError::NotFound(id));
+            }
+            result = run().await?;
+        }
+        no_errors(&result, "updating a status")?;
+        change(&result, "old_val")
+            .cloned()
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// Time travel ([`HistoryQuery::at`]): each source's newest entry
+    /// finished by `at` that went live or deleted it, unless a deletion;
+    /// then the query's other filters, newest first.
+    async fn history_at(
+        &self,
+        query: &HistoryQuery,
+        at: OffsetDateTime,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        let at_ms = ms(at);
+        let candidates = match query.source_id {
+            Some(id) => self.history_table().between(r.args((
+                json!([id, MIN_NUMBER]),
+                json!([id, -MIN_NUMBER]),
+                between::Options::new().index(INDEX_HISTORY_SOURCE),
+            ))),
+            None => self.history_table().between(
+                r.args((
+                    MIN_NUMBER,
+                    at_ms,
+                    between::Options::new()
+                        .index(INDEX_HISTORY_FINISHED)
+                        .right_bound(between::Status::Closed),
+                )),
+            ),
+        };
+        let pairs = live_or_deleted_pairs();
+        let counted = lambda(|h| {
+            and(
+                le(field(&h, "finished_at"), lit(at_ms)),
+                term(
+                    TermType::Contains,
+                    [
+                        lit(&pairs),
+                        term(
+                            TermType::MakeArray,
+                            [field(&h, "outcome"), field_or(&h, "stage", null())],
+                        ),
+                    ],
+                ),
+            )
+        });
+        let q = term(TermType::Filter, [candidates, counted]);
+        let q = term(TermType::Group, [q, lit("source_id")]);
+        let q = term(TermType::Max, [q, lit("id")]);
+        let q = term(TermType::Ungroup, [q]);
+        let q = term(TermType::Map, [q, lambda(|g| field(&g, "reduction"))]);
+        let mut entries = Vec::new();
+        for doc in self.pool.run(q).await? {
+            let e = history_from_doc(&doc)?;
+            let keep = e.report.outcome != Outcome::Deleted
+                && query.outcome.is_none_or(|o| e.report.outcome == o)
+                && query.namespace.as_ref().is_none_or(|ns| &e.namespace == ns)
+                && query.since.is_none_or(|t| e.report.started_at >= t)
+                && query.before.is_none_or(|b| e.id < b)
+                && (!query.applied || e.manifests.is_some());
+            if keep {
+                entries.push(e);
+            }
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.id));
+        entries.truncate(query.limit.max(1) as usize);
+        Ok(entries)
+    }
+
     async fn history_window(
         &self,
         query: &HistoryQuery,
@@ -732,7 +978,8 @@ impl RethinkStore {
             tests.push(("namespace", lit(ns.as_str())));
         }
         let since = query.since.map(ms);
-        if !tests.is_empty() || since.is_some() {
+        let applied = query.applied;
+        if !tests.is_empty() || since.is_some() || applied {
             let f = lambda(|h| {
                 let mut test = lit(true);
                 for (name, value) in tests {
@@ -740,6 +987,10 @@ impl RethinkStore {
                 }
                 if let Some(since) = since {
                     test = and(test, ge(field(&h, "started_at"), lit(since)));
+                }
+                if applied {
+                    // Only entries whose check applied a render.
+                    test = and(test, ne(field_or(&h, "manifests", null()), null()));
                 }
                 test
             });
@@ -1130,12 +1381,30 @@ impl Store for RethinkStore {
                     continue;
                 }
             };
+            let pinned = opt_str(old, "pinned_commit");
+            // A source being deleted is pruned, not rolled back.
+            let rollback = opt_int(old, "rollback_to")
+                .filter(|_| !source.deleting)
+                .map(|to| RollbackOrder {
+                    to,
+                    trigger: parse_opt(opt_str(old, "rollback_trigger")).unwrap_or(Trigger::Manual),
+                    commit: None,
+                    from_commit: pinned.clone().or_else(|| opt_str(old, "last_commit")),
+                    desired_image: None,
+                    manifests: None,
+                });
             let trigger = if source.deleting {
                 Trigger::Delete
+            } else if let Some(order) = &rollback {
+                order.trigger
             } else {
                 requested.unwrap_or(Trigger::Schedule)
             };
-            if source.spec.suspended && !matches!(trigger, Trigger::Manual | Trigger::Delete) {
+            // A rollback runs even while suspended.
+            if source.spec.suspended
+                && rollback.is_none()
+                && !matches!(trigger, Trigger::Manual | Trigger::Delete)
+            {
                 self.release_claims(owner, &[id]).await?;
                 continue;
             }
@@ -1148,24 +1417,30 @@ impl Store for RethinkStore {
                 inventory: Inventory::default(),
                 owner: owner.to_string(),
                 lease_until,
-                pinned: None,
-                rollback: None,
+                pinned,
+                rollback,
             });
         }
         let ids: Vec<SourceId> = claims.iter().map(|c| c.source.id).collect();
-        let mut inventories = match self.inventories_of(&ids).await {
-            Ok(found) => found,
-            Err(e) => {
-                // A check without its inventory would apply blind: give the
-                // claims back, due again at once.
-                let _ = self.release_claims(owner, &ids).await;
-                return Err(e);
+        let filled = async {
+            let mut inventories = self.inventories_of(&ids).await?;
+            for c in &mut claims {
+                if let Some(inv) = inventories.remove(&c.source.id) {
+                    c.inventory = inv;
+                }
+                if let Some(order) = &mut c.rollback {
+                    self.fill_rollback(order).await?;
+                }
             }
-        };
-        for c in &mut claims {
-            if let Some(inv) = inventories.remove(&c.source.id) {
-                c.inventory = inv;
-            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if let Err(e) = filled {
+            // A check without its inventory would apply blind (a rollback
+            // without its order would be a plain check): give the claims
+            // back, due again at once.
+            let _ = self.release_claims(owner, &ids).await;
+            return Err(e);
         }
         Ok(claims)
     }
@@ -1195,11 +1470,28 @@ impl Store for RethinkStore {
             Some(v) => lit(v),
             None => field_or(st, name, null()),
         };
+        let to_history = report.goes_to_history(claim.last_outcome);
+        // A pin names its rollback's entry: that id is taken first (spent
+        // for nothing if the lease turns out lost).
+        let entry_id = match (&report.pin, to_history) {
+            (PinChange::Set { .. }, true) => Some(self.next_id(HISTORY_COUNTER).await?),
+            _ => None,
+        };
+        // The rollback this claim carried is done (unless another replaced it).
+        let carried = claim.rollback.as_ref().map(|order| order.to);
         let f = lambda(|st| {
             let ours = eq(field_or(&st, "lease_owner", null()), lit(&owner));
+            let pending = field_or(&st, "rollback_to", null());
+            let done = eq(pending.clone(), lit(carried));
             let changed = or(
-                ne(field_or(&st, "requested_trigger", null()), null()),
-                ne(field_or(&st, "revision", lit(1)), lit(revision)),
+                or(
+                    ne(field_or(&st, "requested_trigger", null()), null()),
+                    ne(field_or(&st, "revision", lit(1)), lit(revision)),
+                ),
+                and(
+                    ne(pending.clone(), null()),
+                    ne(pending.clone(), lit(carried)),
+                ),
             );
             let failures = if failed {
                 add(field_or(&st, "consecutive_failures", lit(0)), lit(1))
@@ -1222,7 +1514,27 @@ impl Store for RethinkStore {
                 ),
                 ("consecutive_failures", failures),
                 ("next_check_at", branch(changed, lit(finished), lit(next))),
+                ("rollback_to", branch(done.clone(), null(), pending)),
+                (
+                    "rollback_trigger",
+                    branch(done, null(), field_or(&st, "rollback_trigger", null())),
+                ),
             ];
+            match &report.pin {
+                PinChange::Keep => {}
+                PinChange::Set { commit, reason } => fields.extend([
+                    ("pinned_commit", lit(commit)),
+                    ("pinned_reason", lit(reason)),
+                    ("pinned_entry", lit(entry_id)),
+                    ("pinned_at", lit(finished)),
+                ]),
+                PinChange::Clear => fields.extend([
+                    ("pinned_commit", null()),
+                    ("pinned_reason", null()),
+                    ("pinned_entry", null()),
+                    ("pinned_at", null()),
+                ]),
+            }
             // A source about to go keeps its lease: no other process claims
             // it before it is deleted, and after a crash here it comes back
             // (its lease expired, still `deleting`) to be pruned and deleted.
@@ -1248,7 +1560,7 @@ impl Store for RethinkStore {
             return Ok(());
         }
         if gone && count(&result, "replaced") > 0 {
-            return self.delete_pruned(claim, report).await;
+            return self.delete_pruned(claim, report, entry_id).await;
         }
         // The inventory only with a status written under our lease (a
         // deleted source's update is skipped: it gets none).
@@ -1272,10 +1584,10 @@ impl Store for RethinkStore {
                 )));
             }
         }
-        // Deploys, failures, supersessions and deletions always; a steady
-        // check only when it starts or ends a degraded spell.
-        if report.goes_to_history(claim.last_outcome) {
-            self.insert_history(claim, report).await?;
+        // Deploys, failures, supersessions, rollbacks and deletions always;
+        // a steady check only when it starts or ends a degraded spell.
+        if to_history {
+            self.insert_history(claim, report, entry_id).await?;
         }
         Ok(())
     }
@@ -1376,6 +1688,9 @@ impl Store for RethinkStore {
     }
 
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>> {
+        if let Some(at) = query.at {
+            return self.history_at(query, at).await;
+        }
         let limit = query.limit.max(1) as usize;
         let counter = self.pool.one(self.counters().get(HISTORY_COUNTER)).await?;
         let last = opt_int(&counter, "value").unwrap_or(0);
@@ -1402,19 +1717,113 @@ impl Store for RethinkStore {
     async fn request_rollback(
         &self,
         id: SourceId,
-        _to: i64,
-        _trigger: Trigger,
-        _now: OffsetDateTime,
+        to: i64,
+        trigger: Trigger,
+        now: OffsetDateTime,
     ) -> StoreResult<RequestResult> {
-        Err(StoreError::Backend(format!("rollback of source {id}: not implemented on RethinkDB yet")))
+        let now_ms = ms(now);
+        // One atomic update: the rollback (replacing a pending one), due at
+        // once, unless the source is being deleted.
+        let make_update = || {
+            lambda(|st| {
+                branch(
+                    eq(field_or(&st, "deleting", lit(false)), lit(true)),
+                    lit(json!({})),
+                    object(vec![
+                        ("rollback_to", lit(to)),
+                        ("rollback_trigger", lit(trigger.as_str())),
+                        (
+                            "next_check_at",
+                            min_term(field_or(&st, "next_check_at", lit(now_ms)), lit(now_ms)),
+                        ),
+                    ]),
+                )
+            })
+        };
+        let old = self.update_status_reading_old(id, now, make_update).await?;
+        if is_deleting(&old) {
+            return Err(StoreError::BeingDeleted(id));
+        }
+        Ok(
+            if opt_int(&old, "lease_until").is_some_and(|t| t > now_ms) {
+                RequestResult::QueuedAfterRunning
+            } else if opt_int(&old, "rollback_to") == Some(to) {
+                RequestResult::AlreadyQueued
+            } else {
+                RequestResult::Queued
+            },
+        )
     }
 
-    async fn unpin(&self, id: SourceId, _now: OffsetDateTime) -> StoreResult<Option<RequestResult>> {
-        Err(StoreError::Backend(format!("unpin of source {id}: not implemented on RethinkDB yet")))
+    async fn unpin(&self, id: SourceId, now: OffsetDateTime) -> StoreResult<Option<RequestResult>> {
+        let now_ms = ms(now);
+        // One atomic update: the pin goes and a manual check is asked for
+        // (as `request_check` would; while a check runs, one follows it).
+        let make_update = || {
+            lambda(|st| {
+                let requested = field_or(&st, "requested_trigger", null());
+                let lease = field_or(&st, "lease_until", null());
+                let running = and(ne(lease.clone(), null()), gt(lease, lit(now_ms)));
+                let next = field_or(&st, "next_check_at", lit(now_ms));
+                branch(
+                    or(
+                        eq(field_or(&st, "deleting", lit(false)), lit(true)),
+                        eq(field_or(&st, "pinned_commit", null()), null()),
+                    ),
+                    lit(json!({})),
+                    object(vec![
+                        ("pinned_commit", null()),
+                        ("pinned_reason", null()),
+                        ("pinned_entry", null()),
+                        ("pinned_at", null()),
+                        (
+                            "requested_trigger",
+                            branch(
+                                eq(requested.clone(), null()),
+                                lit(Trigger::Manual.as_str()),
+                                requested.clone(),
+                            ),
+                        ),
+                        (
+                            "next_check_at",
+                            branch(
+                                or(ne(requested, null()), running),
+                                next.clone(),
+                                min_term(next, lit(now_ms)),
+                            ),
+                        ),
+                    ]),
+                )
+            })
+        };
+        let old = self.update_status_reading_old(id, now, make_update).await?;
+        if is_deleting(&old) {
+            return Err(StoreError::BeingDeleted(id));
+        }
+        if opt_str(&old, "pinned_commit").is_none() {
+            return Ok(None);
+        }
+        Ok(Some(if opt_str(&old, "requested_trigger").is_some() {
+            RequestResult::AlreadyQueued
+        } else if opt_int(&old, "lease_until").is_some_and(|t| t > now_ms) {
+            RequestResult::QueuedAfterRunning
+        } else {
+            RequestResult::Queued
+        }))
     }
 
-    async fn manifests(&self, _history_id: i64) -> StoreResult<Option<chump_jobs::manifests::PackedManifests>> {
-        Ok(None)
+    async fn manifests(&self, history_id: i64) -> StoreResult<Option<PackedManifests>> {
+        let data = field_or(&self.manifests_table().get(history_id), "data", null());
+        let v = self.pool.one(data).await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        match manifests_from_binary(&v) {
+            Some(packed) => Ok(Some(packed)),
+            None => Err(StoreError::Backend(format!(
+                "the manifests of history entry {history_id} are not binary"
+            ))),
+        }
     }
 
     async fn inventory(&self, id: SourceId) -> StoreResult<Option<Inventory>> {
@@ -1434,8 +1843,8 @@ impl Store for RethinkStore {
 }
 
 /// Whether a status document's source may be checked: not suspended, a
-/// manual check asked for, or being deleted (its prune runs even while
-/// suspended).
+/// manual check or a rollback asked for, or being deleted (its prune runs
+/// even while suspended).
 fn runnable(st: &Command) -> Command {
     or(
         or(
@@ -1445,8 +1854,33 @@ fn runnable(st: &Command) -> Command {
                 lit(Trigger::Manual.as_str()),
             ),
         ),
-        eq(field_or(st, "deleting", lit(false)), lit(true)),
+        or(
+            eq(field_or(st, "deleting", lit(false)), lit(true)),
+            ne(field_or(st, "rollback_to", null()), null()),
+        ),
     )
+}
+
+/// Every `[outcome, stage]` of an entry that went live
+/// ([`went_live`], from the domain's own lists), and `deleted`'s: what
+/// time travel looks at.
+fn live_or_deleted_pairs() -> Value {
+    let stages = std::iter::once(None).chain(Stage::NAMES.iter().map(|s| Some(*s)));
+    let mut pairs = Vec::new();
+    for outcome in Outcome::NAMES {
+        for stage in stages.clone() {
+            let (Ok(o), Ok(st)) = (
+                outcome.parse::<Outcome>(),
+                stage.map(str::parse::<Stage>).transpose(),
+            ) else {
+                continue;
+            };
+            if went_live(o, st) || o == Outcome::Deleted {
+                pairs.push(json!([outcome, stage]));
+            }
+        }
+    }
+    Value::Array(pairs)
 }
 
 #[cfg(test)]
@@ -1479,6 +1913,7 @@ mod tests {
         assert_eq!(s.revision, 1);
         assert!(!s.spec.suspended);
         assert!(s.spec.prune, "pruning is on unless switched off");
+        assert_eq!(s.spec.auto_rollback, None, "the service's default");
         assert!(!s.deleting);
         assert_eq!(s.spec.interval_seconds, None);
         let mut odd = doc.clone();

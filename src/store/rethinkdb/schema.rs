@@ -113,7 +113,7 @@ impl Kind {
 
 impl RethinkStore {
     /// The tables chump uses and their primary keys.
-    fn tables(&self) -> [(String, &'static str); 6] {
+    fn tables(&self) -> [(String, &'static str); 7] {
         [
             (self.sources_table.clone(), "id"),
             (STATUS_TABLE.to_string(), "source_id"),
@@ -121,6 +121,7 @@ impl RethinkStore {
             (COUNTERS_TABLE.to_string(), "id"),
             (TARGETS_TABLE.to_string(), "id"),
             (INVENTORY_TABLE.to_string(), "source_id"),
+            (MANIFESTS_TABLE.to_string(), "id"),
         ]
     }
 
@@ -192,17 +193,23 @@ impl RethinkStore {
                 .index_create(r.args((INDEX_DUE, func(|st| field(&st, "next_check_at"))))),
         )
         .await?;
-        for (index, by) in [
-            (INDEX_HISTORY_SOURCE, "source_id"),
-            (INDEX_HISTORY_NAMESPACE, "namespace"),
+        for (table, index, by) in [
+            (HISTORY_TABLE, INDEX_HISTORY_SOURCE, "source_id"),
+            (HISTORY_TABLE, INDEX_HISTORY_NAMESPACE, "namespace"),
+            (MANIFESTS_TABLE, INDEX_MANIFESTS_SOURCE, "source_id"),
         ] {
-            self.create_if_missing(self.history_table().index_create(r.args((
+            self.create_if_missing(self.table(table).index_create(r.args((
                 index,
                 func(|h| term(TermType::MakeArray, [field(&h, by), field(&h, "id")])),
             ))))
             .await?;
         }
-        for name in [STATUS_TABLE, HISTORY_TABLE] {
+        self.create_if_missing(
+            self.history_table()
+                .index_create(r.args((INDEX_HISTORY_FINISHED, func(|h| field(&h, "finished_at"))))),
+        )
+        .await?;
+        for name in [STATUS_TABLE, HISTORY_TABLE, MANIFESTS_TABLE] {
             self.pool
                 .run(term(TermType::IndexWait, [self.table(name)]))
                 .await?;
@@ -226,8 +233,13 @@ impl RethinkStore {
             (STATUS_TABLE, &[INDEX_DUE][..]),
             (
                 HISTORY_TABLE,
-                &[INDEX_HISTORY_SOURCE, INDEX_HISTORY_NAMESPACE][..],
+                &[
+                    INDEX_HISTORY_SOURCE,
+                    INDEX_HISTORY_NAMESPACE,
+                    INDEX_HISTORY_FINISHED,
+                ][..],
             ),
+            (MANIFESTS_TABLE, &[INDEX_MANIFESTS_SOURCE][..]),
         ] {
             let have = self
                 .pool
