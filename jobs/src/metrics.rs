@@ -255,6 +255,10 @@ mod tests {
             message: None,
             objects: Vec::new(),
             inventory: None,
+            rollback_to: None,
+            manifests: None,
+            pin: Default::default(),
+            rollback_wanted: false,
         }
     }
 
@@ -291,6 +295,7 @@ mod tests {
                 interval_seconds: None,
                 suspended: false,
                 prune: true,
+                auto_rollback: None,
             },
             revision: 1,
             created_at: OffsetDateTime::UNIX_EPOCH,

@@ -78,6 +78,8 @@ pub enum NoTarget {
         "the manifests of entry {0}, the last successful deploy before, were too large to keep"
     )]
     TooLarge(i64),
+    #[error("the last successful deploy (entry {0}) is of the same commit")]
+    SameCommit(i64),
 }
 
 /// A successful deploy: something a rollback may go back to by default.
@@ -107,6 +109,22 @@ pub fn default_target(applied: &[HistoryEntry]) -> Result<&HistoryEntry, NoTarge
             .ok_or(NoTarget::TooLarge(first.id)),
         _ => Err(NoTarget::Dropped(first.id)),
     }
+}
+
+/// The target of an automatic rollback after the newest of `applied`
+/// (newest first) failed: [`default_target`], unless the last successful
+/// deploy is of the failed commit itself (a redeploy of the same commit,
+/// undoing drift, failed: going back to an older commit is not what the
+/// failure asks for).
+pub fn auto_target(applied: &[HistoryEntry]) -> Result<&HistoryEntry, NoTarget> {
+    let failed = applied.first().ok_or(NoTarget::NothingDeployed)?;
+    let last_success = applied.iter().skip(1).find(|e| successful(e));
+    if let Some(last) = last_success {
+        if last.report.commit == failed.report.commit {
+            return Err(NoTarget::SameCommit(last.id));
+        }
+    }
+    default_target(applied)
 }
 
 /// The first 7 characters of a commit id.
@@ -185,6 +203,22 @@ mod tests {
             entry(1, Deployed, "a", Kept),
         ];
         assert_eq!(default_target(&h), Err(NoTarget::NoEarlierDeploy(1)));
+    }
+
+    #[test]
+    fn an_automatic_rollback_needs_a_new_commit_to_have_failed() {
+        let h = [
+            entry(3, Failed, "b", Kept),
+            entry(2, Deployed, "a", Kept),
+            entry(1, Deployed, "z", Kept),
+        ];
+        assert_eq!(auto_target(&h).unwrap().id, 2);
+        let h = [
+            entry(3, Failed, "a", Kept),
+            entry(2, Deployed, "a", Kept),
+            entry(1, Deployed, "z", Kept),
+        ];
+        assert_eq!(auto_target(&h), Err(NoTarget::SameCommit(2)));
     }
 
     #[test]

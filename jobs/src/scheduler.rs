@@ -265,6 +265,7 @@ mod tests {
                     interval_seconds: Some(100),
                     suspended: false,
                     prune: true,
+                    auto_rollback: None,
                 },
                 revision: 1,
                 created_at: at(0),
@@ -278,6 +279,8 @@ mod tests {
             inventory: Inventory::default(),
             owner: "p1".into(),
             lease_until: at(30),
+            pinned: None,
+            rollback: None,
         }
     }
 
@@ -295,6 +298,10 @@ mod tests {
             message: None,
             objects: Vec::new(),
             inventory: None,
+            rollback_to: None,
+            manifests: None,
+            pin: Default::default(),
+            rollback_wanted: false,
         }
     }
 

@@ -226,7 +226,7 @@ const ROLLBACK_LOOKBACK: u32 = 200;
 /// A deploy of a source with `auto_rollback` failed after it wrote to the
 /// cluster, and its entry is recorded: asks for a rollback to the last
 /// successful deploy of another commit (see
-/// [`crate::rollback::default_target`]). A process lost between the two
+/// [`crate::rollback::auto_target`]). A process lost between the two
 /// store calls loses the rollback, not the failure: the source stays at the
 /// failed commit (degraded), as without `auto_rollback`.
 async fn roll_back_automatically(ctx: &WorkerContext, claim: &Claim, report: &CheckReport) {
@@ -244,7 +244,7 @@ async fn roll_back_automatically(ctx: &WorkerContext, claim: &Claim, report: &Ch
             return;
         }
     };
-    let target = match crate::rollback::default_target(&entries) {
+    let target = match crate::rollback::auto_target(&entries) {
         Ok(target) => target,
         Err(why) => {
             tracing::info!(source_id = id, "no automatic rollback: {why}");
