@@ -82,6 +82,14 @@ pub struct ServeArgs {
     /// GitLab's token are checked against it (unset: webhooks follow the API token).
     #[arg(long, env = "CHUMP_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Private key file ssh offers for ssh:// and scp-like git URLs (no
+    /// agent, no other key).
+    #[arg(long, env = "CHUMP_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file of the ssh git hosts; hosts not in it are refused
+    /// (unset: every ssh host is refused).
+    #[arg(long, env = "CHUMP_SSH_KNOWN_HOSTS")]
+    pub ssh_known_hosts: Option<PathBuf>,
     /// Accept file:// URLs and local paths as git_url (for local testing).
     #[arg(long, env = "CHUMP_ALLOW_FILE_URLS", default_value = "false")]
     pub allow_file_urls: String,
@@ -107,6 +115,16 @@ pub struct ServeArgs {
     /// or rollout, for sources that do not set `auto_rollback`.
     #[arg(long, env = "CHUMP_AUTO_ROLLBACK", default_value = "false")]
     pub auto_rollback: String,
+    /// The ServiceAccount chump impersonates for sources that do not set
+    /// `service_account`: namespace/name, or a name (in each source's own
+    /// namespace). Empty: such sources deploy as chump itself.
+    #[arg(long, env = "CHUMP_DEFAULT_SERVICE_ACCOUNT", default_value = "")]
+    pub default_service_account: String,
+    /// Refuse (400) sources without a `service_account` when there is no
+    /// CHUMP_DEFAULT_SERVICE_ACCOUNT; checks of such sources already stored
+    /// fail before touching the cluster.
+    #[arg(long, env = "CHUMP_REQUIRE_SERVICE_ACCOUNT", default_value = "false")]
+    pub require_service_account: String,
     /// How many of each source's newest history entries keep the rendered
     /// manifests they applied (for rollback, manifests and diff).
     #[arg(long, env = "CHUMP_MANIFEST_RETENTION", default_value = "20")]
@@ -197,6 +215,9 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     pub header_timeout: Duration,
     pub allow_file_urls: bool,
+    /// `CHUMP_SSH_KEY` and `CHUMP_SSH_KNOWN_HOSTS`, readable files.
+    pub ssh_key: Option<PathBuf>,
+    pub ssh_known_hosts: Option<PathBuf>,
     pub kustomize: Option<String>,
     pub kustomize_allow_remote: bool,
     pub kubeconfig: Option<PathBuf>,
@@ -205,6 +226,8 @@ pub struct Config {
     pub restrict_namespace: bool,
     pub self_heal: bool,
     pub auto_rollback: bool,
+    pub default_service_account: Option<String>,
+    pub require_service_account: bool,
     pub manifest_retention: u32,
     pub manifest_max_bytes: usize,
 }
@@ -231,6 +254,8 @@ impl std::fmt::Debug for Config {
                 &self.webhook_secret.as_ref().map(|_| "***"),
             )
             .field("allow_file_urls", &self.allow_file_urls)
+            .field("ssh_key", &self.ssh_key)
+            .field("ssh_known_hosts", &self.ssh_known_hosts)
             .field("kustomize", &self.kustomize)
             .field("kustomize_allow_remote", &self.kustomize_allow_remote)
             .field("kubeconfig", &self.kubeconfig)
@@ -239,6 +264,8 @@ impl std::fmt::Debug for Config {
             .field("restrict_namespace", &self.restrict_namespace)
             .field("self_heal", &self.self_heal)
             .field("auto_rollback", &self.auto_rollback)
+            .field("default_service_account", &self.default_service_account)
+            .field("require_service_account", &self.require_service_account)
             .field("manifest_retention", &self.manifest_retention)
             .field("manifest_max_bytes", &self.manifest_max_bytes)
             .finish()
@@ -260,6 +287,32 @@ fn invalid(var: &'static str, flag: &'static str, reason: impl Into<String>) -> 
         flag,
         reason: reason.into(),
     }
+}
+
+/// An optional file that must exist and be readable (an empty value is unset).
+fn readable_file(
+    var: &'static str,
+    flag: &'static str,
+    path: Option<&PathBuf>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    std::fs::File::open(path)
+        .and_then(|f| f.metadata())
+        .map_err(|e| invalid(var, flag, format!("cannot read {}: {e}", path.display())))
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(invalid(
+                    var,
+                    flag,
+                    format!("{} is not a file", path.display()),
+                ))
+            }
+        })?;
+    Ok(Some(path.clone()))
 }
 
 /// Parses a duration: plain seconds (`180`) or humantime (`90s`, `3m`, `1h30m`).
@@ -654,7 +707,15 @@ impl Config {
             }
             Some(s) => Some(s.to_string()),
         };
+        let ssh_key = readable_file("CHUMP_SSH_KEY", "ssh-key", args.ssh_key.as_ref())?;
+        let ssh_known_hosts = readable_file(
+            "CHUMP_SSH_KNOWN_HOSTS",
+            "ssh-known-hosts",
+            args.ssh_known_hosts.as_ref(),
+        )?;
         Ok(Config {
+            ssh_key,
+            ssh_known_hosts,
             webhook_secret,
             bind,
             database,
@@ -691,6 +752,25 @@ impl Config {
             )?,
             self_heal: boolean("CHUMP_SELF_HEAL", "self-heal", &args.self_heal)?,
             auto_rollback: boolean("CHUMP_AUTO_ROLLBACK", "auto-rollback", &args.auto_rollback)?,
+            default_service_account: match args.default_service_account.trim() {
+                "" => None,
+                sa => Some(
+                    chump_jobs::source::validate_service_account(sa)
+                        .map(|()| sa.to_string())
+                        .map_err(|reason| {
+                            invalid(
+                                "CHUMP_DEFAULT_SERVICE_ACCOUNT",
+                                "default-service-account",
+                                reason,
+                            )
+                        })?,
+                ),
+            },
+            require_service_account: boolean(
+                "CHUMP_REQUIRE_SERVICE_ACCOUNT",
+                "require-service-account",
+                &args.require_service_account,
+            )?,
             manifest_retention: args
                 .manifest_retention
                 .trim()

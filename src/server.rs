@@ -53,6 +53,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: store.clone(),
         rules: ValidationRules {
             allow_file_urls: config.allow_file_urls,
+            require_service_account: config.require_service_account
+                && config.default_service_account.is_none(),
         },
         api_token: config.api_token.as_deref().map(Arc::from),
         api_read_token: config.api_read_token.as_deref().map(Arc::from),
@@ -88,6 +90,8 @@ fn checker(config: &Config, metrics: Arc<Metrics>) -> Checker {
         config.workdir.clone(),
         GitOptions {
             allow_file_urls: config.allow_file_urls,
+            ssh_key: config.ssh_key.clone(),
+            ssh_known_hosts: config.ssh_known_hosts.clone(),
             ..GitOptions::default()
         },
     );
@@ -117,6 +121,8 @@ fn checker(config: &Config, metrics: Arc<Metrics>) -> Checker {
     );
     checker.self_heal = config.self_heal;
     checker.auto_rollback = config.auto_rollback;
+    checker.default_service_account = config.default_service_account.clone();
+    checker.require_service_account = config.require_service_account;
     checker.manifest_max_bytes = config.manifest_max_bytes;
     checker
 }

@@ -320,6 +320,19 @@ async fn bad_sources_are_rejected_and_nothing_is_stored() {
         (with(seed(), "prune", json!(1)), "prune"),
         (with(seed(), "prune", json!(null)), "prune"),
         (with(seed(), "deleting", json!(true)), "deleting"),
+        (
+            with(seed(), "service_account", json!("a/b/c")),
+            "service_account",
+        ),
+        (
+            with(seed(), "service_account", json!("Team/x")),
+            "service_account",
+        ),
+        (
+            with(seed(), "service_account", json!("")),
+            "service_account",
+        ),
+        (with(seed(), "service_account", json!(7)), "service_account"),
     ];
     for (body, field) in cases {
         let (s, b) = call(&c, Method::POST, "/api/sources/create", Some(body.clone())).await;

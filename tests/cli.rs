@@ -597,6 +597,7 @@ fn help_texts() {
         "--interval-seconds",
         "--suspended",
         "--auto-rollback",
+        "--service-account",
         "--file",
         "--url",
         "--token",
@@ -1326,6 +1327,40 @@ fn history_show_and_rollback_of_a_source_never_deployed() {
         &["sources", "update", "1", "--auto-rollback", "default"],
     );
     assert_eq!(v["source"]["auto_rollback"], Value::Null, "{v}");
+    // The source's service_account: none, set (bare or namespace/name), a
+    // bad one refused by the server, cleared with ''.
+    assert!(has_line(
+        &ok(&c, &["sources", "get", "1"]),
+        &["service_account:", "(server", "default)"]
+    ));
+    let v = json(
+        &c,
+        &["sources", "update", "1", "--service-account", "deployer"],
+    );
+    assert_eq!(v["source"]["service_account"], "deployer", "{v}");
+    let v = json(
+        &c,
+        &[
+            "sources",
+            "update",
+            "1",
+            "--service-account",
+            "team-a/deployer",
+        ],
+    );
+    assert_eq!(v["source"]["service_account"], "team-a/deployer", "{v}");
+    assert!(has_line(
+        &ok(&c, &["sources", "get", "1"]),
+        &["service_account:", "team-a/deployer"]
+    ));
+    let err = fails(
+        &c,
+        &["sources", "update", "1", "--service-account", "a/b/c"],
+        1,
+    );
+    assert!(err.contains("service_account"), "{err}");
+    let v = json(&c, &["sources", "update", "1", "--service-account="]);
+    assert_eq!(v["source"]["service_account"], Value::Null, "{v}");
     // Usage errors: exit 2, nothing sent.
     fails(&c, &["history", "show", "0"], 2);
     fails(&c, &["diff", "1", "--against", "x"], 2);

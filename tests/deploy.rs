@@ -262,11 +262,27 @@ fn strings(v: &Value) -> BTreeSet<&str> {
         .collect()
 }
 
+/// The one rule with the `impersonate` verb: ServiceAccounts, nothing else.
+fn impersonate_rule() -> Value {
+    json!({"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]})
+}
+
 /// Every rule grants only get/list/create/patch/delete, on named groups and
 /// resources (no `*`, no subresources, no Secrets); the health kinds
-/// (pods, events, replicasets) are granted get and list, and nothing else.
+/// (pods, events, replicasets) are granted get and list, and nothing else;
+/// `impersonate` only on serviceaccounts (deploying as a source's service
+/// account), in a rule of its own — never users, groups or uids.
 fn assert_least_privilege(role: &Value) {
-    for rule in role["rules"].as_array().unwrap() {
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(
+        rules.iter().filter(|r| **r == impersonate_rule()).count(),
+        1,
+        "chump may impersonate service accounts: {role}"
+    );
+    for rule in rules {
+        if *rule == impersonate_rule() {
+            continue;
+        }
         let verbs = strings(&rule["verbs"]);
         assert!(
             verbs.is_subset(&BTreeSet::from([
@@ -302,6 +318,15 @@ fn assert_least_privilege(role: &Value) {
                     "{resource} are read-only (get, list): {rule}"
                 );
             }
+        }
+    }
+    assert!(grants(role, "", "serviceaccounts", "impersonate"));
+    for resource in ["users", "groups", "uids", "userextras"] {
+        for group in ["", "authentication.k8s.io"] {
+            assert!(
+                !grants(role, group, resource, "impersonate"),
+                "impersonating {resource} is more than deploying as a service account needs: {role}"
+            );
         }
     }
     for (group, resource) in READ_ONLY {

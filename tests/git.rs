@@ -17,6 +17,7 @@ fn options() -> GitOptions {
     GitOptions {
         allow_file_urls: false,
         timeout: Duration::from_secs(10),
+        ..GitOptions::default()
     }
 }
 
@@ -247,6 +248,7 @@ fn silent_remote_times_out() {
         GitOptions {
             allow_file_urls: false,
             timeout: Duration::from_secs(1),
+            ..GitOptions::default()
         },
     );
     let started = Instant::now();

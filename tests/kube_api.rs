@@ -3521,3 +3521,316 @@ async fn a_thousand_deployments_roll_out_and_one_more_change_is_quick() {
     println!("1000 Deployments seeded in {seeded:?}, rolled out after {all:?}; one more rollout took {took:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+const TEAM_RBAC: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: deployer
+  namespace: team-a
+rules:
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: ["settings"]
+  verbs: ["get"]
+- apiGroups: ["apps"]
+  resources: ["*/scale"]
+  verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: deployer
+  namespace: team-a
+subjects:
+- kind: ServiceAccount
+  name: deployer
+  namespace: team-a
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: deployer
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: namespace-reader
+rules:
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: team-a-reads-namespaces
+subjects:
+- kind: Group
+  name: system:serviceaccounts:team-a
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: namespace-reader
+"#;
+
+const SA: &str = "system:serviceaccount:team-a:deployer";
+
+/// `kubectl --as=system:serviceaccount:…`: what the stored Role,
+/// RoleBinding, ClusterRole and ClusterRoleBinding allow works (discovery
+/// for everyone, resource names, `*/subresource`, the ServiceAccount's
+/// groups), anything else is the real server's 403, nothing is written,
+/// and every request is recorded as made by the ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_as_a_service_account_is_held_to_its_rbac() {
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(dir.path());
+    api.put_namespace("team-a");
+    api.put_namespace("team-b");
+    api.put_deployment("team-a", "web", "nginx:1.27");
+    api.put_deployment("team-b", "web", "nginx:1.27");
+    api.put_object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "team-a"}, "data": {"a": "1"}}));
+    api.put_object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "secret-ish", "namespace": "team-a"}, "data": {"b": "2"}}));
+    // The administrator (no --as) makes the RBAC objects.
+    let rbac = dir.path().join("rbac.yaml");
+    std::fs::write(&rbac, TEAM_RBAC).unwrap();
+    ok(kubectl(
+        &kc,
+        dir.path(),
+        &["apply", "--server-side", "-f", rbac.to_str().unwrap()],
+    ));
+    api.clear_requests();
+    let as_sa = format!("--as={SA}");
+    let kubectl_as = |args: &[&str]| {
+        let mut all = vec![as_sa.as_str()];
+        all.extend_from_slice(args);
+        kubectl(&kc, dir.path(), &all)
+    };
+
+    // Allowed: the Role's deployments, the named ConfigMap, a scale
+    // subresource through `*/scale`, namespaces through the group binding.
+    let table = ok(kubectl_as(&["get", "deploy", "-n", "team-a"]));
+    assert!(table.lines().any(|l| l.starts_with("web ")), "{table}");
+    ok(kubectl_as(&[
+        "get",
+        "configmap",
+        "settings",
+        "-n",
+        "team-a",
+    ]));
+    ok(kubectl_as(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/team-a/deployments/web/scale",
+    ]));
+    let ns = ok(kubectl_as(&["get", "ns"]));
+    assert!(ns.contains("team-a") && ns.contains("team-b"), "{ns}");
+
+    // Forbidden: listing ConfigMaps, another name, another namespace, a
+    // verb the Role lacks; the message is the real server's.
+    let err = failed(kubectl_as(&["get", "configmaps", "-n", "team-a"]));
+    assert!(
+        err.contains(&format!("configmaps is forbidden: User \"{SA}\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"team-a\"")),
+        "{err}"
+    );
+    let err = failed(kubectl_as(&[
+        "get",
+        "configmap",
+        "secret-ish",
+        "-n",
+        "team-a",
+    ]));
+    assert!(
+        err.contains(&format!("configmaps \"secret-ish\" is forbidden: User \"{SA}\" cannot get resource \"configmaps\"")),
+        "{err}"
+    );
+    let err = failed(kubectl_as(&["get", "deploy", "web", "-n", "team-b"]));
+    assert!(
+        err.contains(&format!("deployments.apps \"web\" is forbidden: User \"{SA}\" cannot get resource \"deployments\" in API group \"apps\" in the namespace \"team-b\"")),
+        "{err}"
+    );
+    let err = failed(kubectl_as(&["delete", "deploy", "web", "-n", "team-a"]));
+    assert!(
+        err.contains("cannot delete resource \"deployments\""),
+        "{err}"
+    );
+    let err = failed(kubectl_as(&["get", "pods", "-A"]));
+    assert!(
+        err.contains("cannot list resource \"pods\" in API group \"\" at the cluster scope"),
+        "{err}"
+    );
+
+    // An apply: the Deployment (patch allowed) goes through, a ConfigMap
+    // (no patch) is refused and not stored.
+    let out = apply_as(
+        &kc,
+        dir.path(),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n  namespace: team-a\ndata:\n  c: \"3\"\n",
+        "chump",
+        &[&as_sa],
+    );
+    let err = failed(out);
+    assert!(
+        err.contains(&format!("configmaps \"extra\" is forbidden: User \"{SA}\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"team-a\"")),
+        "{err}"
+    );
+    assert!(api
+        .get_object("v1", "configmaps", Some("team-a"), "extra")
+        .is_none());
+    let deploy = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: team-a
+spec:
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.28
+"#;
+    ok(apply_as(
+        &kc,
+        dir.path(),
+        deploy,
+        "chump",
+        &[&as_sa, "--force-conflicts"],
+    ));
+    let d = api
+        .get_object("apps/v1", "deployments", Some("team-a"), "web")
+        .unwrap();
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.28"
+    );
+
+    // Every request since the RBAC was made came as the ServiceAccount.
+    let requests = api.requests();
+    assert!(requests.len() > 10, "{requests:?}");
+    for r in &requests {
+        assert_eq!(
+            r.impersonate_user.as_deref(),
+            Some(SA),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    // Without --as, the administrator may do everything.
+    ok(kubectl(
+        &kc,
+        dir.path(),
+        &["get", "configmaps", "-n", "team-a"],
+    ));
+    assert_eq!(api.requests().last().unwrap().impersonate_user, None);
+}
+
+/// Impersonation over raw HTTP: the 403 `Status` as the real server gives
+/// it, a caller that may not impersonate, groups without a user, explicit
+/// groups replacing a ServiceAccount's own, a User subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonated_requests_get_the_real_forbidden_status() {
+    let api = KubeApi::start().await;
+    api.put_namespace("team-a");
+    api.put_object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "team-a"}}));
+    for doc in TEAM_RBAC.split("\n---\n") {
+        let v: Value = yaml_serde::from_str(doc).unwrap();
+        api.put_object(v);
+    }
+    let http = reqwest::Client::new();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = http.get(format!("{}{path}", api.url()));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    let cm = "/api/v1/namespaces/team-a/configmaps";
+
+    let r = get(&format!("{cm}/other"), &[("Impersonate-User", SA)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(
+        s,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("configmaps \"other\" is forbidden: User \"{SA}\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"team-a\""),
+               "reason": "Forbidden", "details": {"name": "other", "kind": "configmaps"}, "code": 403})
+    );
+    let r = get(&format!("{cm}/settings"), &[("Impersonate-User", SA)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Discovery is open to every user.
+    for path in ["/api", "/api/v1", "/apis", "/apis/apps/v1", "/version"] {
+        let r = get(path, &[("Impersonate-User", "someone")]).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    // Explicit groups replace the ServiceAccount's own: the group binding
+    // no longer applies.
+    let ns = "/api/v1/namespaces";
+    let r = get(ns, &[("Impersonate-User", SA)]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get(
+        ns,
+        &[("Impersonate-User", SA), ("Impersonate-Group", "other")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    // Groups without a user: the impersonation filter's 500.
+    let r = get(ns, &[("Impersonate-Group", "system:masters")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    // A User subject.
+    api.put_object(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "jane-reads-namespaces"},
+        "subjects": [{"kind": "User", "name": "jane", "apiGroup": "rbac.authorization.k8s.io"}],
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "namespace-reader"}}));
+    let r = get(ns, &[("Impersonate-User", "jane")]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get(ns, &[("Impersonate-User", "john")]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(
+        s["message"],
+        "namespaces is forbidden: User \"john\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
+    );
+    // The administrator without the right to impersonate.
+    api.set_may_impersonate(false);
+    let r = get(&format!("{cm}/settings"), &[("Impersonate-User", SA)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(
+        s["message"],
+        "serviceaccounts \"deployer\" is forbidden: User \"kubernetes-admin\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"team-a\""
+    );
+    let r = get(&format!("{cm}/settings"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200, "the administrator itself still may");
+    // Recorded with the user each was made as.
+    let users: Vec<Option<String>> = api
+        .requests()
+        .iter()
+        .map(|r| r.impersonate_user.clone())
+        .collect();
+    assert!(
+        users.contains(&Some("jane".into())) && users.contains(&None),
+        "{users:?}"
+    );
+}

@@ -3,14 +3,18 @@
 //!
 //! A [`GitCache`] lives under `CHUMP_WORKDIR`. Each (repository, branch) pair
 //! gets one directory, named after a hash of the normalized URL (credentials
-//! removed) and the branch, so sources that track the same branch of the same
-//! repository share it:
+//! removed), the branch and — when the URL carries credentials — a keyed hash
+//! of them ([`identity`]), so sources that track the same branch of the same
+//! repository *with the same credentials* share it (its ref queries, fetches,
+//! objects and trees), and a source never gets what another's credentials
+//! fetched:
 //!
 //! ```text
 //! <root>/git/<key>/source   the URL (redacted) and branch, for humans
 //! <root>/git/<key>/repo     a bare, shallow gix repository (the fetch target)
 //! <root>/git/<key>/trees/<commit>   the files of <commit>, complete
 //! <root>/git/<key>/trees/.tmp-*     a tree being written (removed on next sync)
+//! <root>/git/identity-key           the key of credential hashes (0600)
 //! ```
 //!
 //! [`GitCache::sync`] asks the remote for the branch head (one `ls-refs`
@@ -23,7 +27,12 @@
 //!
 //! Credentials in a URL (`https://user:token@host/…`) are given to the HTTP
 //! transport directly (no credential helper program is run) and never appear
-//! in a [`GitError`], a log line or a `Debug` output.
+//! in a [`GitError`], a log line or a `Debug` output; they live only as long
+//! as the call that uses them. HTTPS trusts the platform's roots, or only
+//! those of `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (rustls-native-certs).
+//!
+//! `ssh://` and scp-like URLs run OpenSSH's `ssh` with arguments only, the
+//! key and known hosts of [`GitOptions`], and no ssh configuration ([`ssh`]).
 //!
 //! `file://` URLs and plain paths (tests, local mirrors) are read in-process
 //! with gix when [`GitOptions::allow_file_urls`] is set — gix's own `file://`
@@ -50,6 +59,11 @@ use tracing::debug;
 
 use crate::redact::{redact_secrets, redact_url, url_secrets};
 
+mod identity;
+mod ssh;
+
+use identity::IdentityKey;
+
 /// How many packs the cache repository may collect before it is dropped and
 /// the next change is fetched into a fresh (shallow) repository. Keeps a
 /// long-running cache bounded without running gc.
@@ -63,8 +77,14 @@ pub struct GitOptions {
     pub allow_file_urls: bool,
     /// Per network operation, best effort: connect, and then any single read
     /// or write that stalls that long, for `git://` (socket timeouts) and
-    /// `http(s)://` (the HTTP client's timeouts). ssh uses ssh's own.
+    /// `http(s)://` (the HTTP client's timeouts), and ssh's
+    /// `ConnectTimeout` and keep-alives.
     pub timeout: Duration,
+    /// The private key ssh offers (`CHUMP_SSH_KEY`); none when unset.
+    pub ssh_key: Option<PathBuf>,
+    /// The only known hosts ssh accepts (`CHUMP_SSH_KNOWN_HOSTS`); when
+    /// unset, every host is unknown and refused.
+    pub ssh_known_hosts: Option<PathBuf>,
 }
 
 impl Default for GitOptions {
@@ -72,6 +92,8 @@ impl Default for GitOptions {
         GitOptions {
             allow_file_urls: false,
             timeout: Duration::from_secs(60),
+            ssh_key: None,
+            ssh_known_hosts: None,
         }
     }
 }
@@ -96,6 +118,10 @@ pub enum GitError {
     /// The remote wants credentials, or refused the ones in the URL.
     #[error("authentication failed for remote {url}: {reason}")]
     Auth { url: String, reason: String },
+    /// The remote's identity could not be verified: its TLS certificate is
+    /// not trusted, or its ssh host key is unknown or differs.
+    #[error("remote {url} is not trusted: {reason}")]
+    Untrusted { url: String, reason: String },
     /// The remote has no `refs/heads/<branch>`.
     #[error("branch '{branch}' not found on remote {url}")]
     BranchNotFound { url: String, branch: String },
@@ -130,6 +156,8 @@ struct Inner {
     /// running fetch of the same key.
     probe: Mutex<Option<gix::ThreadSafeRepository>>,
     counter: AtomicU64,
+    /// The key of credential hashes, read or made on first need.
+    identity: Mutex<Option<Arc<IdentityKey>>>,
 }
 
 #[derive(Default)]
@@ -196,6 +224,8 @@ struct Target {
     secrets: Vec<String>,
     /// Set for `file://` URLs and plain paths: the repository's path.
     local: Option<PathBuf>,
+    /// What ssh said on stderr, once an ssh connection was started.
+    ssh: Mutex<Option<ssh::Stderr>>,
 }
 
 impl Target {
@@ -235,6 +265,7 @@ impl GitCache {
                 keys: Mutex::new(HashMap::new()),
                 probe: Mutex::new(None),
                 counter: AtomicU64::new(0),
+                identity: Mutex::new(None),
             }),
         }
     }
@@ -249,7 +280,7 @@ impl GitCache {
     pub fn cache_dir(&self, url: &str, branch: &str) -> Result<PathBuf, GitError> {
         let target = self.target(url)?;
         check_branch(branch)?;
-        Ok(self.key_dir(&cache_key(&target.url, branch)))
+        Ok(self.key_dir(&self.key_of(&target, branch)?))
     }
 
     /// Asks the remote for `refs/heads/<branch>` only — one round trip (a
@@ -306,7 +337,7 @@ impl GitCache {
     ) -> Result<Checkout, GitError> {
         let target = self.target(url)?;
         check_branch(branch)?;
-        let key = cache_key(&target.url, branch);
+        let key = self.key_of(&target, branch)?;
         let state = self.key_state(&key);
         let mut last = state.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((started, checkout)) = last.as_ref() {
@@ -577,7 +608,39 @@ impl GitCache {
             shown,
             secrets,
             local,
+            ssh: Mutex::new(None),
         })
+    }
+
+    /// The cache key of `branch` of the target: see [`cache_key`].
+    fn key_of(&self, target: &Target, branch: &str) -> Result<String, GitError> {
+        if target.url.user().is_none() && target.url.password().is_none() {
+            return Ok(cache_key(&target.url, branch, None));
+        }
+        let key = self.identity_key()?;
+        let tag = key.tag(&target.url);
+        Ok(cache_key(&target.url, branch, tag.as_deref()))
+    }
+
+    fn identity_key(&self) -> Result<Arc<IdentityKey>, GitError> {
+        let mut slot = self
+            .inner
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = slot.as_ref() {
+            return Ok(key.clone());
+        }
+        let path = self.inner.root.join("git").join("identity-key");
+        let key =
+            Arc::new(
+                IdentityKey::load_or_create(&path).map_err(|reason| GitError::Cache {
+                    path: path.clone(),
+                    reason,
+                })?,
+            );
+        *slot = Some(key.clone());
+        Ok(key)
     }
 
     fn key_dir(&self, key: &str) -> PathBuf {
@@ -617,6 +680,15 @@ impl GitCache {
                         url: target.shown.clone(),
                         reason: target.clean(&e.to_string()),
                     })?;
+                remote.to_connection_with_transport(transport)
+            }
+            gix::url::Scheme::Ssh => {
+                let (transport, stderr) =
+                    ssh::connect(url, &self.inner.options).map_err(|reason| GitError::Connect {
+                        url: target.shown.clone(),
+                        reason: target.clean(&reason),
+                    })?;
+                *target.ssh.lock().unwrap_or_else(|p| p.into_inner()) = Some(stderr);
                 remote.to_connection_with_transport(transport)
             }
             _ => remote
@@ -739,6 +811,30 @@ fn make_remote<'repo>(
 fn connect_error(target: &Target, err: &gix::Error) -> GitError {
     use gix::protocol::transport::client::Error as TransportError;
     let reason = target.describe(err);
+    let url = target.shown.clone();
+    let stderr = target.ssh.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(failure) = stderr.and_then(|s| s.failure(&target.url)) {
+        return match failure {
+            ssh::Failure::HostKey(reason) => GitError::Untrusted { url, reason },
+            ssh::Failure::Auth(reason) => GitError::Auth {
+                url,
+                reason: target.clean(&reason),
+            },
+            ssh::Failure::Other(said) => GitError::Connect {
+                url,
+                reason: target.clean(&format!("{said} ({reason})")),
+            },
+        };
+    }
+    if let Some(problem) = certificate_problem(&reason) {
+        let host = target.url.host().unwrap_or_default();
+        return GitError::Untrusted {
+            url,
+            reason: format!(
+                "certificate not trusted for host {host}: {problem} (a private CA goes into SSL_CERT_FILE)"
+            ),
+        };
+    }
     let refused = err.iter_errors().any(|e| {
         matches!(
             e.downcast_ref::<TransportError>(),
@@ -790,9 +886,35 @@ fn check_branch(branch: &str) -> Result<(), GitError> {
         })
 }
 
-/// The cache key of (url, branch): a hash of the URL without credentials
-/// (lower-case host, no trailing slash) and the branch.
-fn cache_key(url: &gix::Url, branch: &str) -> String {
+/// What rustls said about the server's certificate, if that is why the
+/// connection failed (it says `invalid peer certificate: <why>`).
+fn certificate_problem(reason: &str) -> Option<String> {
+    let at = reason.find("invalid peer certificate")?;
+    let rest = &reason[at + "invalid peer certificate".len()..];
+    let why: String = rest
+        .trim_start_matches([':', ' '])
+        .chars()
+        .take_while(|c| *c != ')' && *c != '\n')
+        .take(120)
+        .collect();
+    let why = why
+        .split(": ")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Some(match why.as_str() {
+        "UnknownIssuer" => "signed by an unknown issuer".to_string(),
+        "" => "invalid certificate".to_string(),
+        other => other.to_string(),
+    })
+}
+
+/// The cache key of (url, branch, credentials): a hash of the URL without
+/// credentials (lower-case host, no trailing slash), the branch, and the
+/// keyed hash of the URL's credentials when it has any (public URLs keep the
+/// key they always had).
+fn cache_key(url: &gix::Url, branch: &str, credentials: Option<&str>) -> String {
     let mut url = url.clone();
     url.set_user(None);
     url.set_password(None);
@@ -804,6 +926,10 @@ fn cache_key(url: &gix::Url, branch: &str) -> String {
     hasher.update(&url.to_bstring());
     hasher.update(b"\n");
     hasher.update(branch.as_bytes());
+    if let Some(tag) = credentials {
+        hasher.update(b"\ncredentials ");
+        hasher.update(tag.as_bytes());
+    }
     let id = hasher
         .try_finalize()
         .expect("hashing in memory does not fail without collision detection hits");
@@ -1020,6 +1146,7 @@ mod tests {
             GitOptions {
                 allow_file_urls,
                 timeout: Duration::from_secs(5),
+                ..GitOptions::default()
             },
         );
         (dir, cache)
@@ -1116,11 +1243,51 @@ mod tests {
     }
 
     #[test]
-    fn key_ignores_credentials_and_trailing_slash() {
+    fn key_normalizes_the_url_and_separates_credentials() {
         let a = gix::url::parse("https://u:p@Example.com/a/b.git/".as_bytes().as_bstr()).unwrap();
         let b = gix::url::parse("https://example.com/a/b.git".as_bytes().as_bstr()).unwrap();
-        assert_eq!(cache_key(&a, "main"), cache_key(&b, "main"));
-        assert_ne!(cache_key(&b, "main"), cache_key(&b, "dev"));
+        assert_eq!(cache_key(&a, "main", None), cache_key(&b, "main", None));
+        assert_ne!(cache_key(&b, "main", None), cache_key(&b, "dev", None));
+        assert_ne!(
+            cache_key(&a, "main", Some("t1")),
+            cache_key(&a, "main", Some("t2"))
+        );
+        assert_ne!(
+            cache_key(&a, "main", Some("t1")),
+            cache_key(&a, "main", None)
+        );
+
+        // Through a cache: the same credentials share a directory, other
+        // credentials (or none) do not, and the directory's name does not
+        // change when the cache is made again (a restart).
+        let (d, cache) = cache(false);
+        let dir = |url: &str| cache.cache_dir(url, "main").unwrap();
+        let right = dir("https://bob:right@example.com/a.git");
+        assert_eq!(right, dir("https://bob:right@EXAMPLE.com/a.git/"));
+        assert_ne!(right, dir("https://bob:wrong@example.com/a.git"));
+        assert_ne!(right, dir("https://example.com/a.git"));
+        let again = GitCache::new(d.path().to_path_buf(), cache.options().clone());
+        assert_eq!(
+            right,
+            again
+                .cache_dir("https://bob:right@example.com/a.git", "main")
+                .unwrap()
+        );
+        let key = std::fs::read_to_string(d.path().join("git/identity-key")).unwrap();
+        assert!(!key.contains("right"));
+    }
+
+    #[test]
+    fn certificate_errors_are_named() {
+        assert_eq!(
+            certificate_problem("error sending request: client error (Connect): invalid peer certificate: UnknownIssuer").as_deref(),
+            Some("signed by an unknown issuer")
+        );
+        assert_eq!(
+            certificate_problem("invalid peer certificate: Expired").as_deref(),
+            Some("Expired")
+        );
+        assert_eq!(certificate_problem("connection refused"), None);
     }
 
     #[test]

@@ -296,6 +296,7 @@ mod tests {
                 suspended: false,
                 prune: true,
                 auto_rollback: None,
+                service_account: None,
             },
             revision: 1,
             created_at: OffsetDateTime::UNIX_EPOCH,

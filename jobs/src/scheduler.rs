@@ -266,6 +266,7 @@ mod tests {
                     suspended: false,
                     prune: true,
                     auto_rollback: None,
+                    service_account: None,
                 },
                 revision: 1,
                 created_at: at(0),

@@ -5,8 +5,11 @@
 //! apply (`deploy_path`) and the file that declares the image
 //! (`image_version_file`). These are the original tool's seven fields; chump
 //! adds an optional per-source `interval_seconds`, a `suspended` switch,
-//! a `prune` switch (default on) and an `auto_rollback` switch (null: the
-//! service's default, `CHUMP_AUTO_ROLLBACK`).
+//! a `prune` switch (default on), an `auto_rollback` switch (null: the
+//! service's default, `CHUMP_AUTO_ROLLBACK`) and a `service_account`
+//! (`namespace/name`, or a bare `name` in the source's namespace; null: the
+//! service's `CHUMP_DEFAULT_SERVICE_ACCOUNT`, if any) that chump impersonates
+//! for every request it makes to the cluster for the source.
 //!
 //! Validation happens here, once, for every way a source can arrive (create,
 //! full replace, partial update), and reports every bad field at once.
@@ -54,6 +57,12 @@ pub struct SourceSpec {
     /// `apply` or `rollout` (None: the service's default).
     #[serde(default)]
     pub auto_rollback: Option<bool>,
+    /// The ServiceAccount chump impersonates for this source's requests to
+    /// the cluster, as the user gave it: `namespace/name`, or a bare `name`
+    /// (the source's namespace, whatever it is at the time of a check).
+    /// None: the service's default, else chump's own identity.
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 fn default_prune() -> bool {
@@ -104,10 +113,25 @@ impl Source {
             "auto_rollback".into(),
             s.auto_rollback.map_or(Value::Null, Value::from),
         );
+        m.insert(
+            "service_account".into(),
+            s.service_account.clone().map_or(Value::Null, Value::from),
+        );
         m.insert("deleting".into(), self.deleting.into());
         m.insert("created_at".into(), rfc3339(self.created_at).into());
         m.insert("updated_at".into(), rfc3339(self.updated_at).into());
         m
+    }
+
+    /// The Kubernetes user chump impersonates for this source
+    /// (`system:serviceaccount:<namespace>:<name>`): its own
+    /// `service_account`, else `default` (the service's
+    /// `CHUMP_DEFAULT_SERVICE_ACCOUNT`), a bare name resolved in the source's
+    /// namespace. None: chump's own identity.
+    pub fn impersonated_user(&self, default: Option<&str>) -> Option<String> {
+        let sa = self.spec.service_account.as_deref().or(default)?;
+        let (ns, name) = service_account_parts(sa, &self.spec.namespace);
+        Some(service_account_user(ns, name))
     }
 
     /// `namespace/deployment_name` container `container_name`, for messages.
@@ -130,6 +154,9 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 pub struct ValidationRules {
     /// Accept `file://` URLs and local paths as `git_url`.
     pub allow_file_urls: bool,
+    /// Every source must name a `service_account` (the service requires one,
+    /// `CHUMP_REQUIRE_SERVICE_ACCOUNT`, and has no default for it).
+    pub require_service_account: bool,
 }
 
 /// Every bad field of a request, field name → reason.
@@ -172,7 +199,13 @@ pub const REQUIRED_FIELDS: [&str; 7] = [
     "image_version_file",
 ];
 
-const OPTIONAL_FIELDS: [&str; 4] = ["interval_seconds", "suspended", "prune", "auto_rollback"];
+const OPTIONAL_FIELDS: [&str; 5] = [
+    "interval_seconds",
+    "suspended",
+    "prune",
+    "auto_rollback",
+    "service_account",
+];
 
 /// How a request body relates to the stored source.
 #[derive(Debug, Clone, Copy)]
@@ -281,6 +314,34 @@ impl SourceSpec {
             }
         };
 
+        let service_account = match obj.get("service_account") {
+            None => base.and_then(|b| b.service_account.clone()),
+            Some(Value::Null) => None,
+            Some(Value::String(s)) => match validate_service_account(s) {
+                Ok(()) => Some(s.clone()),
+                Err(reason) => {
+                    errors.add("service_account", reason);
+                    None
+                }
+            },
+            Some(_) => {
+                errors.add(
+                    "service_account",
+                    "must be a string (namespace/name, or a name in the source's namespace) or null",
+                );
+                None
+            }
+        };
+        if rules.require_service_account
+            && service_account.is_none()
+            && !errors.0.contains_key("service_account")
+        {
+            errors.add(
+                "service_account",
+                "is required: this server deploys only as a service account (CHUMP_REQUIRE_SERVICE_ACCOUNT); give namespace/name or a name in the source's namespace",
+            );
+        }
+
         // Field rules, only for fields that arrived as non-empty strings.
         let check =
             |errors: &mut ValidationErrors, field: &str, f: &dyn Fn(&str) -> Result<(), String>| {
@@ -314,6 +375,7 @@ impl SourceSpec {
             suspended,
             prune,
             auto_rollback,
+            service_account,
         })
     }
 
@@ -383,6 +445,40 @@ pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A ServiceAccount reference: `namespace/name`, or a bare `name` (in the
+/// source's namespace). The namespace is a DNS-1123 label (as Kubernetes
+/// requires of namespaces), the name a DNS-1123 subdomain (as it requires of
+/// ServiceAccount names).
+pub fn validate_service_account(s: &str) -> Result<(), String> {
+    let (ns, name) = match s.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, s),
+    };
+    if let Some(ns) = ns {
+        validate_dns_label(ns).map_err(|e| {
+            format!("its namespace (before '/') {e}; give namespace/name or a name in the source's namespace")
+        })?;
+    }
+    if name.contains('/') {
+        return Err("must be namespace/name or a name, with at most one '/'".into());
+    }
+    validate_dns_subdomain(name).map_err(|e| format!("its name {e}"))
+}
+
+/// A validated ServiceAccount reference split into (namespace, name), a bare
+/// name resolved in `namespace`.
+pub fn service_account_parts<'a>(sa: &'a str, namespace: &'a str) -> (&'a str, &'a str) {
+    match sa.split_once('/') {
+        Some((ns, name)) => (ns, name),
+        None => (namespace, sa),
+    }
+}
+
+/// The user name Kubernetes gives a ServiceAccount.
+pub fn service_account_user(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
 }
 
 /// The kinds of git URL chump takes.
@@ -650,6 +746,7 @@ mod tests {
             .contains("password"));
         let allow = ValidationRules {
             allow_file_urls: true,
+            ..ValidationRules::default()
         };
         assert!(validate_git_url("file:///tmp/x", allow).is_ok());
     }
@@ -698,6 +795,83 @@ mod tests {
         ] {
             assert!(parse_source_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn service_accounts() {
+        let r = ValidationRules::default();
+        let with = |sa: Value| {
+            let mut body = seed();
+            body["service_account"] = sa;
+            SourceSpec::from_json(&body, Merge::Full, r)
+        };
+        for ok in ["deployer", "team-a/deployer", "team-a/deploy.er"] {
+            let spec = with(json!(ok)).unwrap();
+            assert_eq!(spec.service_account.as_deref(), Some(ok), "stored as given");
+        }
+        for bad in [
+            json!(""),
+            json!("/x"),
+            json!("a/"),
+            json!("A/x"),
+            json!("a/b/c"),
+            json!("a b"),
+            json!("a_b"),
+            json!(3),
+            json!(true),
+        ] {
+            let err = with(bad.clone()).unwrap_err();
+            assert!(err.0.contains_key("service_account"), "{bad}: {err:?}");
+        }
+        assert_eq!(with(Value::Null).unwrap().service_account, None);
+
+        // Resolution: a bare name is in the source's namespace; the source's
+        // own account wins over the default.
+        let source = |sa: Option<&str>| Source {
+            id: 1,
+            spec: SourceSpec {
+                service_account: sa.map(str::to_string),
+                ..with(Value::Null).unwrap()
+            },
+            revision: 1,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            deleting: false,
+        };
+        assert_eq!(
+            source(Some("deployer"))
+                .impersonated_user(Some("x/y"))
+                .as_deref(),
+            Some("system:serviceaccount:production:deployer")
+        );
+        assert_eq!(
+            source(Some("a/b")).impersonated_user(None).as_deref(),
+            Some("system:serviceaccount:a:b")
+        );
+        assert_eq!(
+            source(None).impersonated_user(Some("chump")).as_deref(),
+            Some("system:serviceaccount:production:chump")
+        );
+        assert_eq!(source(None).impersonated_user(None), None);
+
+        // Required: refused without one, on create and on a patch clearing it.
+        let required = ValidationRules {
+            require_service_account: true,
+            ..r
+        };
+        let err = SourceSpec::from_json(&seed(), Merge::Full, required).unwrap_err();
+        assert!(err.0["service_account"].contains("required"), "{err:?}");
+        let base = with(json!("deployer")).unwrap();
+        assert!(
+            SourceSpec::from_json(&json!({"branch": "x"}), Merge::Patch(&base), required).is_ok()
+        );
+        let err = SourceSpec::from_json(
+            &json!({"service_account": null}),
+            Merge::Patch(&base),
+            required,
+        )
+        .unwrap_err();
+        assert!(err.0.contains_key("service_account"), "{err:?}");
     }
 
     /// Found by the `source` fuzz target: `git check-ref-format --branch ''`

@@ -409,14 +409,14 @@ proptest! {
         let supported = ["https", "http", "ssh", "git+ssh", "ssh+git", "git", "file"];
         prop_assume!(!supported.contains(&scheme.as_str()));
         let url = format!("{scheme}://{h}/{path}");
-        prop_assert!(validate_git_url(&url, ValidationRules { allow_file_urls: true }).is_err(), "{}", url);
+        prop_assert!(validate_git_url(&url, ValidationRules { allow_file_urls: true, ..ValidationRules::default() }).is_err(), "{}", url);
     }
 
     #[test]
     fn file_urls_need_the_switch(path in repo_path()) {
         let url = format!("file:///{path}");
         prop_assert!(validate_git_url(&url, ValidationRules::default()).is_err());
-        let allowed = ValidationRules { allow_file_urls: true };
+        let allowed = ValidationRules { allow_file_urls: true, ..ValidationRules::default() };
         prop_assert!(validate_git_url(&url, allowed).is_ok(), "{}", url);
         let local = format!("/{path}");
         prop_assert!(validate_git_url(&local, ValidationRules::default()).is_err());

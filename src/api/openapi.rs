@@ -34,6 +34,13 @@ pub struct SourceBody {
     /// Roll back to the last successful deploy when a deploy fails at
     /// apply or rollout (null: the service's CHUMP_AUTO_ROLLBACK).
     auto_rollback: Option<bool>,
+    /// The ServiceAccount chump impersonates for every request it makes to
+    /// the cluster for this source: `namespace/name`, or a name in the
+    /// source's namespace (null: the service's
+    /// CHUMP_DEFAULT_SERVICE_ACCOUNT, else chump's own identity; required
+    /// when the service sets CHUMP_REQUIRE_SERVICE_ACCOUNT without a
+    /// default).
+    service_account: Option<String>,
 }
 
 /// A source as the API shows it (credentials in `git_url` masked as `***`).
@@ -53,6 +60,9 @@ pub struct Source {
     prune: bool,
     /// null: the service's default (CHUMP_AUTO_ROLLBACK).
     auto_rollback: Option<bool>,
+    /// As given (`namespace/name` or a name in the source's namespace);
+    /// null: the service's CHUMP_DEFAULT_SERVICE_ACCOUNT, if any.
+    service_account: Option<String>,
     /// Deleted with `prune=true`: its objects are being pruned; it takes no
     /// updates and no checks (409), then it is gone.
     deleting: bool,

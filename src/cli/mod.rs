@@ -191,6 +191,12 @@ pub struct SourceFields {
         value_parser = ["true", "false", "default"]
     )]
     pub auto_rollback: Option<String>,
+    /// The ServiceAccount chump deploys this source as (Kubernetes
+    /// impersonation): namespace/name, or a name in the source's namespace;
+    /// an empty value ('') clears it (the server's
+    /// CHUMP_DEFAULT_SERVICE_ACCOUNT, if any).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub service_account: Option<String>,
 }
 
 /// The seven required fields: JSON name and flag.
@@ -239,6 +245,14 @@ impl SourceFields {
                 _ => Value::Null,
             };
             m.insert("auto_rollback".into(), value);
+        }
+        if let Some(sa) = self.service_account {
+            let value = if sa.is_empty() {
+                Value::Null
+            } else {
+                Value::String(sa)
+            };
+            m.insert("service_account".into(), value);
         }
         m
     }

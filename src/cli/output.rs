@@ -22,6 +22,7 @@ const SOURCE_FIELDS: &[&str] = &[
     "suspended",
     "prune",
     "auto_rollback",
+    "service_account",
     "deleting",
     "created_at",
     "updated_at",
@@ -120,11 +121,16 @@ pub fn source_list(v: &Value) -> String {
 }
 
 /// One source as `key: value` lines (its status indented, when present).
-/// `auto_rollback: default`: the server's CHUMP_AUTO_ROLLBACK decides.
+/// `auto_rollback: default`: the server's CHUMP_AUTO_ROLLBACK decides;
+/// `service_account: (server default)`: the server's
+/// CHUMP_DEFAULT_SERVICE_ACCOUNT, if any (`default` is a ServiceAccount's name).
 pub fn source(v: &Value) -> String {
     let mut shown = v.clone();
     if let Some(a) = shown.get_mut("auto_rollback").filter(|a| a.is_null()) {
         *a = Value::String("default".into());
+    }
+    if let Some(a) = shown.get_mut("service_account").filter(|a| a.is_null()) {
+        *a = Value::String("(server default)".into());
     }
     let mut out = fields(&shown, SOURCE_FIELDS, &["status"], "");
     if let Some(st) = v.get("status").filter(|s| s.is_object()) {
@@ -606,6 +612,10 @@ mod tests {
         assert!(out.contains("auto_rollback: default\n"), "{out}");
         let out = source(&json!({"id": 1, "prune": true, "auto_rollback": false}));
         assert!(out.contains("auto_rollback: false\n"), "{out}");
+        let out = source(&json!({"id": 1, "service_account": null}));
+        assert!(out.contains("service_account: (server default)\n"), "{out}");
+        let out = source(&json!({"id": 1, "service_account": "team-a/deployer"}));
+        assert!(out.contains("service_account: team-a/deployer\n"), "{out}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 const SOURCE_COLUMNS: &str = "id, namespace, deployment_name, git_url, branch, deploy_path, \
     container_name, image_version_file, interval_seconds, suspended, prune, auto_rollback, \
-    deleting, revision, created_at, updated_at";
+    service_account, deleting, revision, created_at, updated_at";
 
 /// Outcomes and stages of entries that went live, as SQL (see
 /// [`chump_jobs::history::went_live`]; a test below keeps them in step).
@@ -234,6 +234,7 @@ fn source_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Source, sqlx::Error>
             auto_rollback: row
                 .try_get::<Option<i64>, _>("auto_rollback")?
                 .map(|v| v != 0),
+            service_account: row.try_get("service_account")?,
         },
         revision: row.try_get("revision")?,
         created_at: from_ms(row.try_get("created_at")?),
@@ -261,7 +262,8 @@ impl Store for SqliteStore {
         let row = sqlx::query(&format!(
             "INSERT INTO sources (namespace, deployment_name, git_url, branch, deploy_path, \
              container_name, image_version_file, interval_seconds, suspended, prune, auto_rollback, \
-             revision, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) \
+             service_account, revision, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) \
              RETURNING {SOURCE_COLUMNS}"
         ))
         .bind(&spec.namespace)
@@ -275,6 +277,7 @@ impl Store for SqliteStore {
         .bind(spec.suspended as i64)
         .bind(spec.prune as i64)
         .bind(spec.auto_rollback.map(i64::from))
+        .bind(spec.service_account.as_deref())
         .bind(ms(now))
         .bind(ms(now))
         .fetch_one(&mut *tx)
@@ -323,7 +326,8 @@ impl Store for SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE sources SET namespace = ?, deployment_name = ?, git_url = ?, branch = ?, \
              deploy_path = ?, container_name = ?, image_version_file = ?, interval_seconds = ?, \
-             suspended = ?, prune = ?, auto_rollback = ?, revision = revision + 1, updated_at = ? \
+             suspended = ?, prune = ?, auto_rollback = ?, service_account = ?, \
+             revision = revision + 1, updated_at = ? \
              WHERE id = ? AND deleting = 0 RETURNING {SOURCE_COLUMNS}"
         ))
         .bind(&spec.namespace)
@@ -337,6 +341,7 @@ impl Store for SqliteStore {
         .bind(spec.suspended as i64)
         .bind(spec.prune as i64)
         .bind(spec.auto_rollback.map(i64::from))
+        .bind(spec.service_account.as_deref())
         .bind(ms(now))
         .bind(id)
         .fetch_optional(&mut *tx)

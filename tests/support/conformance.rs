@@ -34,6 +34,7 @@ pub fn spec(name: &str) -> SourceSpec {
         suspended: false,
         prune: true,
         auto_rollback: None,
+        service_account: None,
     }
 }
 
@@ -2541,6 +2542,42 @@ pub async fn auto_rollback_round_trips(store: Arc<dyn Store>) {
     }
 }
 
+pub async fn service_account_round_trips(store: Arc<dyn Store>) {
+    // Stored as given: a bare name (the source's namespace) stays bare.
+    let values = [None, Some("deployer"), Some("team-a/deployer")];
+    let mut sources = Vec::new();
+    for (name, value) in ["a", "b", "c"].into_iter().zip(values) {
+        let mut s = spec(name);
+        s.service_account = value.map(str::to_string);
+        let created = store.create_source(&s, t(0)).await.unwrap();
+        assert_eq!(created.spec, s);
+        assert_eq!(store.get_source(created.id).await.unwrap().unwrap().spec, s);
+        sources.push((created.id, s));
+    }
+    let listed = store.list_sources().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.spec.clone()).collect::<Vec<_>>(),
+        sources.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>()
+    );
+    // Each to each other value, and claims carry it.
+    for (i, (id, s)) in sources.iter_mut().enumerate() {
+        for step in 1..=3 {
+            s.service_account = values[(i + step) % 3].map(str::to_string);
+            let updated = store.update_source(*id, s, t(step as i64)).await.unwrap();
+            assert_eq!(updated.spec, *s);
+            assert_eq!(store.get_source(*id).await.unwrap().unwrap().spec, *s);
+            let listed = store.list_sources().await.unwrap();
+            assert_eq!(listed.iter().find(|l| l.id == *id).unwrap().spec, *s);
+        }
+    }
+    let claims = store.claim_due(t(100), 10, "owner-1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 3);
+    for c in claims {
+        let (_, s) = sources.iter().find(|(id, _)| *id == c.source.id).unwrap();
+        assert_eq!(c.source.spec.service_account, s.service_account);
+    }
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -2565,7 +2602,8 @@ macro_rules! conformance_tests {
             manifests_are_kept_with_their_entry,
             old_manifests_are_dropped_but_the_last_success_keeps_them,
             rollbacks_are_claimed_with_their_order, pins_are_set_kept_and_cleared,
-            history_at_an_instant_shows_what_was_live, auto_rollback_round_trips);
+            history_at_an_instant_shows_what_was_live, auto_rollback_round_trips,
+            service_account_round_trips);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(

@@ -53,7 +53,14 @@
 //!   with the kubelet's states, conditions and messages; events
 //!   ([`events`]) as the components record them, repeats counted;
 //! - a log of every request, so a test can assert that nothing was written
-//!   (the controllers' own writes are not requests);
+//!   (the controllers' own writes are not requests), with the user it was
+//!   made as (`Impersonate-User`);
+//! - user impersonation and RBAC ([`rbac`]): the caller is an administrator
+//!   who may impersonate; an impersonated request (a ServiceAccount gets
+//!   its groups) is allowed only by the Roles, ClusterRoles, RoleBindings
+//!   and ClusterRoleBindings stored in the stand-in (verbs, API groups,
+//!   resources and subresources, resource names; discovery is open to
+//!   every user), else it gets the real 403 `Forbidden` Status;
 //! - [`KubeApi::start_tls`]: the same server behind TLS (a CA and a server
 //!   certificate for `127.0.0.1` and `localhost`, made with rcgen) that also
 //!   demands a bearer token (401 without it), as a pod's service account
@@ -95,7 +102,8 @@
 //! - [`KubeApi::settle`]: wait until the controllers have nothing queued;
 //! - seeding and drift: [`KubeApi::put_object`], [`KubeApi::put_namespace`],
 //!   [`KubeApi::put_deployment`], [`KubeApi::put_deployment_with`],
-//!   [`KubeApi::set_image`]; faults: [`KubeApi::set_delay`],
+//!   [`KubeApi::set_image`]; impersonation:
+//!   [`KubeApi::set_may_impersonate`]; faults: [`KubeApi::set_delay`],
 //!   [`KubeApi::stop`], [`KubeApi::restart`].
 //!
 //! # Approximations (documented, deliberate)
@@ -125,7 +133,8 @@
 //! one expires them after an hour); no event aggregation ("combined from
 //! similar events"). Watches send no periodic bookmarks. No JSON patch, no
 //! protobuf; no authentication unless started with [`KubeApi::start_tls`]
-//! (one bearer token, no RBAC).
+//! (one bearer token); RBAC only for impersonated requests (see [`rbac`]
+//! for what it leaves out).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -155,6 +164,8 @@ mod fields;
 mod gc;
 #[path = "kube_api/kubelet.rs"]
 mod kubelet;
+#[path = "kube_api/rbac.rs"]
+mod rbac;
 #[path = "kube_api/selectors.rs"]
 mod selectors;
 #[path = "kube_api/subresources.rs"]
@@ -294,6 +305,9 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     pub accept: Option<String>,
     pub user_agent: Option<String>,
+    /// The `Impersonate-User` header: the user the request was made as
+    /// (None: the stand-in's administrator, [`rbac`]).
+    pub impersonate_user: Option<String>,
     pub body: String,
 }
 
@@ -334,6 +348,8 @@ struct Inner {
     rv: u64,
     uid: u64,
     requests: Vec<RecordedRequest>,
+    /// The administrator may impersonate ([`KubeApi::set_may_impersonate`]).
+    may_impersonate: bool,
     rollout: RolloutMode,
     rollout_for: HashMap<(String, String), RolloutMode>,
     /// The garbage collector's owner graph and queue.
@@ -548,6 +564,7 @@ impl KubeApi {
                 rv: 1000,
                 uid: 0,
                 requests: Vec::new(),
+                may_impersonate: true,
                 rollout: RolloutMode::Immediate,
                 rollout_for: HashMap::new(),
                 graph: gc::Graph::default(),
@@ -697,6 +714,13 @@ impl KubeApi {
     /// Every request so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.lock().requests.clone()
+    }
+
+    /// Whether the stand-in's administrator (every caller) may impersonate
+    /// users (`Impersonate-User`): on by default; off, an impersonating
+    /// request gets the impersonation filter's 403.
+    pub fn set_may_impersonate(&self, may: bool) {
+        self.lock().may_impersonate = may;
     }
 
     /// Forget the requests so far.
@@ -1093,6 +1117,11 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         content_type: header_str(header::CONTENT_TYPE),
         accept: header_str(header::ACCEPT),
         user_agent: header_str(header::USER_AGENT),
+        impersonate_user: parts
+            .headers
+            .get("impersonate-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
     tracing::debug!(method = %rec.method, path = %rec.path, query = %rec.query, "kube stand-in request");
@@ -1124,6 +1153,22 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let resp = {
         let mut inner = shared.inner.lock().unwrap();
         inner.requests.push(rec.clone());
+        // Impersonation, then RBAC for the impersonated user.
+        let who = match rbac::impersonation(&parts.headers) {
+            Ok(who) => who,
+            Err(f) => return json_response(f.code, &status_body(&f)),
+        };
+        if let Some(who) = &who {
+            if !inner.may_impersonate {
+                let f = rbac::cannot_impersonate(&who.user);
+                return json_response(f.code, &status_body(&f));
+            }
+            let attrs = rbac::attributes(&parts.method, &rec.path, &query);
+            if !rbac::allowed(&inner.objects, who, &attrs) {
+                let f = rbac::forbidden(who, &attrs);
+                return json_response(f.code, &status_body(&f));
+            }
+        }
         match inner.route(&parts.method, &rec, &query, &bytes, &shared) {
             Ok(r) => r,
             Err(f) => json_response(f.code, &status_body(&f)),

@@ -5,5 +5,7 @@ pub mod chump;
 pub mod conformance;
 pub mod env;
 pub mod git_server;
+pub mod https_git;
 pub mod kube_api;
 pub mod rethinkdb;
+pub mod sshd;

@@ -40,7 +40,10 @@ impl Checker {
             p.commit = (!recorded.commit.is_empty()).then(|| recorded.commit.clone());
             p.desired_image = recorded.desired_image.clone();
         }
-        let cluster = self.cluster().await.map_err(|e| fail(Stage::Cluster, e))?;
+        let cluster = &self
+            .cluster_for(source)
+            .await
+            .map_err(|e| fail(Stage::Cluster, e))?;
         if !lease.held() {
             return Err(fail(
                 Stage::Prune,

@@ -62,7 +62,10 @@ impl Checker {
         tracing::debug!(commit = %checkout.commit, fetched = checkout.fetched, shared = checkout.shared, "git synced");
         let commit = checkout.commit.clone();
         set(&|p| p.commit = Some(commit.clone()));
-        let cluster = self.cluster().await.map_err(|e| fail(Stage::Cluster, e))?;
+        let cluster = &self
+            .cluster_for(source)
+            .await
+            .map_err(|e| fail(Stage::Cluster, e))?;
 
         // Pinned after a rollback: the same head leaves the cluster alone;
         // any other commit resumes auto-deploy.

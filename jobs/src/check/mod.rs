@@ -106,6 +106,12 @@ pub struct Checker {
     pub self_heal: bool,
     /// `auto_rollback` of sources that do not set it (off by default).
     pub auto_rollback: bool,
+    /// The ServiceAccount impersonated for sources that name none
+    /// (`namespace/name`, or a name in each source's namespace).
+    pub default_service_account: Option<String>,
+    /// A source with no service account (and no default) is not checked:
+    /// it fails at stage `cluster` before any request.
+    pub require_service_account: bool,
     /// The largest render (compressed) kept with a history entry.
     pub manifest_max_bytes: usize,
     pub metrics: Arc<Metrics>,
@@ -223,6 +229,8 @@ impl Checker {
             restrict_namespace,
             self_heal: true,
             auto_rollback: false,
+            default_service_account: None,
+            require_service_account: false,
             manifest_max_bytes: DEFAULT_MANIFEST_MAX_BYTES,
             metrics,
         }
@@ -261,6 +269,23 @@ impl Checker {
             })
             .await
             .map_err(|e| format!("no Kubernetes client: {e}"))
+    }
+
+    /// The cluster as `source` talks to it: impersonating its service
+    /// account (its own, else the default), or as chump itself — unless a
+    /// service account is required.
+    async fn cluster_for(&self, source: &Source) -> Result<Cluster, String> {
+        let cluster = self.cluster().await?;
+        match source.impersonated_user(self.default_service_account.as_deref()) {
+            Some(user) => cluster
+                .impersonating(&user)
+                .map_err(|e| format!("cannot impersonate {user}: {e}")),
+            None if self.require_service_account => Err(
+                "the source has no service_account and this server deploys only as a service account (CHUMP_REQUIRE_SERVICE_ACCOUNT): nothing read or written"
+                    .to_string(),
+            ),
+            None => Ok(cluster.clone()),
+        }
     }
 
     /// Runs the check `claim` asks for to the end and reports it.

@@ -56,7 +56,10 @@ impl Checker {
                 format!("cannot read its manifests: {e}; nothing applied"),
             )
         })?;
-        let cluster = self.cluster().await.map_err(|e| fail(Stage::Cluster, e))?;
+        let cluster = &self
+            .cluster_for(source)
+            .await
+            .map_err(|e| fail(Stage::Cluster, e))?;
         let placed = self
             .place(cluster, source, &objects)
             .await

@@ -107,6 +107,11 @@ impl Cluster {
     ///
     /// Reports for each object whether it was created, configured (its
     /// resourceVersion changed) or left unchanged; stops at the first failure.
+    ///
+    /// Impersonating ([`Cluster::impersonating`]), every object is first
+    /// applied with `dryRun=All` (one more PATCH per object), so that an
+    /// object the user may not write (403) or the server rejects stops the
+    /// apply before anything is written.
     pub async fn apply(
         &self,
         objects: &[Value],
@@ -115,6 +120,12 @@ impl Cluster {
     ) -> Result<Vec<Applied>, ApplyError> {
         let mut items = self.plan(objects, default_ns, allowed_namespace).await?;
         items.sort_by_key(|i| i.rank);
+        if self.user.is_some() {
+            self.dry_run(&items).await.map_err(|failure| {
+                tracing::warn!(error = %failure, "dry run refused: nothing applied");
+                ApplyError::new(failure)
+            })?;
+        }
         let mut applied: Vec<Applied> = Vec::with_capacity(items.len());
         for item in &mut items {
             match self.apply_one(item).await {
@@ -271,6 +282,56 @@ impl Cluster {
             }
         }
         Ok(items)
+    }
+
+    /// Server-side apply of every item with `dryRun=All`, as it will be
+    /// applied: the API server authorizes (and admits and validates) a dry
+    /// run as the write itself, and stores nothing. Objects of kinds a CRD
+    /// of this build defines cannot be tried yet; an object in a Namespace
+    /// the build creates meets a 404 for it, and is let through.
+    async fn dry_run(&self, items: &[Item]) -> Result<(), ApplyFailure> {
+        let created: Vec<&str> = items
+            .iter()
+            .filter(|i| i.rank == 0)
+            .map(|i| i.name.as_str())
+            .collect();
+        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        for item in items {
+            let Some(resource) = &item.resource else {
+                continue;
+            };
+            let api: Api<DynamicObject> = match &item.namespace {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, resource),
+                None => Api::all_with(self.client.clone(), resource),
+            };
+            match api
+                .patch(&item.name, &params, &Patch::Apply(&item.body))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s))
+                    if s.code == 404
+                        && item
+                            .namespace
+                            .as_deref()
+                            .is_some_and(|ns| created.contains(&ns)) => {}
+                Err(kube::Error::Api(s)) => {
+                    return Err(ApplyFailure::Rejected {
+                        object: item.describe(),
+                        code: s.code,
+                        reason: s.reason.clone(),
+                        message: s.message.clone(),
+                    })
+                }
+                Err(e) => {
+                    return Err(ApplyFailure::Cluster {
+                        object: item.describe(),
+                        error: e.into(),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn apply_one(&self, item: &mut Item) -> Result<(ApplyAction, String), ApplyFailure> {

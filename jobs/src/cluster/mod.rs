@@ -14,6 +14,14 @@
 //! hanging a worker. Kinds are resolved through discovery once and cached
 //! (GroupVersionKind → ApiResource + scope); a miss asks the server again, so
 //! kinds that appear later (a CRD applied in the same build) are found.
+//!
+//! A source with a service account is handled through
+//! [`Cluster::impersonating`]: the same cluster, discovery cache and
+//! settings, but a client (one per user, made once and kept) whose every
+//! request carries `Impersonate-User`, so the cluster's RBAC decides what
+//! the source may read and write. Such a client's applies are dry-run
+//! first, every object, so that a forbidden object stops the deploy before
+//! anything is written ([`Cluster::apply`]).
 
 mod apply;
 pub mod drift;
@@ -29,7 +37,7 @@ pub use rollout::Running;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -117,11 +125,20 @@ impl From<kube::Error> for ClusterError {
 pub struct Cluster {
     client: Client,
     kinds: Arc<RwLock<HashMap<GroupVersionKind, (ApiResource, Scope)>>>,
+    /// The configuration the base client was made from (None: made around
+    /// a client, so it cannot impersonate).
+    config: Option<Arc<Config>>,
+    /// One client per impersonated user, shared by every clone.
+    users: Arc<Mutex<HashMap<String, Client>>>,
+    /// The user `client` impersonates (None: chump's own identity).
+    user: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -162,22 +179,72 @@ impl Cluster {
 
     /// From a kube [`Config`]; chump's timeouts replace the config's.
     pub fn from_config(config: Config) -> Result<Self, ClusterError> {
+        let config = with_timeouts(config);
         let client =
-            Client::try_from(with_timeouts(config)).map_err(|e| ClusterError::Config(chain(&e)))?;
-        Ok(Self::new(client))
+            Client::try_from(config.clone()).map_err(|e| ClusterError::Config(chain(&e)))?;
+        let mut cluster = Self::new(client);
+        cluster.config = Some(Arc::new(config));
+        Ok(cluster)
     }
 
     /// Around an existing client (its timeouts are the caller's business).
+    /// Such a cluster cannot impersonate.
     pub fn new(client: Client) -> Self {
         Cluster {
             client,
             kinds: Arc::new(RwLock::new(HashMap::new())),
+            config: None,
+            users: Arc::new(Mutex::new(HashMap::new())),
+            user: None,
         }
     }
 
     /// The kube client.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The user this handle impersonates (None: chump's own identity).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The same cluster as `user` (Kubernetes user impersonation: every
+    /// request carries `Impersonate-User: <user>` and no
+    /// `Impersonate-Group`, so the API server gives a ServiceAccount user
+    /// its groups): shares the discovery cache; the client is made on first
+    /// use per user and kept. chump's own identity needs the `impersonate`
+    /// verb on the user (for ServiceAccounts: `serviceaccounts`).
+    pub fn impersonating(&self, user: &str) -> Result<Cluster, ClusterError> {
+        let config = self.config.as_ref().ok_or_else(|| {
+            ClusterError::Config(
+                "this client was made around an existing one and cannot impersonate".into(),
+            )
+        })?;
+        let client = {
+            let mut users = self.users.lock().unwrap();
+            match users.get(user) {
+                Some(c) => c.clone(),
+                None => {
+                    let mut config = Config::clone(config);
+                    config.auth_info.impersonate = Some(user.to_string());
+                    config.auth_info.impersonate_groups = None;
+                    config.auth_info.impersonate_uid = None;
+                    config.auth_info.impersonate_user_extra = None;
+                    let c =
+                        Client::try_from(config).map_err(|e| ClusterError::Config(chain(&e)))?;
+                    users.insert(user.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(Cluster {
+            client,
+            kinds: self.kinds.clone(),
+            config: self.config.clone(),
+            users: self.users.clone(),
+            user: Some(Arc::from(user)),
+        })
     }
 
     /// The ApiResource and scope of a kind, from the cache or discovery.

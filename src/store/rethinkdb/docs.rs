@@ -64,9 +64,14 @@ pub(super) fn source_from_doc(doc: &Value) -> StoreResult<Source> {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             // The Python tool's documents have none of these: pruning on,
-            // the service's auto-rollback default, not being deleted.
+            // the service's auto-rollback default, the service's account
+            // (or chump's own), not being deleted.
             prune: doc.get("prune").and_then(Value::as_bool).unwrap_or(true),
             auto_rollback: doc.get("auto_rollback").and_then(Value::as_bool),
+            service_account: doc
+                .get("service_account")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         },
         revision: opt_int(doc, "revision").unwrap_or(1),
         created_at,
@@ -96,6 +101,7 @@ pub(super) fn spec_fields(spec: &SourceSpec) -> serde_json::Map<String, Value> {
         "suspended": spec.suspended,
         "prune": spec.prune,
         "auto_rollback": spec.auto_rollback,
+        "service_account": spec.service_account,
     });
     match v {
         Value::Object(m) => m,
@@ -243,60 +249,20 @@ pub(super) fn manifests_from_binary(v: &Value) -> Option<PackedManifests> {
     base64_decode(data).map(PackedManifests::from_bytes)
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding, as RethinkDB's pseudo-type carries it.
 fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(BASE64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// The bytes of standard base64 (padding optional, line breaks skipped);
-/// None for anything else.
+/// The bytes of standard base64 (the server breaks its lines every 76
+/// characters: line breaks are skipped); None for anything else.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    let mut padding = 0;
-    for c in text.bytes() {
-        let v = match c {
-            b'\n' | b'\r' => continue,
-            b'=' => {
-                padding += 1;
-                continue;
-            }
-            _ if padding > 0 => return None,
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be zero padding of the last byte (fewer than 8).
-    (padding <= 2 && acc == 0).then_some(out)
+    use base64::Engine;
+    let joined: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(joined)
+        .ok()
 }
 
 /// A write result's counter (`inserted`, `replaced`, `skipped`, …).

@@ -7,7 +7,7 @@
 //!
 //! | table | primary key | holds |
 //! |---|---|---|
-//! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `prune`, `auto_rollback` (null: the service's default), `deleting`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them; a missing `prune` reads as true, a missing `auto_rollback` as null, a missing `deleting` as false) |
+//! | `sources` (`TABLE_NAME`) | `id` (integer) | the original tool's documents: the seven fields, plus chump's `interval_seconds`, `suspended`, `prune`, `auto_rollback` (null: the service's default), `service_account` (null: the service's default), `deleting`, `revision`, `created_at`, `updated_at` (all optional when reading: documents written by the Python tool lack them; a missing `prune` reads as true, a missing `auto_rollback` or `service_account` as null, a missing `deleting` as false) |
 //! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, the pin (`pinned_commit`, `pinned_reason`, `pinned_entry`, `pinned_at`), a rollback asked for and not yet recorded (`rollback_to`, `rollback_trigger`), and copies of the source's `suspended`, `deleting` and `revision` |
 //! | `chump_history` | `id` (integer, from a counter) | deploys, failures, supersessions, rollbacks, deletions, and the checks that start or end a degraded spell ([`CheckReport::goes_to_history`]), each with `manifests` (`kept`, `dropped`, `too_large` or null) and `rollback_to`; they outlive their source |
 //! | `chump_manifests` | `id` (the history entry's) | the rendered manifests of entries that keep them: `source_id`, the entry's `outcome` (for retention), `data` (binary: gzip of a JSON array); they outlive their source |
@@ -1914,6 +1914,7 @@ mod tests {
         assert!(!s.spec.suspended);
         assert!(s.spec.prune, "pruning is on unless switched off");
         assert_eq!(s.spec.auto_rollback, None, "the service's default");
+        assert_eq!(s.spec.service_account, None, "the service's default");
         assert!(!s.deleting);
         assert_eq!(s.spec.interval_seconds, None);
         let mut odd = doc.clone();
