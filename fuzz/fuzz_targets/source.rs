@@ -21,6 +21,8 @@ fn base() -> SourceSpec {
         interval_seconds: None,
         suspended: false,
         prune: true,
+        auto_rollback: None,
+        service_account: None,
     }
 }
 
@@ -89,6 +91,7 @@ fuzz_target!(|data: &[u8]| {
             Merge::Full,
             ValidationRules {
                 allow_file_urls: true,
+                ..Default::default()
             },
         );
     }
@@ -105,7 +108,8 @@ fuzz_target!(|data: &[u8]| {
             validate_git_url(
                 text,
                 ValidationRules {
-                    allow_file_urls: true
+                    allow_file_urls: true,
+                    ..Default::default()
                 }
             )
             .is_ok(),
