@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// Let kustomize load remote bases (URLs in resources:).
     #[arg(long, env = "CHUMP_KUSTOMIZE_ALLOW_REMOTE", default_value = "false")]
     pub kustomize_allow_remote: String,
+    /// Notification targets (webhooks, Slack-compatible chat, commit
+    /// statuses): a YAML (.yaml, .yml) or TOML (.toml) file. Unset: none.
+    #[arg(long, env = "CHUMP_NOTIFY_CONFIG")]
+    pub notify_config: Option<PathBuf>,
     /// Log format: text or json (verbosity from RUST_LOG, default info).
     #[arg(long, env = "CHUMP_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -230,6 +234,8 @@ pub struct Config {
     pub require_service_account: bool,
     pub manifest_retention: u32,
     pub manifest_max_bytes: usize,
+    /// `CHUMP_NOTIFY_CONFIG`, read and checked (secrets resolved).
+    pub notify: Option<crate::notify::config::NotifyConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -268,6 +274,7 @@ impl std::fmt::Debug for Config {
             .field("require_service_account", &self.require_service_account)
             .field("manifest_retention", &self.manifest_retention)
             .field("manifest_max_bytes", &self.manifest_max_bytes)
+            .field("notify", &self.notify)
             .finish()
     }
 }
@@ -713,7 +720,19 @@ impl Config {
             "ssh-known-hosts",
             args.ssh_known_hosts.as_ref(),
         )?;
+        let notify = match args
+            .notify_config
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            None => None,
+            Some(path) => Some(
+                crate::notify::config::load(path, &|var| std::env::var(var).ok())
+                    .map_err(|e| invalid("CHUMP_NOTIFY_CONFIG", "notify-config", e.to_string()))?,
+            ),
+        };
         Ok(Config {
+            notify,
             ssh_key,
             ssh_known_hosts,
             webhook_secret,

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod notify;
 pub mod server;
 pub mod store;

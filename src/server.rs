@@ -19,6 +19,7 @@ use chump_jobs::pipeline::{Pipeline, PipelineConfig};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::notify::Notifications;
 use crate::store;
 
 /// Runs the service until `shutdown` is cancelled.
@@ -34,9 +35,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("cannot create CHUMP_WORKDIR {}", config.workdir.display()))?;
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
+    let notifications =
+        Notifications::new(config.notify.as_ref(), store.clone(), metrics.clone(), addr);
+    // Deliveries go on until the pipeline has stopped (checks recorded in
+    // the shutdown grace are still told).
+    let notify_stop = CancellationToken::new();
+    notifications.start(notify_stop.clone());
+    let mut checker = checker(&config, metrics.clone());
+    checker.notifier = Arc::new(notifications.clone());
     let pipeline = Pipeline::start(
         store.clone(),
-        Arc::new(checker(&config, metrics.clone())),
+        Arc::new(checker),
         PipelineConfig {
             workers: config.workers,
             interval: config.interval,
@@ -62,6 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         schedule_changed: wake,
         metrics,
         pipeline: Some(pipeline.probe()),
+        notifications,
     };
     if config.api_token.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the API has no token and listens beyond loopback (--insecure-no-auth)");
@@ -80,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // However the server ended, the pipeline stops too.
     shutdown.cancel();
     pipeline.stopped().await;
+    notify_stop.cancel();
     tracing::info!("chump stopped");
     Ok(())
 }

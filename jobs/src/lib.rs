@@ -17,6 +17,7 @@ pub mod lease;
 pub mod manifest;
 pub mod manifests;
 pub mod metrics;
+pub mod notify;
 pub mod paths;
 pub mod pipeline;
 pub mod redact;

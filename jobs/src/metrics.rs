@@ -34,6 +34,21 @@ pub struct GitLabels {
     pub kind: String,
 }
 
+/// Labels of `chump_notifications_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabels {
+    /// A target's name, from the notification config file (bounded).
+    pub target: String,
+    /// One of [`NOTIFY_RESULTS`].
+    pub result: String,
+}
+
+/// Every value of `chump_notifications_total`'s `result` label:
+/// `delivered`, `retried` (an attempt failed, another follows), `failed`
+/// (given up after the last attempt), `dropped` (the queue was full: the
+/// oldest waiting event went).
+pub const NOTIFY_RESULTS: &[&str] = &["delivered", "retried", "failed", "dropped"];
+
 /// Labels of `chump_sources`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -98,6 +113,8 @@ pub struct Metrics {
     pub busy_workers: Gauge,
     pub sources: Family<StateLabels, Gauge>,
     pub webhooks: Counter<u64, AtomicU64>,
+    /// Notifications by target and result ([`NOTIFY_RESULTS`]).
+    pub notifications: Family<NotifyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -172,8 +189,15 @@ impl Metrics {
             "Checks triggered by webhooks",
             webhooks.clone(),
         );
+        let notifications = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications by target (from CHUMP_NOTIFY_CONFIG) and result (delivered, retried, failed, dropped)",
+            notifications.clone(),
+        );
         Metrics {
             registry,
+            notifications,
             checks,
             check_duration,
             checks_abandoned,
@@ -209,6 +233,17 @@ impl Metrics {
             .filter(|o| o.action == crate::history::ApplyAction::Deleted)
             .count();
         self.objects_pruned.inc_by(pruned as u64);
+    }
+
+    /// Counts a notification of `target` ending in `result` (one of
+    /// [`NOTIFY_RESULTS`]).
+    pub fn record_notification(&self, target: &str, result: &'static str) {
+        self.notifications
+            .get_or_create(&NotifyLabels {
+                target: target.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a git sync.

@@ -131,6 +131,19 @@ pub fn parse_push(provider: Provider, body: &[u8]) -> Result<Push, PayloadError>
 /// credentials or port, lower case, no trailing `/` or `.git`. scp-like
 /// `git@host:org/repo.git` gives `host/org/repo`.
 pub fn normalize_repo_url(url: &str) -> Option<String> {
+    let (host, path) = repo_host_path(url)?;
+    Some(format!(
+        "{}/{}",
+        host.to_ascii_lowercase(),
+        path.to_ascii_lowercase()
+    ))
+}
+
+/// A repository URL's host and path, as written: no scheme, credentials,
+/// port, query, leading or trailing `/` or `.git` (`https://u:t@host:8443/org/repo.git`
+/// and scp-like `git@host:org/repo.git` give `("host", "org/repo")`). None
+/// when either is empty.
+pub fn repo_host_path(url: &str) -> Option<(String, String)> {
     let url = url.trim();
     let (host, path) = if let Some((_, rest)) = url.split_once("://") {
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -165,11 +178,7 @@ pub fn normalize_repo_url(url: &str) -> Option<String> {
     if host.is_empty() || path.is_empty() {
         return None;
     }
-    Some(format!(
-        "{}/{}",
-        host.to_ascii_lowercase(),
-        path.to_ascii_lowercase()
-    ))
+    Some((host.to_string(), path.to_string()))
 }
 
 /// Whether `source` follows the repository and branch of `push`.

@@ -126,8 +126,11 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
     let outcome = match &ending {
         Ending::Report(report) => {
             ctx.checker.metrics.record_check(report);
-            if record(&ctx, &claim, &lease, report).await && report.rollback_wanted {
-                roll_back_automatically(&ctx, &claim, report).await;
+            if record(&ctx, &claim, &lease, report).await {
+                tell(&ctx, &claim, report, &progress);
+                if report.rollback_wanted {
+                    roll_back_automatically(&ctx, &claim, report).await;
+                }
             }
             Some(report.outcome)
         }
@@ -217,6 +220,28 @@ async fn record(
             }
         }
     }
+}
+
+/// Hands a recorded check's event to the notifier (which only enqueues):
+/// see [`crate::notify::event_kind`]. A check that announced a deploy is
+/// always handed over, so a commit status left `pending` is settled.
+fn tell(ctx: &WorkerContext, claim: &Claim, report: &CheckReport, progress: &ProgressCell) {
+    let kind = crate::notify::event_kind(report, claim.last_outcome);
+    let announced = progress.lock().map(|p| p.announced).unwrap_or(false);
+    if kind.is_none() && !announced {
+        return;
+    }
+    // What receivers are told: not the render nor the inventory.
+    let mut report = report.clone();
+    report.manifests = None;
+    report.inventory = None;
+    ctx.checker.notifier.notify(crate::notify::Event {
+        kind,
+        source: claim.source.clone(),
+        report,
+        previous: claim.last_outcome,
+        announced,
+    });
 }
 
 /// How many of a source's newest applied entries an automatic rollback

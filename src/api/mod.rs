@@ -8,6 +8,7 @@ mod auth;
 pub mod body;
 pub mod error;
 mod history;
+mod notifications;
 pub mod openapi;
 mod rollback;
 mod sources;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The pipeline's live counters (None when no pipeline runs).
     pub pipeline: Option<PipelineProbe>,
+    /// The notification targets and their deliveries.
+    pub notifications: crate::notify::Notifications,
 }
 
 impl AppState {
@@ -82,6 +85,8 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /api/history/{id}",
     "GET /api/history/{id}/manifests",
     "GET /api/history/{id}/diff",
+    "GET /api/notifications",
+    "POST /api/notifications/{target}/test",
     "POST /api/webhooks/{provider}",
     "GET /metrics",
     "GET /healthz",
@@ -139,6 +144,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/history/{id}", get(history::one))
         .route("/api/history/{id}/manifests", get(history::manifests))
         .route("/api/history/{id}/diff", get(history::diff))
+        .route("/api/notifications", get(notifications::list))
+        .route(
+            "/api/notifications/{target}/test",
+            post(notifications::test),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -292,7 +292,7 @@ pub struct SourceMessage {
         doc::index, doc::health, doc::openapi, doc::list, doc::create, doc::create_legacy, doc::get,
         doc::patch, doc::put, doc::delete, doc::patch_legacy, doc::put_legacy, doc::delete_legacy,
         doc::status, doc::objects, doc::history_of_source, doc::check, doc::rollback, doc::unpin, doc::history,
-        doc::history_entry, doc::manifests, doc::diff, doc::webhook, doc::metrics,
+        doc::history_entry, doc::manifests, doc::diff, doc::notifications, doc::notification_test, doc::webhook, doc::metrics,
         doc::healthz, doc::readyz
     ),
     components(schemas(SourceBody, Source, Status, Pin, HistoryEntry, AppliedObject, Objects, InventoryObject, HistoryPage, Error, SourceMessage, Deleting,
@@ -415,6 +415,15 @@ mod doc {
         responses((status = 202, description = "`{\"msg\", \"triggered\": [ids]}`; non-push events are ignored"),
         (status = 400, body = Error), (status = 401, body = Error, description = "wrong or missing signature")))]
     pub fn webhook() {}
+    #[utoipa::path(get, path = "/api/notifications", responses(
+        (status = 200, description = "`{\"config\": file, \"targets\": [{name, type, url (masked: no secret, token or path), provider, events, selector, queued, delivered, failed, dropped, last: {result, at, status, error}}]}`")))]
+    pub fn notifications() {}
+    #[utoipa::path(post, path = "/api/notifications/{target}/test", params(("target" = String, Path, description = "a target's name from CHUMP_NOTIFY_CONFIG")), responses(
+        (status = 200, description = "`{\"target\", \"result\": \"delivered\", \"status\"}`: one test event delivered now"),
+        (status = 400, body = Error, description = "a commit_status target (a status needs a commit)"),
+        (status = 404, body = Error, description = "no such target"),
+        (status = 502, description = "`{\"target\", \"result\": \"failed\", \"status\", \"error\"}`: the receiver failed or did not answer")))]
+    pub fn notification_test() {}
     #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
     pub fn metrics() {}
     #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "the process is alive")))]

@@ -1,6 +1,6 @@
 //! The client side of the `chump` binary: subcommands that talk to a running
 //! chump server over its REST API (`sources`, `check`, `history`, `diff`,
-//! `rollback`, `unpin`, `status`).
+//! `rollback`, `unpin`, `status`, `notify`).
 //!
 //! Every command takes `--url` (`CHUMP_URL`), `--token` (`CHUMP_API_TOKEN`)
 //! and `--json`. Output is a human table or key/value list by default; with
@@ -76,6 +76,31 @@ pub enum ClientCommand {
     /// check, and what chump last applied (object counts by kind, and the
     /// commit).
     Status(StatusArgs),
+    /// Notification targets (CHUMP_NOTIFY_CONFIG): list them with their
+    /// last delivery, or send one a test event.
+    Notify(NotifyArgs),
+}
+
+/// `chump notify ...`
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: NotifyCommand,
+}
+
+/// What to do with notification targets.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Every target: type, URL (masked), events, queue and last delivery.
+    List,
+    /// Send a test event to a webhook or slack target now (one attempt);
+    /// exit status 1 when it is not delivered.
+    Test {
+        /// The target's name.
+        target: String,
+    },
 }
 
 /// `chump sources ...`
@@ -455,6 +480,23 @@ async fn execute(command: ClientCommand) -> Result<(), CliError> {
                 .post(&format!("/api/sources/{}/unpin", args.id), None)
                 .await?;
             emit(args.client.json, &v, output::queued)
+        }
+        ClientCommand::Notify(NotifyArgs { client, command }) => {
+            let c = Client::new(&client)?;
+            match command {
+                NotifyCommand::List => {
+                    let v = c.get("/api/notifications").await?;
+                    emit(client.json, &v, output::notification_targets)
+                }
+                NotifyCommand::Test { target } => {
+                    let path = format!(
+                        "/api/notifications/{}/test",
+                        url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>()
+                    );
+                    let v = c.post(&path, None).await?;
+                    emit(client.json, &v, output::notification_test)
+                }
+            }
         }
         ClientCommand::Status(args) => {
             let c = Client::new(&args.client)?;

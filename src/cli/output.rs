@@ -120,6 +120,68 @@ pub fn source_list(v: &Value) -> String {
     )
 }
 
+/// `GET /api/notifications` as a table (URLs as the server masks them).
+pub fn notification_targets(v: &Value) -> String {
+    let targets = v["targets"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if targets.is_empty() {
+        return "no notification targets (CHUMP_NOTIFY_CONFIG is not set)\n".into();
+    }
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            let kind = match t["provider"].as_str() {
+                Some(p) => format!("{}/{p}", text(&t["type"])),
+                None => text(&t["type"]),
+            };
+            let events: Vec<String> = t["events"]
+                .as_array()
+                .map(|e| e.iter().map(text).collect())
+                .unwrap_or_default();
+            vec![
+                cell(&t["name"]),
+                kind,
+                cell(&t["url"]),
+                events.join(","),
+                cell(&t["queued"]),
+                cell(&t["delivered"]),
+                cell(&t["failed"]),
+                cell(&t["dropped"]),
+                match t["last"]["result"].as_str() {
+                    Some(r) => format!("{r} {}", time_cell(&t["last"]["at"])),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "TYPE",
+            "URL",
+            "EVENTS",
+            "QUEUED",
+            "DELIVERED",
+            "FAILED",
+            "DROPPED",
+            "LAST",
+        ],
+        &rows,
+    )
+}
+
+/// `POST /api/notifications/{target}/test`.
+pub fn notification_test(v: &Value) -> String {
+    let mut out = format!("{}: {}", text(&v["target"]), text(&v["result"]));
+    if !v["status"].is_null() {
+        out.push_str(&format!(" (HTTP {})", text(&v["status"])));
+    }
+    if let Some(e) = v["error"].as_str() {
+        out.push_str(&format!(": {e}"));
+    }
+    out.push('\n');
+    out
+}
+
 /// One source as `key: value` lines (its status indented, when present).
 /// `auto_rollback: default`: the server's CHUMP_AUTO_ROLLBACK decides;
 /// `service_account: (server default)`: the server's

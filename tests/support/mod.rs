@@ -7,5 +7,6 @@ pub mod env;
 pub mod git_server;
 pub mod https_git;
 pub mod kube_api;
+pub mod receiver;
 pub mod rethinkdb;
 pub mod sshd;

@@ -296,6 +296,14 @@ impl Checker {
                 "the check's lease was lost before the apply: nothing applied".to_string(),
             ));
         }
+        self.notifier.deploy_started(crate::notify::DeployStart {
+            source: source.clone(),
+            commit: inventory.commit.clone(),
+            trigger: claim.trigger,
+            rollback_to: claim.rollback.as_ref().map(|o| o.to),
+            at: OffsetDateTime::now_utc(),
+        });
+        set(&|p| p.announced = true);
         let manifests = self.pack(objects);
         let labelled: Vec<Value> = objects.iter().map(|o| with_labels(o, source.id)).collect();
         let t = Instant::now();

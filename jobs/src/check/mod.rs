@@ -69,6 +69,7 @@ use crate::kustomize::Kustomize;
 use crate::lease::LeaseGuard;
 use crate::manifests::{ManifestsState, PackedManifests};
 use crate::metrics::Metrics;
+use crate::notify::{NoNotifier, Notifier};
 use crate::redact::{redact_secrets, url_secrets};
 use crate::rollback::PinChange;
 use crate::source::Source;
@@ -115,6 +116,9 @@ pub struct Checker {
     /// The largest render (compressed) kept with a history entry.
     pub manifest_max_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// Told when a deploy starts writing to the cluster (a commit status
+    /// goes `pending`); only enqueues. [`NoNotifier`] by default.
+    pub notifier: Arc<dyn Notifier>,
 }
 
 /// Default of [`Checker::manifest_max_bytes`]: 1 MiB compressed.
@@ -128,6 +132,8 @@ pub struct Progress {
     pub commit: Option<String>,
     pub desired_image: Option<String>,
     pub running_image: Option<String>,
+    /// The check told [`Checker::notifier`] that a deploy starts.
+    pub announced: bool,
 }
 
 /// Shared handle on a check's [`Progress`].
@@ -233,6 +239,7 @@ impl Checker {
             require_service_account: false,
             manifest_max_bytes: DEFAULT_MANIFEST_MAX_BYTES,
             metrics,
+            notifier: Arc::new(NoNotifier),
         }
     }
 
