@@ -10,3 +10,4 @@ pub mod logging;
 pub mod notify;
 pub mod server;
 pub mod store;
+pub mod ui;

@@ -62,6 +62,8 @@ impl AppState {
 /// Every route, for `GET /api` (and checked against the router and the
 /// OpenAPI document by the tests).
 pub const ENDPOINTS: &[&str] = &[
+    "GET /",
+    "GET /ui/",
     "GET /api",
     "GET /api/health",
     "GET /api/openapi.json",
@@ -160,6 +162,8 @@ pub fn router(state: AppState) -> Router {
         // Webhooks authenticate themselves (signature, else the API token).
         .route("/api/webhooks/{provider}", post(actions::webhook))
         .merge(api)
+        // The dashboard's files (public: the page reads data through the API).
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TimeoutLayer::with_status_code(

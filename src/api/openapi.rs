@@ -293,7 +293,7 @@ pub struct SourceMessage {
         doc::patch, doc::put, doc::delete, doc::patch_legacy, doc::put_legacy, doc::delete_legacy,
         doc::status, doc::objects, doc::history_of_source, doc::check, doc::rollback, doc::unpin, doc::history,
         doc::history_entry, doc::manifests, doc::diff, doc::notifications, doc::notification_test, doc::webhook, doc::metrics,
-        doc::healthz, doc::readyz
+        doc::healthz, doc::readyz, doc::root, doc::dashboard
     ),
     components(schemas(SourceBody, Source, Status, Pin, HistoryEntry, AppliedObject, Objects, InventoryObject, HistoryPage, Error, SourceMessage, Deleting,
         Diff, ObjectDiff, RollbackQueued, RollbackBody)),
@@ -426,6 +426,13 @@ mod doc {
     pub fn notification_test() {}
     #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
     pub fn metrics() {}
+    #[utoipa::path(get, path = "/", responses(
+        (status = 200, description = "Without `text/html` in `Accept`: the original tool's `{\"app_name\": \"chump\", \"description\": ...}`; \
+            with it (a browser): the dashboard page, as `/ui/`")))]
+    pub fn root() {}
+    #[utoipa::path(get, path = "/ui/", responses(
+        (status = 200, description = "The dashboard (text/html): a read-only page over this API; its files are `/ui/app.js`, `/ui/app.css`, `/ui/icon.svg`")))]
+    pub fn dashboard() {}
     #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "the process is alive")))]
     pub fn healthz() {}
     #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = Error)))]

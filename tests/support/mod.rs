@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! Test fixtures shared by the black-box tests.
 
+pub mod browser;
 pub mod chump;
 pub mod conformance;
 pub mod env;
