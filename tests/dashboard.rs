@@ -555,8 +555,11 @@ async fn the_dashboard_shows_sources_their_history_and_changes_without_a_reload(
         "against the good deploy: {diff}"
     );
     assert_accessible(&b, "source page").await;
+    // Tall enough to show the timeline and the open diff.
+    b.client.set_window_size(1280, 1500).await.unwrap();
     b.eval("window.scrollTo(0, 0); return true").await;
     b.screenshot("source").await;
+    b.client.set_window_size(1280, 860).await.unwrap();
 
     // A failure's reason is on its source page, as the API says it.
     for id in [f.failed, f.degraded] {
