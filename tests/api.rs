@@ -878,3 +878,89 @@ async fn a_second_process_on_the_same_database_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_source_list_pages_with_limit_and_after_and_stays_whole_by_default() {
+    let c = Chump::start();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let body = with(seed(), "deployment_name", json!(format!("app-{i}")));
+        let (s, b) = call(&c, Method::POST, "/api/sources", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        ids.push(b["source"]["id"].as_i64().unwrap());
+    }
+    let ids_of = |b: &Value| -> Vec<i64> {
+        b["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    // The original answer: every source, no cursor.
+    let (s, all) = call(&c, Method::GET, "/api/sources", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ids_of(&all), ids);
+    assert_eq!(all.as_object().unwrap().len(), 1, "only `sources`: {all}");
+    assert!(all["sources"][0]["status"]["next_check_at"].is_string());
+
+    // Pages of two, each the same objects as the whole list.
+    let mut seen = Vec::new();
+    let mut path = "/api/sources?limit=2".to_string();
+    loop {
+        let (s, page) = call(&c, Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        for src in page["sources"].as_array().unwrap() {
+            let whole = all["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["id"] == src["id"])
+                .unwrap();
+            // (The status moves on as checks run; the source does not.)
+            let mut a = src.clone();
+            let mut b = whole.clone();
+            a.as_object_mut().unwrap().remove("status");
+            b.as_object_mut().unwrap().remove("status");
+            assert_eq!(a, b);
+            assert!(src["status"]["next_check_at"].is_string(), "{src}");
+        }
+        seen.extend(ids_of(&page));
+        match page["next_after"].as_i64() {
+            Some(after) => path = format!("/api/sources?limit=2&after={after}"),
+            None => {
+                assert!(page["next_after"].is_null(), "{page}");
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, ids);
+    let (_, tail) = call(
+        &c,
+        Method::GET,
+        &format!("/api/sources?limit=5&after={}", ids[4]),
+        None,
+    )
+    .await;
+    assert_eq!(tail, json!({"sources": [], "next_after": null}));
+
+    // Bad parameters: 400 naming the parameter; the sources are untouched.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=two", "limit"),
+        ("limit=2&after=-1", "after"),
+        ("after=2", "after"),
+    ] {
+        let (s, b) = call(&c, Method::GET, &format!("/api/sources?{query}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {b}");
+        assert!(b["errors"][field].is_string(), "{query}: {b}");
+        assert!(b["msg"].as_str().unwrap().starts_with("[WARN]"), "{b}");
+    }
+    let (s, b) = call(&c, Method::GET, "/api/sources?page=2", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b["msg"].as_str().unwrap().contains("'page'"), "{b}");
+    let (_, again) = call(&c, Method::GET, "/api/sources", None).await;
+    assert_eq!(ids_of(&again), ids);
+}

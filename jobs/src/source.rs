@@ -86,41 +86,59 @@ pub struct Source {
     pub deleting: bool,
 }
 
+/// A source as the API shows it (see [`Source::public`]).
+#[derive(Debug, Serialize)]
+pub struct PublicSource<'a> {
+    pub id: SourceId,
+    pub namespace: &'a str,
+    pub deployment_name: &'a str,
+    pub git_url: String,
+    pub branch: &'a str,
+    pub deploy_path: &'a str,
+    pub container_name: &'a str,
+    pub image_version_file: &'a str,
+    pub interval_seconds: Option<u32>,
+    pub suspended: bool,
+    pub prune: bool,
+    pub auto_rollback: Option<bool>,
+    pub service_account: Option<&'a str>,
+    pub deleting: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
 impl Source {
     /// The source as the API shows it: the seven fields, the id and the
     /// server-kept fields, with credentials in `git_url` masked.
     pub fn to_public_json(&self) -> Map<String, Value> {
+        match serde_json::to_value(self.public()) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// [`Source::to_public_json`] as a value that serializes itself, for
+    /// listings (no JSON tree built per source).
+    pub fn public(&self) -> PublicSource<'_> {
         let s = &self.spec;
-        let mut m = Map::new();
-        m.insert("id".into(), self.id.into());
-        m.insert("namespace".into(), s.namespace.clone().into());
-        m.insert("deployment_name".into(), s.deployment_name.clone().into());
-        m.insert("git_url".into(), redact_url(&s.git_url).into());
-        m.insert("branch".into(), s.branch.clone().into());
-        m.insert("deploy_path".into(), s.deploy_path.clone().into());
-        m.insert("container_name".into(), s.container_name.clone().into());
-        m.insert(
-            "image_version_file".into(),
-            s.image_version_file.clone().into(),
-        );
-        m.insert(
-            "interval_seconds".into(),
-            s.interval_seconds.map_or(Value::Null, Value::from),
-        );
-        m.insert("suspended".into(), s.suspended.into());
-        m.insert("prune".into(), s.prune.into());
-        m.insert(
-            "auto_rollback".into(),
-            s.auto_rollback.map_or(Value::Null, Value::from),
-        );
-        m.insert(
-            "service_account".into(),
-            s.service_account.clone().map_or(Value::Null, Value::from),
-        );
-        m.insert("deleting".into(), self.deleting.into());
-        m.insert("created_at".into(), rfc3339(self.created_at).into());
-        m.insert("updated_at".into(), rfc3339(self.updated_at).into());
-        m
+        PublicSource {
+            id: self.id,
+            namespace: &s.namespace,
+            deployment_name: &s.deployment_name,
+            git_url: redact_url(&s.git_url),
+            branch: &s.branch,
+            deploy_path: &s.deploy_path,
+            container_name: &s.container_name,
+            image_version_file: &s.image_version_file,
+            interval_seconds: s.interval_seconds,
+            suspended: s.suspended,
+            prune: s.prune,
+            auto_rollback: s.auto_rollback,
+            service_account: s.service_account.as_deref(),
+            deleting: self.deleting,
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+        }
     }
 
     /// The Kubernetes user chump impersonates for this source

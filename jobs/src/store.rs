@@ -282,6 +282,28 @@ pub trait Store: Send + Sync + 'static {
     /// Every source's status, keyed by source id (for listings and metrics).
     async fn list_statuses(&self)
         -> StoreResult<std::collections::HashMap<SourceId, SourceStatus>>;
+    /// Sources with their statuses, by id: those with an id above `after`
+    /// (every one when None), at most `limit` (no limit when None). The
+    /// default reads every source and status; a backend that can page
+    /// reads only the page.
+    async fn list_sources_with_status(
+        &self,
+        after: Option<SourceId>,
+        limit: Option<u32>,
+    ) -> StoreResult<Vec<(Source, SourceStatus)>> {
+        let mut statuses = self.list_statuses().await?;
+        Ok(self
+            .list_sources()
+            .await?
+            .into_iter()
+            .filter(|s| after.is_none_or(|a| s.id > a))
+            .take(limit.map_or(usize::MAX, |l| l as usize))
+            .map(|s| {
+                let status = statuses.remove(&s.id).unwrap_or_default();
+                (s, status)
+            })
+            .collect())
+    }
     /// History entries matching `query`, newest first.
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>>;
     /// The source's recorded inventory (`Some(empty)` when nothing was

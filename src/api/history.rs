@@ -331,14 +331,30 @@ pub async fn status(
 /// last check says of the workloads) and `health_reason` (the last message
 /// when health is degraded, else null).
 pub(super) fn status_json(status: &SourceStatus) -> Value {
-    let mut v = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
-    let health = Health::of(status.last_outcome, status.last_stage);
-    v["health"] = json!(health.as_str());
-    v["health_reason"] = json!(status
-        .last_message
-        .as_deref()
-        .filter(|_| health == Health::Degraded));
-    v
+    serde_json::to_value(PublicStatus::of(status)).unwrap_or_else(|_| json!({}))
+}
+
+/// [`status_json`] as a value that serializes itself (for listings).
+#[derive(serde::Serialize)]
+pub(super) struct PublicStatus<'a> {
+    #[serde(flatten)]
+    status: &'a SourceStatus,
+    health: &'static str,
+    health_reason: Option<&'a str>,
+}
+
+impl<'a> PublicStatus<'a> {
+    pub(super) fn of(status: &'a SourceStatus) -> PublicStatus<'a> {
+        let health = Health::of(status.last_outcome, status.last_stage);
+        PublicStatus {
+            status,
+            health: health.as_str(),
+            health_reason: status
+                .last_message
+                .as_deref()
+                .filter(|_| health == Health::Degraded),
+        }
+    }
 }
 
 /// `GET /api/sources/{id}/objects`: the objects chump last applied for the

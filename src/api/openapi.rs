@@ -339,7 +339,11 @@ mod doc {
     pub fn health() {}
     #[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "This document")))]
     pub fn openapi() {}
-    #[utoipa::path(get, path = "/api/sources", responses((status = 200, description = "`{\"sources\": [Source...]}` sorted by id, each with its status")))]
+    #[utoipa::path(get, path = "/api/sources", params(
+        ("limit" = Option<u32>, Query, description = "a page of at most this many sources (1 to 1000); without it, every source (the original tool's answer)"),
+        ("after" = Option<i64>, Query, description = "with limit: only sources with an id above this (the previous page's `next_after`)"),
+    ), responses((status = 200, description = "`{\"sources\": [Source...]}` sorted by id, each with its status; with `limit`, also `next_after`: the cursor of the next page, null on the last"),
+        (status = 400, body = Error, description = "a bad limit or after, after without limit, or an unknown parameter")))]
     pub fn list() {}
     #[utoipa::path(post, path = "/api/sources", request_body = SourceBody, responses(
         (status = 201, body = SourceMessage), (status = 400, body = Error), (status = 409, body = Error, description = "[WARN] Source already exist!"),

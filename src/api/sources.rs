@@ -23,20 +23,94 @@ fn source_id(raw: &str) -> Result<SourceId, ApiError> {
     parse_source_id(raw).map_err(ApiError::bad_request)
 }
 
-/// `GET /api/sources`: every source, sorted by id.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let sources = state.store.list_sources().await?;
-    let statuses = state.store.list_statuses().await?;
-    let sources: Vec<Value> = sources
-        .iter()
-        .map(|s| {
-            let mut v = s.to_public_json();
-            let status = statuses.get(&s.id).cloned().unwrap_or_default();
-            v.insert("status".into(), super::history::status_json(&status));
-            Value::Object(v)
-        })
-        .collect();
-    Ok(Json(json!({ "sources": sources })))
+/// Largest page of `GET /api/sources?limit=`.
+const MAX_PAGE: u32 = 1000;
+
+/// One source of a listing, with its status.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    source: chump_jobs::source::PublicSource<'a>,
+    status: super::history::PublicStatus<'a>,
+}
+
+/// What `GET /api/sources` answers: `next_after` only when paging.
+#[derive(serde::Serialize)]
+struct Listing<'a> {
+    sources: Vec<Listed<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<Option<SourceId>>,
+}
+
+/// `GET /api/sources`: every source with its status, sorted by id (the
+/// original tool's answer); with `?limit=N` (1 to 1000), a page of them,
+/// `?after=ID` the ones above `ID`, and `next_after` the cursor of the
+/// next page (null on the last).
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut limit = None;
+    let mut after = None;
+    for (key, value) in &params {
+        match key.as_str() {
+            "limit" => {
+                limit = Some(
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_query(
+                                key,
+                                &format!("must be an integer from 1 to {MAX_PAGE}"),
+                            )
+                        })?,
+                );
+            }
+            "after" => {
+                after = Some(
+                    value
+                        .parse::<SourceId>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| ApiError::bad_query(key, "must be a source id"))?,
+                );
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "[WARN] Unknown query parameter '{other}': this route takes limit and after"
+                )))
+            }
+        }
+    }
+    if after.is_some() && limit.is_none() {
+        return Err(ApiError::bad_query("after", "needs limit"));
+    }
+    let rows = state.store.list_sources_with_status(after, limit).await?;
+    let next_after = limit.map(|l| {
+        (rows.len() == l as usize)
+            .then(|| rows.last().map(|(s, _)| s.id))
+            .flatten()
+    });
+    let listing = Listing {
+        sources: rows
+            .iter()
+            .map(|(source, status)| Listed {
+                source: source.public(),
+                status: super::history::PublicStatus::of(status),
+            })
+            .collect(),
+        next_after,
+    };
+    // Serialized here, straight from the store's rows (no JSON tree).
+    let mut body = Vec::with_capacity(rows.len() * 1024);
+    serde_json::to_writer(&mut body, &listing)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("[ERROR] {e}")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    ))
 }
 
 /// `GET /api/sources/{id}`: one source.

@@ -2578,6 +2578,69 @@ pub async fn service_account_round_trips(store: Arc<dyn Store>) {
     }
 }
 
+/// Listing sources with their statuses: all by id, or a page above an id,
+/// each with the status its own list and single reads give.
+pub async fn sources_list_with_statuses_in_pages(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        ids.push(store.create_source(&spec(name), t(0)).await.unwrap().id);
+    }
+    // One source checked (failed), the others only scheduled.
+    let claim = store
+        .claim_due(t(0), 1, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .finish_check(&claim, &report(&claim, Outcome::Failed, t(1)), t(181))
+        .await
+        .unwrap();
+    store.delete_source(ids[3], false).await.unwrap();
+    let live: Vec<i64> = ids.iter().copied().filter(|id| *id != ids[3]).collect();
+
+    let all = store.list_sources_with_status(None, None).await.unwrap();
+    assert_eq!(all.iter().map(|(s, _)| s.id).collect::<Vec<_>>(), live);
+    let statuses = store.list_statuses().await.unwrap();
+    for (source, status) in &all {
+        assert_eq!(
+            store.get_source(source.id).await.unwrap().as_ref(),
+            Some(source)
+        );
+        assert_eq!(
+            Some(status),
+            statuses.get(&source.id),
+            "source {}",
+            source.id
+        );
+    }
+    let checked = all.iter().find(|(s, _)| s.id == claim.source.id).unwrap();
+    assert_eq!(checked.1.last_outcome, Some(Outcome::Failed));
+
+    let first = store.list_sources_with_status(None, Some(2)).await.unwrap();
+    assert_eq!(
+        first.iter().map(|(s, _)| s.id).collect::<Vec<_>>(),
+        live[..2]
+    );
+    let next = store
+        .list_sources_with_status(Some(live[1]), Some(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|(s, _)| s.id).collect::<Vec<_>>(),
+        live[2..4]
+    );
+    let last = store
+        .list_sources_with_status(Some(live[3]), Some(2))
+        .await
+        .unwrap();
+    assert!(last.is_empty(), "{last:?}");
+    let past = store
+        .list_sources_with_status(Some(i64::MAX - 1), None)
+        .await
+        .unwrap();
+    assert!(past.is_empty());
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -2603,7 +2666,7 @@ macro_rules! conformance_tests {
             old_manifests_are_dropped_but_the_last_success_keeps_them,
             rollbacks_are_claimed_with_their_order, pins_are_set_kept_and_cleared,
             history_at_an_instant_shows_what_was_live, auto_rollback_round_trips,
-            service_account_round_trips);
+            service_account_round_trips, sources_list_with_statuses_in_pages);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(
