@@ -254,6 +254,9 @@ struct CycleResult {
     ref_queries_per_cycle: f64,
     fetches_per_cycle: f64,
     outcomes: BTreeMap<String, usize>,
+    /// Requests to the Kubernetes API per check, by kind (`get`, `list`,
+    /// `apply`, `dry_run`, …), over every repetition.
+    cluster_requests_per_check: BTreeMap<String, f64>,
 }
 
 #[derive(Serialize)]
@@ -299,9 +302,30 @@ struct Report {
     /// A commit per repository that renders the same objects.
     noop_commit: Vec<CycleResult>,
     latency: Vec<LatencyResult>,
+    /// The REST API over the N sources and their statuses (SQLite).
+    api: Option<ApiResult>,
     rss: Vec<RssResult>,
     peak_rss_mib: f64,
     ratios: Vec<Ratio>,
+}
+
+/// One route under load: one client in a row, then 16 at once.
+#[derive(Serialize)]
+struct RouteResult {
+    route: String,
+    /// One client, requests in a row.
+    one_client: Stats,
+    /// 16 clients for 3 s.
+    rps_16: f64,
+    p99_ms_16: f64,
+    max_ms_16: f64,
+}
+
+#[derive(Serialize)]
+struct ApiResult {
+    sources: usize,
+    response_bytes: usize,
+    routes: Vec<RouteResult>,
 }
 
 // ---------------------------------------------------------------------------
@@ -853,6 +877,23 @@ struct CycleSample {
     ref_queries: usize,
     fetches: usize,
     outcomes: BTreeMap<String, usize>,
+    /// Requests the API stand-in received during the cycle, by kind.
+    kube_requests: BTreeMap<String, usize>,
+}
+
+/// What kind of request the API stand-in got: `get` (one object), `list`
+/// (by label selector), `apply`, `dry_run` (an apply with `dryRun`), or the
+/// method.
+fn request_kind(r: &kube_api::RecordedRequest) -> String {
+    match r.method.as_str() {
+        "PATCH" if r.query.contains("dryRun") => "dry_run".into(),
+        "PATCH" => "apply".into(),
+        "GET" if r.query.contains("labelSelector") || r.query.contains("fieldSelector") => {
+            "list".into()
+        }
+        "GET" => "get".into(),
+        other => other.to_ascii_lowercase(),
+    }
 }
 
 fn ms(a: OffsetDateTime, b: OffsetDateTime) -> f64 {
@@ -903,6 +944,7 @@ fn summarize(tail: &str, t0: OffsetDateTime) -> (Duration, Stages, usize, BTreeM
 async fn cycle(fx: &Fixture, ch: &Chump, ids: &[i64]) -> CycleSample {
     let offset = ch.logs().len();
     let (ls_refs0, fetches0) = blocking(|| fx.served());
+    fx.kube.clear_requests();
     let t0 = OffsetDateTime::now_utc();
     let started = Instant::now();
     trigger_checks(fx, ch, ids).await;
@@ -910,8 +952,13 @@ async fn cycle(fx: &Fixture, ch: &Chump, ids: &[i64]) -> CycleSample {
     let tail = wait_checks_done(ch, offset, ids.len()).await;
     let (total, sums, checks, outcomes) = summarize(&tail, t0);
     let (ls_refs1, fetches1) = blocking(|| fx.served());
+    let mut kube_requests = BTreeMap::new();
+    for r in fx.kube.requests() {
+        *kube_requests.entry(request_kind(&r)).or_default() += 1;
+    }
     verify_checked_after(fx, ch, ids, t0).await;
     CycleSample {
+        kube_requests,
         total,
         trigger,
         sums,
@@ -986,6 +1033,90 @@ fn cycle_result(workers: usize, n: usize, samples: &[CycleSample]) -> CycleResul
         ref_queries_per_cycle: samples.iter().map(|s| s.ref_queries).sum::<usize>() as f64 / reps,
         fetches_per_cycle: samples.iter().map(|s| s.fetches).sum::<usize>() as f64 / reps,
         outcomes,
+        cluster_requests_per_check: {
+            let mut per: BTreeMap<String, f64> = BTreeMap::new();
+            for smp in samples {
+                for (kind, n) in &smp.kube_requests {
+                    *per.entry(kind.clone()).or_default() += *n as f64;
+                }
+            }
+            per.values_mut().for_each(|v| *v /= checks as f64);
+            per
+        },
+    }
+}
+
+/// One route: `n` requests in a row, then 16 clients for 3 s.
+async fn measure_route(fx: &Fixture, ch: &Chump, route: &str, n: usize) -> RouteResult {
+    let url = ch.url(route);
+    let mut one = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let resp = fx.http.get(&url).send().await.unwrap();
+        assert!(resp.status().is_success(), "{route}: {}", resp.status());
+        resp.bytes().await.unwrap();
+        one.push(t.elapsed());
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, url) = (fx.http.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut times = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    let resp = http.get(&url).send().await.unwrap();
+                    assert!(resp.status().is_success());
+                    resp.bytes().await.unwrap();
+                    times.push(t.elapsed());
+                }
+                times
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    let p99 = all[(all.len() * 99 / 100).min(all.len() - 1)];
+    RouteResult {
+        route: route.to_string(),
+        one_client: Stats::of(&one),
+        rps_16: all.len() as f64 / secs,
+        p99_ms_16: p99.as_secs_f64() * 1e3,
+        max_ms_16: all.last().unwrap().as_secs_f64() * 1e3,
+    }
+}
+
+/// The API over every source with its status: the whole list (the original
+/// tool's answer), a page of 100, one source, one status.
+async fn measure_api(fx: &Fixture, ch: &Chump, ids: &[i64]) -> ApiResult {
+    let body = fx
+        .http
+        .get(ch.url("/api/sources"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let id = ids[ids.len() / 2];
+    let mut routes = Vec::new();
+    for (route, n) in [
+        ("/api/sources".to_string(), 20),
+        ("/api/sources?limit=100".to_string(), 50),
+        (format!("/api/sources/{id}/"), 200),
+        (format!("/api/sources/{id}/status"), 200),
+    ] {
+        routes.push(measure_route(fx, ch, &route, n).await);
+    }
+    ApiResult {
+        sources: ids.len(),
+        response_bytes: body.len(),
+        routes,
     }
 }
 
@@ -1057,12 +1188,12 @@ async fn measure_noop_commit(
     for _ in 0..reps {
         let revision = fx.next_generation();
         blocking(|| fx.publish_readme(&all, revision));
-        let writes_before = fx.kube.writes().len();
         let s = cycle(fx, ch, ids).await;
         if s.outcomes.get("up_to_date") != Some(&ids.len()) {
             eprintln!("warning: no-op commit cycle outcomes {:?}", s.outcomes);
         }
-        let writes = fx.kube.writes().len() - writes_before;
+        // (`cycle` starts the stand-in's request log afresh.)
+        let writes = fx.kube.writes().len();
         assert_eq!(
             writes, 0,
             "a commit rendering the same objects wrote to the cluster"
@@ -1430,6 +1561,35 @@ fn print_table(r: &Report) {
             );
         }
     }
+    if let Some(api) = &r.api {
+        println!(
+            "\nREST API over {} sources with their statuses (SQLite; the whole list is {} bytes):",
+            api.sources, api.response_bytes
+        );
+        for route in &api.routes {
+            println!(
+                "{:<28} one client {:>8.2} ms ({:.2}–{:.2}) · 16 clients {:>8.0} req/s, p99 {:.1} ms, max {:.1} ms",
+                route.route, route.one_client.median_ms, route.one_client.min_ms, route.one_client.max_ms,
+                route.rps_16, route.p99_ms_16, route.max_ms_16
+            );
+        }
+    }
+    println!("\ncluster requests per check (the API stand-in's log, every repetition):");
+    for (kind, list) in [("steady", &r.steady), ("change", &r.change)] {
+        for c in list {
+            let per: Vec<String> = c
+                .cluster_requests_per_check
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect();
+            let all: f64 = c.cluster_requests_per_check.values().sum();
+            println!(
+                "{kind:<8} W={:<3} {all:.2} in all: {}",
+                c.workers,
+                per.join(", ")
+            );
+        }
+    }
 }
 
 /// Compares with an earlier run of a fifth of the sources and the same
@@ -1529,6 +1689,7 @@ async fn main() {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut steady_without_self_heal, mut noop_commit) = (Vec::new(), Vec::new());
     let mut cold_cycle_ms = 0.0;
+    let mut api = None;
     let latency_workers = args
         .workers
         .iter()
@@ -1557,6 +1718,8 @@ async fn main() {
             noop_commit.push(measure_noop_commit(&mut fx, &ch, &ids, w, args.reps).await);
         }
         if w == latency_workers {
+            eprintln!("API…");
+            api = Some(measure_api(&fx, &ch, &ids).await);
             eprintln!("webhook latency…");
             latency.push(measure_webhook_latency(&mut fx, &ch, w, args.latency_samples).await);
         }
@@ -1591,6 +1754,7 @@ async fn main() {
         change,
         noop_commit,
         latency,
+        api,
         rss,
         peak_rss_mib: peak as f64 / 1024.0,
         ratios: Vec::new(),
