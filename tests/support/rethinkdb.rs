@@ -57,6 +57,7 @@ pub fn fresh_config() -> Option<RethinkConfig> {
         user: None,
         password: None,
         replicas: 1,
+        pool: chump::config::DEFAULT_RETHINKDB_POOL,
     })
 }
 

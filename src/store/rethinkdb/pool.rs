@@ -13,9 +13,6 @@ use serde_json::Value;
 
 use crate::config::RethinkConfig;
 
-/// How many connections the store keeps (queries on one connection run one
-/// at a time).
-const POOL_SIZE: usize = 4;
 /// How long one query may take before its connection is given up.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long connecting may take.
@@ -77,9 +74,13 @@ pub(super) fn classify(e: &reql::Error) -> Failure {
 
 impl Pool {
     pub(super) fn new(config: RethinkConfig) -> Self {
+        // Queries on one connection run one at a time.
+        let slots = (0..config.pool.max(1))
+            .map(|_| Default::default())
+            .collect();
         Self {
             config,
-            slots: (0..POOL_SIZE).map(|_| Default::default()).collect(),
+            slots,
             next_slot: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
             down: AtomicBool::new(false),
