@@ -537,6 +537,79 @@ async fn sources_sharing_a_repository_share_its_ref_queries() {
     );
 }
 
+/// One app directory deployed to two namespaces: a commit is built once, and
+/// each source applies the render in its own namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_building_the_same_directory_share_one_build_per_commit() {
+    let env = Env::new().await;
+    let app = |image: &str| {
+        vec![
+            (
+                "apps/web/kustomization.yaml".to_string(),
+                "resources:\n- deployment.yaml\n".to_string(),
+            ),
+            (
+                "apps/web/deployment.yaml".to_string(),
+                // No namespace: each source places it in its own.
+                deployment("unused", "web", image).replace("  namespace: unused\n", ""),
+            ),
+        ]
+    };
+    env.git.create_repo("shared", "main", app("nginx:1"));
+    let namespaces = ["team-a", "team-b", "team-c"];
+    for ns in namespaces {
+        env.kube.put_namespace(ns);
+    }
+    let c = env.chump_with(env.options().env("CHUMP_WORKERS", "3"));
+    let mut ids = Vec::new();
+    for ns in namespaces {
+        let mut s = env.source("shared", ns, "web");
+        s["deploy_path"] = json!("apps/web");
+        s["image_version_file"] = json!("apps/web/deployment.yaml");
+        ids.push(create(&c, &s).await);
+    }
+    let built = || metric(&c, "chump_builds_total{kind=\"built\"}");
+    let shared = || metric(&c, "chump_builds_total{kind=\"shared\"}");
+    for ns in namespaces {
+        wait_for(&format!("web deployed in {ns}"), WAIT, || async {
+            (env.deployed_image(ns, "web").as_deref() == Some("nginx:1")).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(built().await, 1.0, "one build for the first commit");
+    assert!(shared().await >= 2.0, "the other two sources shared it");
+
+    // A push: the three checks, run at once by the webhook, build once.
+    let commit = env
+        .git
+        .commit_files("shared", "main", app("nginx:2"), "nginx 2");
+    let push = json!({"repository": env.git.url("shared"), "branch": "main"});
+    let resp = Client::new()
+        .post(c.url("/api/webhooks/generic"))
+        .json(&push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    for (ns, id) in namespaces.iter().zip(&ids) {
+        let entry = wait_history(&c, *id, "the push deployed", |h| {
+            h["outcome"] == "deployed" && h["commit"] == commit
+        })
+        .await;
+        assert_eq!(entry["desired_image"], "nginx:2", "{entry}");
+        let objects = entry["objects"].as_array().unwrap();
+        assert!(
+            objects
+                .iter()
+                .any(|o| o["kind"] == "Deployment" && o["namespace"] == *ns),
+            "{ns}: {entry}"
+        );
+        assert_eq!(env.deployed_image(ns, "web").as_deref(), Some("nginx:2"));
+    }
+    assert_eq!(built().await, 2.0, "one build per commit");
+    assert!(shared().await >= 4.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_rollout_is_degraded_until_the_deployment_recovers() {
     let env = Env::new().await;

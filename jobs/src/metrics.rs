@@ -34,6 +34,14 @@ pub struct GitLabels {
     pub kind: String,
 }
 
+/// Labels of `chump_builds_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// `built` (this check ran kustomize) or `shared` (another check's
+    /// build of the same directory of the same checkout served).
+    pub kind: String,
+}
+
 /// Labels of `chump_notifications_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NotifyLabels {
@@ -109,6 +117,8 @@ pub struct Metrics {
     /// Checks that found drift and applied the build again.
     pub drift_undone: Counter,
     pub git_syncs: Family<GitLabels, Counter>,
+    /// Successful builds by kind (`built`, `shared`).
+    pub builds: Family<BuildLabels, Counter>,
     pub queue_depth: Gauge,
     pub busy_workers: Gauge,
     pub sources: Family<StateLabels, Gauge>,
@@ -165,6 +175,12 @@ impl Metrics {
             "Git syncs: fetches of new commits vs ref-only checks of an unchanged head",
             git_syncs.clone(),
         );
+        let builds = Family::<BuildLabels, Counter>::default();
+        registry.register(
+            "builds",
+            "Successful kustomize builds: run by the check, or shared with another check of the same directory and commit",
+            builds.clone(),
+        );
         let queue_depth = Gauge::default();
         registry.register(
             "queue_depth",
@@ -205,6 +221,7 @@ impl Metrics {
             objects_pruned,
             drift_undone,
             git_syncs,
+            builds,
             queue_depth,
             busy_workers,
             sources,
@@ -255,6 +272,16 @@ impl Metrics {
         };
         self.git_syncs
             .get_or_create(&GitLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a successful build, run or shared.
+    pub fn record_build(&self, shared: bool) {
+        let kind = if shared { "shared" } else { "built" };
+        self.builds
+            .get_or_create(&BuildLabels {
                 kind: kind.to_string(),
             })
             .inc();

@@ -230,7 +230,9 @@ env | while IFS= read -r line; do
 done
 printf '  ARGS: "%s"\n' "$*"
 printf '  CWD: "%s"\n' "$(pwd)"
-printf '  HOMEDIR: "%s"\n' "$HOME""#;
+printf '  HOMEDIR: "%s"\n' "$HOME"
+printf '  GOGCVALUE: "%s"\n' "$GOGC"
+printf '  GOMEMLIMITVALUE: "%s"\n' "$GOMEMLIMIT""#;
     let k = fake(bin.path(), script, options());
     let objects = build(&k, repo.path(), "deploy/kustomization.yaml")
         .await
@@ -243,7 +245,19 @@ printf '  HOMEDIR: "%s"\n' "$HOME""#;
         "{data:?}"
     );
     let allowed = [
-        "PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_", "ARGS", "CWD", "HOMEDIR",
+        "PATH",
+        "HOME",
+        "GOGC",
+        "GOMEMLIMIT",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+        "ARGS",
+        "CWD",
+        "HOMEDIR",
+        "GOGCVALUE",
+        "GOMEMLIMITVALUE",
     ];
     for key in data.keys() {
         assert!(
@@ -255,6 +269,9 @@ printf '  HOMEDIR: "%s"\n' "$HOME""#;
         data["ARGS"],
         "build --load-restrictor LoadRestrictionsRootOnly ."
     );
+    // The Go runtime collects no garbage below a soft limit.
+    assert_eq!(data["GOGCVALUE"], "off");
+    assert_eq!(data["GOMEMLIMITVALUE"], "256MiB");
     let cwd = PathBuf::from(data["CWD"].as_str().unwrap());
     assert_eq!(cwd, repo.path().canonicalize().unwrap().join("deploy"));
     let home = data["HOMEDIR"].as_str().unwrap();

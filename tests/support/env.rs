@@ -191,3 +191,19 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// The value of the sample `name` (with its labels, as exposed) in chump's
+/// `/metrics`, 0 when it is absent.
+pub async fn metric(c: &Chump, name: &str) -> f64 {
+    let text = Client::new()
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

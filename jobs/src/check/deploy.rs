@@ -127,11 +127,14 @@ impl Checker {
             .kustomize
             .as_ref()
             .map_err(|e| fail(Stage::Build, e.clone()))?;
-        let objects = kustomize
-            .build(checkout.dir(), &spec.deploy_path)
+        let build = kustomize
+            .build_shared(checkout.dir(), &spec.deploy_path)
             .await
             .map_err(|e| fail(Stage::Build, e.to_string()))?;
         times.build = t.elapsed();
+        self.metrics.record_build(build.shared);
+        tracing::debug!(shared = build.shared, elapsed = ?times.build, "built");
+        let objects = build.objects;
         if objects.is_empty() {
             return Err(fail(
                 Stage::Build,
