@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench cycle -- [--sources N] [--repos R] [--quick] [--reps K]
-//!     [--workers 1,4,16] [--change-workers 4,16] [--no-original]
+//!     [--workers 1,4,16] [--change-workers 4,16] [--no-original] [--steady-only]
 //! ```
 //!
 //! Sets up on 127.0.0.1 N kustomize apps (one Deployment each) spread over R
@@ -29,7 +29,15 @@
 //!   apply, rollout;
 //! - **latency** from the push to the server-side apply at the API server,
 //!   with a webhook and with polling (`CHUMP_INTERVAL=2`);
-//! - **peak RSS** (VmHWM) of `chump serve`.
+//! - **peak RSS** (VmHWM) of `chump serve`, and the SQLite store's size on
+//!   disk (database, WAL and shared-memory files) after the cycles.
+//!
+//! `--steady-only` measures the floor, the first (cold) cycle, the steady
+//! cycles, the API and the memory, and skips the rest: for large N, where
+//! change cycles are mostly `kubectl kustomize` start-ups.
+//!
+//! Every ratio the goals are stated in is also a field of `goals` in the
+//! JSON (measured value beside its target), to compare run to run.
 //!
 //! Prints a table and writes the figures as JSON to
 //! `target/bench/cycle-<timestamp>.json` and `target/bench/latest.json`.
@@ -85,6 +93,7 @@ struct Args {
     sample: usize,
     latency_samples: usize,
     original: bool,
+    steady_only: bool,
 }
 
 impl Args {
@@ -99,6 +108,7 @@ impl Args {
             sample: 0,
             latency_samples: 0,
             original: true,
+            steady_only: false,
         };
         let mut it = std::env::args().skip(1);
         let number = |v: Option<String>, name: &str| -> usize {
@@ -118,12 +128,13 @@ impl Args {
                 "--change-workers" => a.change_workers = list(it.next(), "--change-workers"),
                 "--quick" => a.quick = true,
                 "--no-original" => a.original = false,
+                "--steady-only" => a.steady_only = true,
                 // `cargo bench` passes `--bench` to every bench target.
                 "--bench" => {}
                 other => panic!(
                     "unknown argument {other}; usage: cargo bench --bench cycle -- \
                      [--sources N] [--repos R] [--quick] [--reps K] [--workers 1,4,16] \
-                     [--change-workers 4,16] [--no-original]"
+                     [--change-workers 4,16] [--no-original] [--steady-only]"
                 ),
             }
         }
@@ -231,10 +242,11 @@ struct Stages {
     apply_ms: f64,
     rollout_ms: f64,
     /// Inside `Checker::check` but in no stage ("check started" to "check
-    /// finished" minus the stages; the stage fields are whole ms, truncated,
-    /// so this also holds their rounding).
+    /// finished" minus the stages, which chump logs to the microsecond).
     other_in_check_ms: f64,
-    /// Writing the result ("check finished" to "check done").
+    /// Writing the result ("check finished" to "check done"; for a quiet
+    /// check, handed to the recorder, this includes its wait in the
+    /// recorder's queue while the worker goes on).
     record_ms: f64,
     /// "check started" to "check done".
     wall_ms: f64,
@@ -246,6 +258,10 @@ struct CycleResult {
     total: Stats,
     /// Median total / N.
     per_check_ms: f64,
+    /// N / median total.
+    checks_per_second: f64,
+    /// CPU time of `chump serve` per check, over every repetition.
+    chump_cpu_ms_per_check: f64,
     /// Time to send the R push webhooks, one per repository (overlaps the checks).
     trigger: Stats,
     stages: Stages,
@@ -306,7 +322,22 @@ struct Report {
     api: Option<ApiResult>,
     rss: Vec<RssResult>,
     peak_rss_mib: f64,
+    /// The SQLite store's files after the cycles (database, WAL, shm).
+    store_bytes: u64,
     ratios: Vec<Ratio>,
+    /// Each goal of issue 18: what this run measured beside its target.
+    goals: Vec<Goal>,
+}
+
+/// One performance goal: the measured figure and the target it is held to
+/// (`met` is `measured <= target`, or `>=` where `higher_is_better`).
+#[derive(Serialize)]
+struct Goal {
+    name: String,
+    measured: f64,
+    target: f64,
+    higher_is_better: bool,
+    met: bool,
 }
 
 /// One route under load: one client in a row, then 16 at once.
@@ -747,8 +778,12 @@ fn start_chump_with(
         .env("CHUMP_ROLLOUT_TIMEOUT", "60")
         .env("CHUMP_CHECK_TIMEOUT", "300")
         // "check finished" (info) has the stage times; "check started" and
-        // "check done" (worker, debug) bound each check.
-        .env("RUST_LOG", "info,chump_jobs::worker=debug");
+        // "check done" (worker, or recorder for quiet checks; debug) bound
+        // each check.
+        .env(
+            "RUST_LOG",
+            "info,chump_jobs::worker=debug,chump_jobs::recorder=debug",
+        );
     for (k, v) in env {
         options = options.env(k, *v);
     }
@@ -848,20 +883,24 @@ fn check_events(logs: &str) -> HashMap<i64, CheckEvents> {
 }
 
 /// Waits until `n` checks logged "check done" after `offset`; returns the
-/// log from `offset`.
+/// log from `offset`. Reads only what is new at each look (the log of a
+/// large run is tens of MB: copying it every 20 ms would take a core).
 async fn wait_checks_done(ch: &Chump, offset: usize, n: usize) -> String {
+    const DONE: &str = "\"message\":\"check done\"";
     let deadline = Instant::now() + CYCLE_TIMEOUT;
+    let (mut seen, mut done) = (offset, 0);
     loop {
-        let logs = ch.logs();
-        let tail = &logs[offset..];
-        if tail.matches("\"message\":\"check done\"").count() >= n {
-            return tail.to_string();
+        let new = ch.logs_since(seen);
+        // Lines are added whole, so no event is split between two looks.
+        done += new.matches(DONE).count();
+        seen += new.len();
+        if done >= n {
+            return ch.logs_since(offset);
         }
         assert!(
             Instant::now() < deadline,
-            "only {} of {n} checks done; log tail:\n{}",
-            tail.matches("\"message\":\"check done\"").count(),
-            &tail[tail.len().saturating_sub(4000)..]
+            "only {done} of {n} checks done; log tail:\n{}",
+            &new[new.len().saturating_sub(4000)..]
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -870,6 +909,8 @@ async fn wait_checks_done(ch: &Chump, offset: usize, n: usize) -> String {
 /// One measured cycle.
 struct CycleSample {
     total: Duration,
+    /// CPU time `chump serve` used during the cycle (user + system).
+    cpu: Duration,
     trigger: Duration,
     /// Sums over the checks (ms).
     sums: Stages,
@@ -942,14 +983,16 @@ fn summarize(tail: &str, t0: OffsetDateTime) -> (Duration, Stages, usize, BTreeM
 
 /// Triggers a check of every source in `ids` and waits until all are done.
 async fn cycle(fx: &Fixture, ch: &Chump, ids: &[i64]) -> CycleSample {
-    let offset = ch.logs().len();
+    let offset = ch.logs_len();
     let (ls_refs0, fetches0) = blocking(|| fx.served());
     fx.kube.clear_requests();
+    let cpu0 = cpu_of(ch.pid());
     let t0 = OffsetDateTime::now_utc();
     let started = Instant::now();
     trigger_checks(fx, ch, ids).await;
     let trigger = started.elapsed();
     let tail = wait_checks_done(ch, offset, ids.len()).await;
+    let cpu = cpu_of(ch.pid()).saturating_sub(cpu0);
     let (total, sums, checks, outcomes) = summarize(&tail, t0);
     let (ls_refs1, fetches1) = blocking(|| fx.served());
     let mut kube_requests = BTreeMap::new();
@@ -959,6 +1002,7 @@ async fn cycle(fx: &Fixture, ch: &Chump, ids: &[i64]) -> CycleSample {
     verify_checked_after(fx, ch, ids, t0).await;
     CycleSample {
         kube_requests,
+        cpu,
         total,
         trigger,
         sums,
@@ -1026,6 +1070,12 @@ fn cycle_result(workers: usize, n: usize, samples: &[CycleSample]) -> CycleResul
     CycleResult {
         workers,
         per_check_ms: total.median_ms / n as f64,
+        checks_per_second: n as f64 / (total.median_ms / 1e3).max(1e-9),
+        chump_cpu_ms_per_check: samples
+            .iter()
+            .map(|s| s.cpu.as_secs_f64() * 1e3)
+            .sum::<f64>()
+            / checks as f64,
         total,
         trigger: Stats::of(&triggers),
         slot_gap_ms: (workers.min(n) as f64 * mean_total / n as f64 - stages.wall_ms).max(0.0),
@@ -1243,7 +1293,7 @@ async fn one_latency(
 ) -> (Duration, Vec<Duration>) {
     let generation = fx.next_generation();
     let n = fx.apps_of(repo).count();
-    let offset = ch.logs().len();
+    let offset = ch.logs_len();
     fx.kube.clear_requests();
     blocking(|| fx.publish(&[repo], generation, false));
     let pushed = Instant::now();
@@ -1261,8 +1311,7 @@ async fn one_latency(
     // Then wait until the repository's sources are deployed.
     let deadline = Instant::now() + CYCLE_TIMEOUT;
     loop {
-        let logs = ch.logs();
-        let builds = deploy_build_times(&logs[offset..]);
+        let builds = deploy_build_times(&ch.logs_since(offset));
         if builds.len() >= n {
             return (latency, builds);
         }
@@ -1303,7 +1352,7 @@ async fn measure_poll_latency(fx: &mut Fixture, samples: usize) -> LatencyResult
     let dir = fx.dir.path().join("chump-poll");
     let ch = start_chump(fx, &dir, WORKERS, "2");
     let apps: Vec<&App> = fx.apps.iter().filter(|a| repos.contains(&a.repo)).collect();
-    let offset = ch.logs().len();
+    let offset = ch.logs_len();
     create_sources(fx, &ch, &apps).await;
     wait_checks_done(&ch, offset, apps.len()).await;
     let (mut lat, mut builds) = (Vec::new(), Vec::new());
@@ -1320,6 +1369,26 @@ async fn measure_poll_latency(fx: &mut Fixture, samples: usize) -> LatencyResult
         to_apply: Stats::of(&lat),
         build: Stats::of(&builds),
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (clock ticks: 10 ms on Linux).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 from state.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / per_second)
 }
 
 fn rss_of(pid: u32, workers: usize) -> RssResult {
@@ -1394,6 +1463,74 @@ fn ratios(r: &Report) -> Vec<Ratio> {
             })
         })
         .collect()
+}
+
+/// Bytes of the SQLite store's files in `dir` (`chump.db`, `-wal`, `-shm`).
+fn store_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("chump.db"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The goals of issue 18 this run can speak to, measured beside targets.
+fn goals(r: &Report) -> Vec<Goal> {
+    let goal = |name: String, measured: f64, target: f64, higher_is_better: bool| Goal {
+        met: if higher_is_better {
+            measured >= target
+        } else {
+            measured <= target
+        },
+        name,
+        measured,
+        target,
+        higher_is_better,
+    };
+    let mut out = Vec::new();
+    for ratio in &r.ratios {
+        out.push(goal(
+            format!("steady_over_floor_w{}", ratio.workers),
+            ratio.chump_over_floor,
+            2.0,
+            false,
+        ));
+    }
+    for c in &r.change {
+        // A change cycle scaled to 1,000 sources, in seconds.
+        out.push(goal(
+            format!("change_cycle_per_1000_s_w{}", c.workers),
+            c.per_check_ms,
+            30.0,
+            false,
+        ));
+    }
+    out.push(goal("peak_rss_mib".into(), r.peak_rss_mib, 150.0, false));
+    if let Some(api) = &r.api {
+        if let Some(list) = api.routes.iter().find(|x| x.route == "/api/sources") {
+            out.push(goal(
+                "list_sources_one_client_ms".into(),
+                list.one_client.median_ms,
+                // The dashboard's budget for a whole page load.
+                200.0,
+                false,
+            ));
+        }
+    }
+    for c in &r.steady {
+        let requests: f64 = c.cluster_requests_per_check.values().sum();
+        out.push(goal(
+            format!("cluster_requests_per_steady_check_w{}", c.workers),
+            requests,
+            // The bench's apps hold one object each: one GET.
+            1.0,
+            false,
+        ));
+    }
+    out
 }
 
 fn print_table(r: &Report) {
@@ -1532,8 +1669,29 @@ fn print_table(r: &Report) {
         fmt_ms(r.cold_cycle_ms)
     );
     println!("peak RSS of chump serve (VmHWM): {:.1} MiB", r.peak_rss_mib);
+    println!(
+        "store on disk (SQLite, database + WAL + shm): {:.1} MiB",
+        r.store_bytes as f64 / (1024.0 * 1024.0)
+    );
+    for c in &r.steady {
+        println!(
+            "steady checks per second, W={}: {:.0}; chump's CPU per check {:.2} ms",
+            c.workers, c.checks_per_second, c.chump_cpu_ms_per_check
+        );
+    }
+    println!("\ngoals (measured · target):");
+    for g in &r.goals {
+        println!(
+            "  {:<44} {:>10.2} {} {:<8} {}",
+            g.name,
+            g.measured,
+            if g.higher_is_better { "≥" } else { "≤" },
+            g.target,
+            if g.met { "met" } else { "NOT met" }
+        );
+    }
 
-    println!("\nper check, mean ms (from chump's log; stage fields are whole ms, truncated):");
+    println!("\nper check, mean ms (from chump's log):");
     println!(
         "{:<8} {:>3} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>7}",
         "cycle",
@@ -1674,9 +1832,13 @@ async fn main() {
         eprintln!("floor, concurrency {w}…");
         floor.push(measure_floor(&fx, w, args.reps).await);
     }
-    eprintln!("git ls-remote…");
-    let ls_remote = Some(blocking(|| measure_ls_remote(&fx, args.sample * 2)));
-    let original = if args.original {
+    let ls_remote = if args.steady_only {
+        None
+    } else {
+        eprintln!("git ls-remote…");
+        Some(blocking(|| measure_ls_remote(&fx, args.sample * 2)))
+    };
+    let original = if args.original && !args.steady_only {
         eprintln!("original approach…");
         Some(measure_original(&fx, args.sample).await)
     } else {
@@ -1701,7 +1863,7 @@ async fn main() {
         let mut ch = start_chump(&fx, &chump_dir, w, "1h");
         if ids.is_empty() {
             // New sources are due at once: the first cycle fetches everything.
-            let offset = ch.logs().len();
+            let offset = ch.logs_len();
             let t0 = OffsetDateTime::now_utc();
             let apps: Vec<&App> = fx.apps.iter().collect();
             ids = create_sources(&fx, &ch, &apps).await;
@@ -1711,6 +1873,15 @@ async fn main() {
             cycle(&fx, &ch, &ids).await; // warm-up: client, connections
         }
         steady.push(measure_steady(&fx, &ch, &ids, w, args.reps).await);
+        if args.steady_only {
+            if w == latency_workers {
+                eprintln!("API…");
+                api = Some(measure_api(&fx, &ch, &ids).await);
+            }
+            rss.push(rss_of(ch.pid(), w));
+            blocking(|| ch.terminate(Duration::from_secs(30)));
+            continue;
+        }
         if args.change_workers.contains(&w) {
             eprintln!("chump change, {w} workers…");
             change.push(measure_change(&mut fx, &ch, &ids, w, args.reps).await);
@@ -1733,8 +1904,11 @@ async fn main() {
         steady_without_self_heal.push(measure_steady(&fx, &ch, &ids, w, args.reps).await);
         blocking(|| ch.terminate(Duration::from_secs(30)));
     }
-    eprintln!("polling latency…");
-    latency.push(measure_poll_latency(&mut fx, args.latency_samples).await);
+    if !args.steady_only {
+        eprintln!("polling latency…");
+        latency.push(measure_poll_latency(&mut fx, args.latency_samples).await);
+    }
+    let store_bytes = store_size(&chump_dir);
 
     let peak = rss.iter().map(|r| r.vm_hwm_kib).max().unwrap_or(0);
     let mut report = Report {
@@ -1757,9 +1931,12 @@ async fn main() {
         api,
         rss,
         peak_rss_mib: peak as f64 / 1024.0,
+        store_bytes,
         ratios: Vec::new(),
+        goals: Vec::new(),
     };
     report.ratios = ratios(&report);
+    report.goals = goals(&report);
     print_table(&report);
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")

@@ -501,3 +501,45 @@ fn concurrent_syncs_of_one_source_fetch_once() {
     assert_eq!(checkouts.iter().filter(|c| c.fetched).count(), 1);
     assert_eq!(server.fetch_count(), 1);
 }
+
+#[test]
+fn a_head_read_after_a_check_was_due_is_shared_without_a_sync() {
+    let server = GitServer::start();
+    let head = server.create_repo(
+        "app",
+        "main",
+        [("deploy/kustomization.yaml", "resources: []\n")],
+    );
+    let url = server.url("app");
+    let root = tempfile::tempdir().unwrap();
+    let cache = new_cache(root.path());
+    let before = time::OffsetDateTime::now_utc();
+    assert!(
+        cache.shared_since(&url, "main", before).is_none(),
+        "nothing read yet"
+    );
+    let synced = cache.sync_since(&url, "main", before).unwrap();
+    assert!(synced.fetched);
+    let queries = server.upload_pack_commands().len();
+
+    // A check due before that sync started takes its head, without a ref
+    // query; one due after it does not (it must ask the server).
+    let shared = cache
+        .shared_since(&url, "main", before)
+        .expect("the head read after the check was due");
+    assert_eq!(shared.commit, head);
+    assert!(!shared.fetched && shared.shared);
+    assert_eq!(shared.dir(), synced.dir());
+    let later = time::OffsetDateTime::now_utc() + Duration::from_secs(1);
+    assert!(cache.shared_since(&url, "main", later).is_none());
+    assert!(
+        cache.shared_since(&url, "other", before).is_none(),
+        "another branch"
+    );
+    assert!(cache.shared_since("not a url", "main", before).is_none());
+    assert_eq!(
+        server.upload_pack_commands().len(),
+        queries,
+        "shared_since never talks to the server"
+    );
+}

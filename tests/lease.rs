@@ -343,3 +343,160 @@ async fn a_source_claimed_again_while_in_flight_starts_no_second_check() {
         .expect("the scheduler stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_scheduler_claims_a_queue_ahead_of_its_workers_and_refills_it() {
+    let (_dir, store) = sqlite().await;
+    let now = OffsetDateTime::now_utc();
+    for i in 0..40 {
+        store
+            .create_source(&spec(&format!("due-{i}")), now)
+            .await
+            .unwrap();
+    }
+    // Two workers: the scheduler holds a check for each and a queue behind
+    // them. The test is the worker pool: it takes jobs off the queue.
+    let config = SchedulerConfig {
+        workers: 2,
+        interval: Duration::from_secs(3600),
+        lease: Duration::from_secs(60),
+        max_sleep: Duration::from_millis(200),
+        owner: "p1".into(),
+    };
+    let (ahead, refill_at) = (config.claim_ahead(), config.refill_at());
+    assert!(
+        ahead > refill_at && refill_at > config.workers,
+        "{ahead} {refill_at}"
+    );
+    assert!(ahead < 40);
+    let load = Arc::new(Load::default());
+    let (tx, mut rx) = mpsc::channel::<CheckJob>(ahead);
+    let wake = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(scheduler::run(
+        store.clone(),
+        config,
+        load.clone(),
+        tx,
+        wake.clone(),
+        Arc::new(AtomicI64::new(0)),
+        shutdown.clone(),
+    ));
+    let in_flight = || async {
+        store
+            .list_statuses()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, st)| st.in_flight)
+            .count()
+    };
+    let mut jobs = Vec::new();
+    for _ in 0..ahead {
+        jobs.push(
+            tokio::time::timeout(DEADLINE, rx.recv())
+                .await
+                .expect("a queue's worth of claims")
+                .unwrap(),
+        );
+    }
+    assert_eq!(in_flight().await, ahead, "exactly claim_ahead claims held");
+    assert_eq!(load.claimed.lock().unwrap().len(), ahead);
+
+    // Checks end (recorded, their claims let go) until half the queue has
+    // drained: the scheduler claims again, up to claim_ahead.
+    let done = ahead - refill_at;
+    for job in jobs.drain(..done) {
+        let claim = &job.claim;
+        store
+            .finish_check(
+                claim,
+                &report(claim, Outcome::UpToDate, OffsetDateTime::now_utc()),
+                OffsetDateTime::now_utc() + Duration::from_secs(3600),
+            )
+            .await
+            .unwrap();
+        load.claimed.lock().unwrap().remove(&claim.source.id);
+        wake.notify_one();
+    }
+    for _ in 0..done {
+        let job = tokio::time::timeout(DEADLINE, rx.recv())
+            .await
+            .expect("the queue is refilled")
+            .unwrap();
+        assert!(
+            jobs.iter()
+                .all(|j| j.claim.source.id != job.claim.source.id),
+            "a held source was claimed again"
+        );
+        jobs.push(job);
+    }
+    poll("claim_ahead claims held again", || async {
+        (in_flight().await == ahead).then_some(())
+    })
+    .await;
+    assert_eq!(load.claimed.lock().unwrap().len(), ahead);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// Quiet results handed to the recorder before it starts, with its stop
+/// already asked for: everything handed over is still written, the claims
+/// let go; a result whose lease was lost is not written.
+#[tokio::test]
+async fn the_recorder_writes_what_it_was_handed_and_lets_go_of_the_claims() {
+    use chump_jobs::recorder::{self, QuietRecord};
+    let (_dir, store) = sqlite().await;
+    let claims = claimed(&store, "p1", &["a", "b", "c", "lost"]).await;
+    let load = Arc::new(Load::default());
+    let (queue, handed) = mpsc::unbounded_channel();
+    let next = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    let mut guards = Vec::new();
+    for claim in &claims {
+        let lease = guard(claim);
+        hold(&load, &lease);
+        if claim.source.spec.deployment_name == "lost" {
+            lease.lose("taken by another process (test)");
+        }
+        guards.push(lease.clone());
+        queue
+            .send(QuietRecord {
+                claim: claim.clone(),
+                lease,
+                report: report(claim, Outcome::UpToDate, OffsetDateTime::now_utc()),
+                next_check_at: next,
+            })
+            .unwrap();
+    }
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let wake = Arc::new(Notify::new());
+    tokio::time::timeout(
+        DEADLINE,
+        recorder::run(store.clone(), load.clone(), wake, handed, stop),
+    )
+    .await
+    .expect("the recorder stops once what it was handed is written");
+    assert!(
+        load.claimed.lock().unwrap().is_empty(),
+        "every claim let go"
+    );
+    for claim in &claims {
+        let st = store.status(claim.source.id).await.unwrap().unwrap();
+        if claim.source.spec.deployment_name == "lost" {
+            assert_eq!(
+                st.last_outcome, None,
+                "a lost lease's result is written: {st:?}"
+            );
+        } else {
+            assert_eq!(st.last_outcome, Some(Outcome::UpToDate), "{st:?}");
+            assert!(!st.in_flight, "the lease is released: {st:?}");
+            let due = st.next_check_at.unwrap();
+            assert!(
+                (due - next).abs() < time::Duration::milliseconds(1),
+                "{due} {next}"
+            );
+        }
+    }
+    drop(queue);
+}

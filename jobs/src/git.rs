@@ -376,6 +376,45 @@ impl GitCache {
         Ok(checkout)
     }
 
+    /// What [`GitCache::sync_since`] would answer without blocking: the
+    /// head a sync that started at or after `not_before` read for `url` and
+    /// `branch`, when one did and no sync of the key runs right now. `None`
+    /// means call `sync_since` (on a blocking thread). Sources of one
+    /// repository due together mostly end here, and skip the hop to a
+    /// blocking thread; a URL with credentials only once the cache's
+    /// identity key is loaded (that may read a file).
+    pub fn shared_since(
+        &self,
+        url: &str,
+        branch: &str,
+        not_before: OffsetDateTime,
+    ) -> Option<Checkout> {
+        let target = self.target(url).ok()?;
+        check_branch(branch).ok()?;
+        let has_credentials = target.url.user().is_some() || target.url.password().is_some();
+        let loaded = self
+            .inner
+            .identity
+            .try_lock()
+            .is_ok_and(|slot| slot.is_some());
+        if has_credentials && !loaded {
+            return None;
+        }
+        let key = self.key_of(&target, branch).ok()?;
+        let state = self.key_state(&key);
+        let last = state.lock.try_lock().ok()?;
+        let (started, checkout) = last.as_ref()?;
+        if *started < not_before {
+            return None;
+        }
+        debug!(commit = %checkout.commit, "head read by a sync that started after this check was due: shared");
+        Some(Checkout {
+            fetched: false,
+            shared: true,
+            ..checkout.clone()
+        })
+    }
+
     fn sync_remote(
         &self,
         target: &Target,

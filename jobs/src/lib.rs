@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod pipeline;
+pub mod recorder;
 pub mod redact;
 pub mod rollback;
 pub mod scheduler;

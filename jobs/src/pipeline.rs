@@ -5,8 +5,9 @@
 //! Shutdown: when the token is cancelled the scheduler stops claiming, the
 //! worker stops taking jobs, running checks get [`PipelineConfig::grace`] to
 //! finish, and whatever is still running then is cut and recorded as failed
-//! (stage `timeout`). The lease keeper renews leases until the last check
-//! has ended; then claims that never started are handed back.
+//! (stage `timeout`). The recorder then writes the quiet results the workers
+//! handed it. The lease keeper renews leases until the last result is
+//! written; then claims that never started are handed back.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check::Checker;
 use crate::lease;
+use crate::recorder;
 use crate::scheduler::{self, Load, SchedulerConfig};
 use crate::store::Store;
 use crate::worker::{self, WorkerContext};
@@ -98,8 +100,17 @@ impl Pipeline {
     ) -> Pipeline {
         let load = Arc::new(Load::default());
         let alive = Arc::new(AtomicI64::new(0));
-        let (tx, rx) = mpsc::channel(config.workers.max(1));
+        let sched_config = SchedulerConfig {
+            workers: config.workers,
+            interval: config.interval,
+            lease: config.lease,
+            max_sleep: config.max_sleep,
+            owner: config.owner.clone(),
+        };
+        // Room for every claim the scheduler holds ahead of the workers.
+        let (tx, rx) = mpsc::channel(sched_config.claim_ahead());
         let cut = CancellationToken::new();
+        let (recorder_queue, recorded) = mpsc::unbounded_channel();
         let ctx = Arc::new(WorkerContext {
             store: store.clone(),
             checker,
@@ -108,14 +119,8 @@ impl Pipeline {
             check_timeout: config.check_timeout,
             wake: wake.clone(),
             cut: cut.clone(),
+            recorder: recorder_queue,
         });
-        let sched_config = SchedulerConfig {
-            workers: config.workers,
-            interval: config.interval,
-            lease: config.lease,
-            max_sleep: config.max_sleep,
-            owner: config.owner.clone(),
-        };
         let task = {
             let (load, alive) = (load.clone(), alive.clone());
             tokio::spawn(async move {
@@ -128,7 +133,7 @@ impl Pipeline {
                     sched_config,
                     load.clone(),
                     tx,
-                    wake,
+                    wake.clone(),
                     alive,
                     shutdown.clone(),
                 ));
@@ -140,6 +145,15 @@ impl Pipeline {
                     config.owner.clone(),
                     config.lease,
                     keeper_stop.clone(),
+                ));
+                // Stopped once the workers have (it writes what they handed it).
+                let recorder_stop = CancellationToken::new();
+                let recorder = tokio::spawn(recorder::run(
+                    store.clone(),
+                    load.clone(),
+                    wake.clone(),
+                    recorded,
+                    recorder_stop.clone(),
                 ));
                 let workers = tokio::spawn(worker::run(ctx, config.workers, rx, shutdown.clone()));
                 shutdown.cancelled().await;
@@ -157,6 +171,8 @@ impl Pipeline {
                 };
                 let _ = workers.await;
                 cutter.abort();
+                recorder_stop.cancel();
+                let _ = recorder.await;
                 keeper_stop.cancel();
                 let _ = keeper.await;
                 // Claims queued but never started go back to the schedule.

@@ -2,9 +2,11 @@
 //!
 //! The schedule lives in the store (each source's next check time), so the
 //! scheduler keeps no state of its own that a restart could lose. Each tick
-//! it claims as many due sources as there are free workers — a claim is a
-//! lease in the store, so no source is queued or checked twice at once, by
-//! this process or another — and hands them to the worker queue. It wakes
+//! it claims due sources — a claim is a lease in the store, so no source is
+//! queued or checked twice at once, by this process or another — and hands
+//! them to the worker queue: enough for every worker and a queue behind
+//! them ([`SchedulerConfig::claim_ahead`]), refilled in one store call
+//! once half the queue has drained ([`SchedulerConfig::refill_at`]). It wakes
 //! at the earliest due time, when a worker frees up, when the API changes
 //! intent, and at least every [`SchedulerConfig::max_sleep`].
 //!
@@ -44,6 +46,29 @@ pub struct SchedulerConfig {
     pub max_sleep: Duration,
     /// This process's name on its leases.
     pub owner: String,
+}
+
+/// Claims queued behind the workers at least (more with more workers).
+const MIN_QUEUED_AHEAD: usize = 8;
+
+impl SchedulerConfig {
+    /// How many claims this process holds at most: a check for every
+    /// worker, and a queue behind them (as many again, at least
+    /// [`MIN_QUEUED_AHEAD`]), so a worker that finishes starts its next
+    /// check at once instead of waiting for the scheduler's next store call.
+    pub fn claim_ahead(&self) -> usize {
+        let workers = self.workers.max(1);
+        workers + workers.max(MIN_QUEUED_AHEAD)
+    }
+
+    /// The scheduler claims again once no more than this many claims are
+    /// held: half the queue has drained. Claims so come in batches (one
+    /// store call for several sources) and the queue never runs dry while
+    /// a claim is on its way.
+    pub fn refill_at(&self) -> usize {
+        let workers = self.workers.max(1);
+        workers + workers.max(MIN_QUEUED_AHEAD) / 2
+    }
 }
 
 /// Counters the scheduler and workers share.
@@ -169,7 +194,13 @@ async fn tick(
     load: &Load,
     queue: &mpsc::Sender<CheckJob>,
 ) -> Result<Duration, crate::store::StoreError> {
-    let free = config.workers.saturating_sub(load.in_flight());
+    let in_flight = load.in_flight();
+    // Refill only once half the queue has drained (see `refill_at`).
+    let free = if in_flight <= config.refill_at() {
+        config.claim_ahead().saturating_sub(in_flight)
+    } else {
+        0
+    };
     if free > 0 {
         let now = OffsetDateTime::now_utc();
         let claims = store
@@ -221,8 +252,8 @@ async fn tick(
                 store.release_claims(&config.owner, &[id]).await?;
             }
         }
-        if load.in_flight() >= config.workers {
-            // Busy: a finishing worker wakes us.
+        if load.in_flight() > config.refill_at() {
+            // Busy, with checks queued: a finishing worker wakes us.
             return Ok(config.max_sleep);
         }
     } else {

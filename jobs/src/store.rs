@@ -118,6 +118,29 @@ pub struct Claim {
     pub lease_until: OffsetDateTime,
 }
 
+/// A finished check that writes nothing but its status and schedule, for
+/// [`Store::finish_quiet_checks`].
+#[derive(Debug, Clone, Copy)]
+pub struct QuietCheck<'a> {
+    pub claim: &'a Claim,
+    pub report: &'a CheckReport,
+    pub next_check_at: OffsetDateTime,
+}
+
+/// Whether recording `report` of `claim` writes only the source's status
+/// and schedule (and releases the lease): no history entry, no inventory,
+/// no pin, no rollback, not a deletion. Most steady checks are; the store
+/// may record such checks in batches ([`Store::finish_quiet_checks`]).
+pub fn is_quiet(claim: &Claim, report: &CheckReport) -> bool {
+    !report.goes_to_history(claim.last_outcome)
+        && report.inventory.is_none()
+        && report.manifests.is_none()
+        && matches!(report.pin, crate::rollback::PinChange::Keep)
+        && claim.rollback.is_none()
+        && claim.trigger != Trigger::Delete
+        && !claim.source.deleting
+}
+
 /// What [`Store::request_check`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -195,6 +218,24 @@ pub trait Store: Send + Sync + 'static {
         trigger: Trigger,
         now: OffsetDateTime,
     ) -> StoreResult<RequestResult>;
+    /// [`Store::request_check`] for each of `ids` (a push to a repository
+    /// many sources follow), in as few round trips as the backend allows:
+    /// each source's own result, in order. The default asks one by one.
+    async fn request_checks(
+        &self,
+        ids: &[SourceId],
+        trigger: Trigger,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<StoreResult<RequestResult>>> {
+        let mut results = Vec::with_capacity(ids.len());
+        for &id in ids {
+            results.push(match self.request_check(id, trigger, now).await {
+                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+                other => other,
+            });
+        }
+        Ok(results)
+    }
     /// Takes up to `limit` due sources that no live lease holds, earliest
     /// first, and leases them to `owner` for `lease`. Suspended sources are
     /// skipped unless a manual check was requested. A source being deleted
@@ -234,6 +275,18 @@ pub trait Store: Send + Sync + 'static {
         report: &CheckReport,
         next_check_at: OffsetDateTime,
     ) -> StoreResult<()>;
+    /// Records several quiet checks ([`is_quiet`]: a status and a schedule,
+    /// nothing else) as [`Store::finish_check`] would record each, in as few
+    /// round trips as the backend allows. Each is written only while its
+    /// claim's lease is its owner's; the others are skipped. The default
+    /// records them one by one.
+    async fn finish_quiet_checks(&self, checks: &[QuietCheck<'_>]) -> StoreResult<()> {
+        for check in checks {
+            self.finish_check(check.claim, check.report, check.next_check_at)
+                .await?;
+        }
+        Ok(())
+    }
     /// Gives back leases held by `owner` without recording anything (the
     /// process gave up the checks before starting them).
     async fn release_claims(&self, owner: &str, ids: &[SourceId]) -> StoreResult<()>;

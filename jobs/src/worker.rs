@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::check::{cut_report, Checker, ProgressCell};
 use crate::history::{CheckReport, Trigger};
 use crate::lease::LeaseGuard;
+use crate::recorder::{QuietRecord, RecorderQueue};
 use crate::scheduler::{next_check_at, Load};
-use crate::store::{Claim, HistoryQuery, Store, StoreError};
+use crate::store::{is_quiet, Claim, HistoryQuery, Store, StoreError};
 
 /// What every job handler shares.
 pub struct WorkerContext {
@@ -38,6 +39,8 @@ pub struct WorkerContext {
     /// Cancelled when the shutdown grace period is over: running checks are
     /// cut and recorded as failed.
     pub cut: CancellationToken,
+    /// Where quiet results go to be written in batches ([`crate::recorder`]).
+    pub recorder: RecorderQueue,
 }
 
 /// A job: a claimed check and its lease. (apalis needs `Clone`; the claim
@@ -123,13 +126,45 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
         Ending::Report(_) if lease.is_lost() => Ending::Abandoned,
         e => e,
     };
-    let outcome = match &ending {
+    let outcome = match ending {
+        Ending::Report(report) if hands_over(&claim, &report, &progress) => {
+            ctx.checker.metrics.record_check(&report);
+            // The recorder writes it, then lets go of the claim: this
+            // worker is free for its next check now.
+            lease.set_recording();
+            let quiet = QuietRecord {
+                next_check_at: next_check_at(&claim, &report, ctx.interval),
+                claim,
+                lease,
+                report: *report,
+            };
+            match ctx.recorder.send(quiet) {
+                Ok(()) => {
+                    ctx.load.running.fetch_sub(1, Ordering::SeqCst);
+                    ctx.wake.notify_one();
+                    return Ok(());
+                }
+                // The recorder stops only after the workers: not expected,
+                // but then the worker records it itself.
+                Err(mpsc::error::SendError(unsent)) => {
+                    let QuietRecord {
+                        claim,
+                        lease,
+                        report,
+                        ..
+                    } = unsent;
+                    record(&ctx, &claim, &lease, &report).await;
+                    finish(&ctx, &claim, &lease, Some(report.outcome));
+                    return Ok(());
+                }
+            }
+        }
         Ending::Report(report) => {
-            ctx.checker.metrics.record_check(report);
-            if record(&ctx, &claim, &lease, report).await {
-                tell(&ctx, &claim, report, &progress);
+            ctx.checker.metrics.record_check(&report);
+            if record(&ctx, &claim, &lease, &report).await {
+                tell(&ctx, &claim, &report, &progress);
                 if report.rollback_wanted {
-                    roll_back_automatically(&ctx, &claim, report).await;
+                    roll_back_automatically(&ctx, &claim, &report).await;
                 }
             }
             Some(report.outcome)
@@ -145,10 +180,31 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
             None
         }
     };
+    finish(&ctx, &claim, &lease, outcome);
+    Ok(())
+}
 
+/// Whether the worker hands this check's result to the recorder: it is
+/// quiet ([`is_quiet`]), and nobody is told of it (no notification event,
+/// no deploy announced), so nothing waits on its record.
+fn hands_over(claim: &Claim, report: &CheckReport, progress: &ProgressCell) -> bool {
+    is_quiet(claim, report)
+        && !report.rollback_wanted
+        && crate::notify::event_kind(report, claim.last_outcome).is_none()
+        && !progress.lock().map(|p| p.announced).unwrap_or(true)
+}
+
+/// The check's slot and claim are free again: logs "check done" and wakes
+/// the scheduler.
+fn finish(
+    ctx: &WorkerContext,
+    claim: &Claim,
+    lease: &LeaseGuard,
+    outcome: Option<crate::history::Outcome>,
+) {
     let running = ctx.load.running.fetch_sub(1, Ordering::SeqCst) - 1;
     if let Ok(mut c) = ctx.load.claimed.lock() {
-        if c.get(&claim.source.id).is_some_and(|g| g.same(&lease)) {
+        if c.get(&claim.source.id).is_some_and(|g| g.same(lease)) {
             c.remove(&claim.source.id);
         }
     }
@@ -164,7 +220,6 @@ async fn handle(job: CheckJob, ctx: Data<Arc<WorkerContext>>) -> Result<(), BoxD
         ),
     }
     ctx.wake.notify_one();
-    Ok(())
 }
 
 /// How recent a git head must be for this check: read after the source

@@ -108,23 +108,28 @@ pub async fn webhook(
     let now = OffsetDateTime::now_utc();
     let mut triggered = Vec::new();
     let mut results = HashMap::new();
-    for source in state.store.list_sources().await? {
-        if source.spec.suspended || source.deleting || !webhook::matches(&source, &push) {
-            continue;
-        }
-        match state
-            .store
-            .request_check(source.id, Trigger::Webhook, now)
-            .await
-        {
+    let matching: Vec<_> = state
+        .store
+        .list_sources()
+        .await?
+        .into_iter()
+        .filter(|s| !s.spec.suspended && !s.deleting && webhook::matches(s, &push))
+        .map(|s| s.id)
+        .collect();
+    let asked = state
+        .store
+        .request_checks(&matching, Trigger::Webhook, now)
+        .await?;
+    for (id, result) in matching.into_iter().zip(asked) {
+        match result {
             Ok(result) => {
                 // A deploy of this source waiting for its rollout here
                 // looks at the branch at once (and stops when it moved).
                 if let (RequestResult::QueuedAfterRunning, Some(p)) = (result, &state.pipeline) {
-                    p.nudge(source.id);
+                    p.nudge(id);
                 }
-                triggered.push(source.id);
-                results.insert(source.id.to_string(), result);
+                triggered.push(id);
+                results.insert(id.to_string(), result);
             }
             // Deleted (or being deleted) since the listing: nothing to check.
             Err(

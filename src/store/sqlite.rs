@@ -24,8 +24,8 @@ use chump_jobs::manifests::{ManifestsState, PackedManifests};
 use chump_jobs::rollback::{Pin, PinChange, RollbackOrder};
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
-    Claim, Deletion, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
-    DEFAULT_MANIFEST_RETENTION,
+    is_quiet, Claim, Deletion, HistoryQuery, QuietCheck, RequestResult, SourceStatus, Store,
+    StoreError, StoreResult, DEFAULT_MANIFEST_RETENTION,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -411,15 +411,16 @@ impl Store for SqliteStore {
         row.map(|r| source_from_row(&r)).transpose().map_err(db_err)
     }
 
+    /// Through the listing's single query (see `list_sources_with_status`):
+    /// every push webhook reads the whole list, and reading it row by row
+    /// through sqlx cost a thread hop per source.
     async fn list_sources(&self) -> StoreResult<Vec<Source>> {
-        let rows = sqlx::query(&format!("SELECT {SOURCE_COLUMNS} FROM sources ORDER BY id"))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_err)?;
-        rows.iter()
-            .map(source_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(db_err)
+        Ok(self
+            .list_sources_with_status(None, None)
+            .await?
+            .into_iter()
+            .map(|(source, _)| source)
+            .collect())
     }
 
     async fn update_source(
@@ -541,6 +542,77 @@ impl Store for SqliteStore {
         let result = request_in(&mut tx, id, trigger, now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(result)
+    }
+
+    /// One transaction: the sources' rows in one query, the requests in
+    /// one statement.
+    async fn request_checks(
+        &self,
+        ids: &[SourceId],
+        trigger: Trigger,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<StoreResult<RequestResult>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT s.id, s.deleting, st.requested_trigger, st.lease_until \
+             FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(")");
+        let rows = qb.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: SourceId = row.try_get("id").map_err(db_err)?;
+            let deleting = row.try_get::<i64, _>("deleting").map_err(db_err)? != 0;
+            let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
+            let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
+            found.insert(id, (deleting, requested.is_some(), lease_until));
+        }
+        let results: Vec<StoreResult<RequestResult>> = ids
+            .iter()
+            .map(|&id| match found.get(&id) {
+                None => Err(StoreError::NotFound(id)),
+                Some((true, _, _)) => Err(StoreError::BeingDeleted(id)),
+                Some(&(false, requested, lease_until)) => Ok(request_result(
+                    requested,
+                    lease_until.is_some_and(|t| t > ms(now)),
+                    trigger,
+                )),
+            })
+            .collect();
+        let queued: Vec<SourceId> = ids
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| {
+                matches!(
+                    r,
+                    Ok(RequestResult::Queued | RequestResult::QueuedAfterRunning)
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !queued.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE source_status SET requested_trigger = ");
+            qb.push_bind(trigger.as_str())
+                .push(", next_check_at = MIN(next_check_at, ")
+                .push_bind(ms(now))
+                .push(") WHERE source_id IN (");
+            let mut list = qb.separated(", ");
+            for id in &queued {
+                list.push_bind(*id);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(results)
     }
 
     async fn request_rollback(
@@ -690,16 +762,6 @@ impl Store for SqliteStore {
             let rollback_to: Option<i64> = row.try_get("rollback_to").map_err(db_err)?;
             let rollback_trigger: Option<String> =
                 row.try_get("rollback_trigger").map_err(db_err)?;
-            sqlx::query(
-                "UPDATE source_status SET lease_owner = ?, lease_until = ?, requested_trigger = NULL \
-                 WHERE source_id = ?",
-            )
-            .bind(owner)
-            .bind(ms(lease_until))
-            .bind(source.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
             let rollback = match (source.deleting, rollback_to) {
                 (false, Some(to)) => Some(
                     rollback_order(&mut tx, to, rollback_trigger, || {
@@ -728,6 +790,22 @@ impl Store for SqliteStore {
                 lease_until,
                 source,
             });
+        }
+        // Every lease in one statement.
+        if !claims.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "UPDATE source_status SET requested_trigger = NULL, lease_owner = ",
+            );
+            qb.push_bind(owner)
+                .push(", lease_until = ")
+                .push_bind(ms(lease_until))
+                .push(" WHERE source_id IN (");
+            let mut list = qb.separated(", ");
+            for c in &claims {
+                list.push_bind(c.source.id);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await.map_err(db_err)?;
         }
         // The recorded inventories of every claimed source, in one query.
         if !claims.is_empty() {
@@ -770,6 +848,15 @@ impl Store for SqliteStore {
         next_check_at: OffsetDateTime,
     ) -> StoreResult<()> {
         let source = &claim.source;
+        // Most checks find nothing changed: their status is one statement.
+        if is_quiet(claim, report) {
+            let check = QuietCheck {
+                claim,
+                report,
+                next_check_at,
+            };
+            return self.finish_quiet_checks(&[check]).await;
+        }
         let mut tx = self.writer.begin().await.map_err(db_err)?;
         // Only the lease's holder writes (a deleted source has no status
         // row: its history entry is still kept).
@@ -844,74 +931,10 @@ impl Store for SqliteStore {
             tx.commit().await.map_err(db_err)?;
             return Ok(());
         }
-        // Only failures count (degraded and superseded are not): they drive
-        // the backoff.
-        let failed = report.outcome == Outcome::Failed;
-        // The rollback this claim carried is done (unless another replaced it).
-        let claim_rollback = claim.rollback.as_ref().map(|r| r.to);
-        // 0: keep the pin, 1: set it, 2: clear it.
-        let (pin_op, pin_commit, pin_reason) = match &report.pin {
-            PinChange::Keep => (0, None, None),
-            PinChange::Set { commit, reason } => (1, Some(commit.as_str()), Some(reason.as_str())),
-            PinChange::Clear => (2, None, None),
-        };
-        // Due at once instead when the source changed or a check was asked
-        // for while this one ran.
-        let updated = sqlx::query(
-            "UPDATE source_status SET \
-               last_checked_at = ?, last_commit = COALESCE(?, last_commit), last_outcome = ?, \
-               last_stage = ?, last_message = ?, desired_image = COALESCE(?, desired_image), \
-               running_image = COALESCE(?, running_image), \
-               consecutive_failures = CASE WHEN ? THEN consecutive_failures + 1 ELSE 0 END, \
-               next_check_at = CASE \
-                 WHEN requested_trigger IS NOT NULL \
-                   OR (rollback_to IS NOT NULL AND rollback_to IS NOT ?) \
-                   OR (SELECT revision FROM sources WHERE id = ?) != ? THEN ? \
-                 ELSE ? END, \
-               rollback_trigger = CASE WHEN rollback_to IS ? THEN NULL ELSE rollback_trigger END, \
-               rollback_to = CASE WHEN rollback_to IS ? THEN NULL ELSE rollback_to END, \
-               pinned_commit = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_commit END, \
-               pinned_reason = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_reason END, \
-               pinned_entry = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_entry END, \
-               pinned_at = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_at END, \
-               lease_owner = NULL, lease_until = NULL \
-             WHERE source_id = ? AND lease_owner = ?",
-        )
-        .bind(ms(report.finished_at))
-        .bind(&report.commit)
-        .bind(report.outcome.as_str())
-        .bind(report.stage.map(Stage::as_str))
-        .bind(&report.message)
-        .bind(&report.desired_image)
-        .bind(if report.outcome == Outcome::Deployed {
-            &report.desired_image
-        } else {
-            &report.running_image
-        })
-        .bind(failed)
-        .bind(claim_rollback)
-        .bind(source.id)
-        .bind(source.revision)
-        .bind(ms(report.finished_at))
-        .bind(ms(next_check_at))
-        .bind(claim_rollback)
-        .bind(claim_rollback)
-        .bind(pin_op)
-        .bind(pin_commit)
-        .bind(pin_op)
-        .bind(pin_reason)
-        .bind(pin_op)
-        .bind(entry_id)
-        .bind(pin_op)
-        .bind(ms(report.finished_at))
-        .bind(source.id)
-        .bind(&claim.owner)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let updated = write_status(&mut *tx, claim, report, next_check_at, entry_id).await?;
         // The inventory, only with a status written under our lease (not
         // for a deleted source).
-        if let (1, Some(inv)) = (updated.rows_affected(), &report.inventory) {
+        if let (1, Some(inv)) = (updated, &report.inventory) {
             let objects = serde_json::to_string(&inv.objects)
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             sqlx::query(
@@ -929,6 +952,66 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    /// One statement for the whole batch, without a transaction around it
+    /// (each statement is a trip to SQLite's thread, and most checks are
+    /// quiet): the checks go in as one JSON array.
+    async fn finish_quiet_checks(&self, checks: &[QuietCheck<'_>]) -> StoreResult<()> {
+        if checks.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = checks
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "source_id": c.claim.source.id,
+                    "owner": c.claim.owner,
+                    "revision": c.claim.source.revision,
+                    "finished_at": ms(c.report.finished_at),
+                    "next_check_at": ms(c.next_check_at),
+                    "commit_sha": c.report.commit,
+                    "outcome": c.report.outcome.as_str(),
+                    "stage": c.report.stage.map(Stage::as_str),
+                    "message": c.report.message,
+                    "desired_image": c.report.desired_image,
+                    "running_image": c.report.running_image,
+                    "failed": c.report.outcome == Outcome::Failed,
+                })
+            })
+            .collect();
+        let rows = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // As `write_status` for a claim without a rollback and a report
+        // without a pin: due at once instead when the source changed or a
+        // check or rollback was asked for while it ran.
+        sqlx::query(
+            "UPDATE source_status SET \
+               last_checked_at = v.finished_at, \
+               last_commit = COALESCE(v.commit_sha, last_commit), last_outcome = v.outcome, \
+               last_stage = v.stage, last_message = v.message, \
+               desired_image = COALESCE(v.desired_image, source_status.desired_image), \
+               running_image = COALESCE(v.running_image, source_status.running_image), \
+               consecutive_failures = CASE WHEN v.failed THEN consecutive_failures + 1 ELSE 0 END, \
+               next_check_at = CASE \
+                 WHEN requested_trigger IS NOT NULL OR rollback_to IS NOT NULL \
+                   OR (SELECT revision FROM sources WHERE id = v.source_id) != v.revision \
+                 THEN v.finished_at ELSE v.next_check_at END, \
+               lease_owner = NULL, lease_until = NULL \
+             FROM (SELECT value ->> 'source_id' AS source_id, value ->> 'owner' AS owner, \
+                          value ->> 'revision' AS revision, value ->> 'finished_at' AS finished_at, \
+                          value ->> 'next_check_at' AS next_check_at, \
+                          value ->> 'commit_sha' AS commit_sha, value ->> 'outcome' AS outcome, \
+                          value ->> 'stage' AS stage, value ->> 'message' AS message, \
+                          value ->> 'desired_image' AS desired_image, \
+                          value ->> 'running_image' AS running_image, value ->> 'failed' AS failed \
+                   FROM json_each(?)) AS v \
+             WHERE source_status.source_id = v.source_id AND source_status.lease_owner = v.owner",
+        )
+        .bind(rows)
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 
@@ -1127,15 +1210,7 @@ async fn request_in(
     let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
     let lease_until: Option<i64> = row.try_get("lease_until").map_err(db_err)?;
     let running = lease_until.is_some_and(|t| t > ms(now));
-    let result = if requested.is_some() {
-        RequestResult::AlreadyQueued
-    } else if running && trigger == Trigger::Manual {
-        RequestResult::AlreadyRunning
-    } else if running {
-        RequestResult::QueuedAfterRunning
-    } else {
-        RequestResult::Queued
-    };
+    let result = request_result(requested.is_some(), running, trigger);
     if matches!(
         result,
         RequestResult::Queued | RequestResult::QueuedAfterRunning
@@ -1152,6 +1227,20 @@ async fn request_in(
             .map_err(db_err)?;
     }
     Ok(result)
+}
+
+/// What asking for a check does to a source with a check already
+/// `requested` or not, `running` or not.
+fn request_result(requested: bool, running: bool, trigger: Trigger) -> RequestResult {
+    if requested {
+        RequestResult::AlreadyQueued
+    } else if running && trigger == Trigger::Manual {
+        RequestResult::AlreadyRunning
+    } else if running {
+        RequestResult::QueuedAfterRunning
+    } else {
+        RequestResult::Queued
+    }
 }
 
 /// The rollback a claim carries: entry `to`'s commit, image and kept
@@ -1304,4 +1393,87 @@ fn history_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<HistoryEntry> 
             rollback_wanted: false,
         },
     })
+}
+
+/// Writes a finished check's status and schedule and releases its lease, in
+/// one statement, only while `claim.owner` holds the lease: the number of
+/// rows written (0: the lease is not the claim's any more). `entry_id` is the
+/// history entry the check wrote (a pin set by a rollback names it).
+async fn write_status<'e, E>(
+    ex: E,
+    claim: &Claim,
+    report: &CheckReport,
+    next_check_at: OffsetDateTime,
+    entry_id: Option<i64>,
+) -> StoreResult<u64>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let source = &claim.source;
+    // Only failures count (degraded and superseded are not): they drive
+    // the backoff.
+    let failed = report.outcome == Outcome::Failed;
+    // The rollback this claim carried is done (unless another replaced it).
+    let claim_rollback = claim.rollback.as_ref().map(|r| r.to);
+    // 0: keep the pin, 1: set it, 2: clear it.
+    let (pin_op, pin_commit, pin_reason) = match &report.pin {
+        PinChange::Keep => (0, None, None),
+        PinChange::Set { commit, reason } => (1, Some(commit.as_str()), Some(reason.as_str())),
+        PinChange::Clear => (2, None, None),
+    };
+    // Due at once instead when the source changed or a check was asked
+    // for while this one ran.
+    sqlx::query(
+        "UPDATE source_status SET \
+           last_checked_at = ?, last_commit = COALESCE(?, last_commit), last_outcome = ?, \
+           last_stage = ?, last_message = ?, desired_image = COALESCE(?, desired_image), \
+           running_image = COALESCE(?, running_image), \
+           consecutive_failures = CASE WHEN ? THEN consecutive_failures + 1 ELSE 0 END, \
+           next_check_at = CASE \
+             WHEN requested_trigger IS NOT NULL \
+               OR (rollback_to IS NOT NULL AND rollback_to IS NOT ?) \
+               OR (SELECT revision FROM sources WHERE id = ?) != ? THEN ? \
+             ELSE ? END, \
+           rollback_trigger = CASE WHEN rollback_to IS ? THEN NULL ELSE rollback_trigger END, \
+           rollback_to = CASE WHEN rollback_to IS ? THEN NULL ELSE rollback_to END, \
+           pinned_commit = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_commit END, \
+           pinned_reason = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_reason END, \
+           pinned_entry = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_entry END, \
+           pinned_at = CASE ? WHEN 1 THEN ? WHEN 2 THEN NULL ELSE pinned_at END, \
+           lease_owner = NULL, lease_until = NULL \
+         WHERE source_id = ? AND lease_owner = ?",
+    )
+    .bind(ms(report.finished_at))
+    .bind(&report.commit)
+    .bind(report.outcome.as_str())
+    .bind(report.stage.map(Stage::as_str))
+    .bind(&report.message)
+    .bind(&report.desired_image)
+    .bind(if report.outcome == Outcome::Deployed {
+        &report.desired_image
+    } else {
+        &report.running_image
+    })
+    .bind(failed)
+    .bind(claim_rollback)
+    .bind(source.id)
+    .bind(source.revision)
+    .bind(ms(report.finished_at))
+    .bind(ms(next_check_at))
+    .bind(claim_rollback)
+    .bind(claim_rollback)
+    .bind(pin_op)
+    .bind(pin_commit)
+    .bind(pin_op)
+    .bind(pin_reason)
+    .bind(pin_op)
+    .bind(entry_id)
+    .bind(pin_op)
+    .bind(ms(report.finished_at))
+    .bind(source.id)
+    .bind(&claim.owner)
+    .execute(ex)
+    .await
+    .map(|done| done.rows_affected())
+    .map_err(db_err)
 }

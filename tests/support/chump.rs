@@ -181,6 +181,23 @@ impl Chump {
         self.logs.lock().unwrap().clone()
     }
 
+    /// How many bytes have been logged so far (an offset for
+    /// [`Chump::logs_since`]).
+    pub fn logs_len(&self) -> usize {
+        self.logs.lock().unwrap().len()
+    }
+
+    /// What was logged from byte `offset` on (lines are added whole), without
+    /// copying what came before: a benchmark waiting on a long log.
+    pub fn logs_since(&self, offset: usize) -> String {
+        self.logs
+            .lock()
+            .unwrap()
+            .get(offset..)
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Sends SIGTERM and waits (up to `within`) for a clean exit; returns
     /// whether it exited successfully.
     pub fn terminate(&mut self, within: Duration) -> bool {

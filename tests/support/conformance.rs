@@ -2641,6 +2641,216 @@ pub async fn sources_list_with_statuses_in_pages(store: Arc<dyn Store>) {
     assert!(past.is_empty());
 }
 
+/// Checks asked for many sources at once (a push): each source gets what
+/// `request_check` would give it — queued, already queued, queued after the
+/// running check or not for a manual request, not found, being deleted —
+/// and only the queued ones become due.
+pub async fn checks_are_requested_in_batches(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for name in ["idle", "asked", "running", "deleting"] {
+        ids.push(store.create_source(&spec(name), t(0)).await.unwrap().id);
+    }
+    let [idle, asked, running, deleting] = [ids[0], ids[1], ids[2], ids[3]];
+    // Everything checked once, due at t(300); then `asked` gets a request,
+    // `running` is claimed again, and `deleting` (something to prune) is
+    // deleted with prune.
+    let claims = store.claim_due(t(0), 4, "p1", LEASE).await.unwrap();
+    for claim in &claims {
+        let mut r = report(claim, Outcome::UpToDate, t(0));
+        if claim.source.id == deleting {
+            r = with_inventory(
+                report(claim, Outcome::Deployed, t(0)),
+                &inventory("c1", &["x"]),
+            );
+        }
+        store.finish_check(claim, &r, t(300)).await.unwrap();
+    }
+    // `running` was asked for first, so the claim takes it.
+    store
+        .request_check(running, Trigger::Manual, t(4))
+        .await
+        .unwrap();
+    store
+        .request_check(asked, Trigger::Manual, t(5))
+        .await
+        .unwrap();
+    let claim = store.claim_due(t(6), 1, "p1", LEASE).await.unwrap();
+    assert_eq!(claim.len(), 1);
+    assert_eq!(claim[0].source.id, running);
+    assert_eq!(
+        store.delete_source(deleting, true).await.unwrap(),
+        Deletion::Pruning
+    );
+
+    let batch = [idle, asked, running, 999_999, deleting];
+    let manual = store
+        .request_checks(&batch, Trigger::Manual, t(10))
+        .await
+        .unwrap();
+    assert!(matches!(manual[0], Ok(RequestResult::Queued)), "{manual:?}");
+    assert!(
+        matches!(manual[1], Ok(RequestResult::AlreadyQueued)),
+        "{manual:?}"
+    );
+    assert!(
+        matches!(manual[2], Ok(RequestResult::AlreadyRunning)),
+        "{manual:?}"
+    );
+    assert!(
+        matches!(manual[3], Err(StoreError::NotFound(999_999))),
+        "{manual:?}"
+    );
+    assert!(
+        matches!(manual[4], Err(StoreError::BeingDeleted(_))),
+        "{manual:?}"
+    );
+    let st = store.status(idle).await.unwrap().unwrap();
+    assert_eq!(
+        (st.requested, st.next_check_at),
+        (Some(Trigger::Manual), Some(t(10)))
+    );
+    let st = store.status(running).await.unwrap().unwrap();
+    assert_eq!(
+        st.requested, None,
+        "a manual request while running adds nothing"
+    );
+
+    let pushed = store
+        .request_checks(&[running, idle], Trigger::Webhook, t(11))
+        .await
+        .unwrap();
+    assert!(
+        matches!(pushed[0], Ok(RequestResult::QueuedAfterRunning)),
+        "{pushed:?}"
+    );
+    assert!(
+        matches!(pushed[1], Ok(RequestResult::AlreadyQueued)),
+        "{pushed:?}"
+    );
+    let st = store.status(running).await.unwrap().unwrap();
+    assert_eq!(st.requested, Some(Trigger::Webhook));
+    assert_eq!(
+        store.status(idle).await.unwrap().unwrap().requested,
+        Some(Trigger::Manual),
+        "an earlier request is kept"
+    );
+    assert!(store
+        .request_checks(&[], Trigger::Manual, t(12))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Quiet checks recorded in one batch: each as `finish_check` records it —
+/// status, schedule and lease released, no history — except where the lease
+/// is another's (skipped), and due at once where the source changed or a
+/// check was asked for meanwhile. A quiet report through `finish_check`
+/// is recorded the same way.
+pub async fn quiet_checks_are_recorded_in_batches(store: Arc<dyn Store>) {
+    use chump_jobs::store::{is_quiet, QuietCheck};
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        ids.push(store.create_source(&spec(name), t(0)).await.unwrap().id);
+    }
+    let claims = store.claim_due(t(0), 5, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 5);
+    let claim_of = |id| claims.iter().find(|c| c.source.id == id).unwrap();
+    // p1 renews every lease but b's, which expires and p2 takes; c is
+    // updated and d gets a check request while their checks run.
+    let kept: Vec<_> = [0, 2, 3, 4].map(|i| ids[i]).to_vec();
+    let renewed = store.renew_leases("p1", &kept, t(300)).await.unwrap();
+    assert_eq!(sorted(renewed), sorted(kept));
+    let later = t(0) + LEASE + Duration::from_secs(1);
+    let taken = store.claim_due(later, 5, "p2", LEASE).await.unwrap();
+    let taken: Vec<_> = taken.iter().map(|c| c.source.id).collect();
+    assert_eq!(taken, vec![ids[1]]);
+    let mut changed = spec("c");
+    changed.branch = "main".into();
+    store.update_source(ids[2], &changed, t(1)).await.unwrap();
+    assert_eq!(
+        store
+            .request_check(ids[3], Trigger::Webhook, t(1))
+            .await
+            .unwrap(),
+        RequestResult::QueuedAfterRunning
+    );
+    let reports: Vec<CheckReport> = ids[..4]
+        .iter()
+        .map(|&id| {
+            let mut r = report(claim_of(id), Outcome::UpToDate, t(2));
+            r.message = Some(format!("steady {id}"));
+            r
+        })
+        .collect();
+    for (id, r) in ids.iter().zip(&reports) {
+        assert!(is_quiet(claim_of(*id), r), "an up_to_date check is quiet");
+    }
+    let batch: Vec<QuietCheck> = ids[..4]
+        .iter()
+        .zip(&reports)
+        .map(|(&id, report)| QuietCheck {
+            claim: claim_of(id),
+            report,
+            next_check_at: t(600),
+        })
+        .collect();
+    store.finish_quiet_checks(&batch).await.unwrap();
+
+    let a = store.status(ids[0]).await.unwrap().unwrap();
+    assert_eq!(a.last_outcome, Some(Outcome::UpToDate));
+    assert_eq!(a.last_checked_at, Some(t(3)));
+    assert_eq!(
+        a.last_message.as_deref(),
+        Some(format!("steady {}", ids[0]).as_str())
+    );
+    assert_eq!(a.running_image.as_deref(), Some("nginx:1.1"));
+    assert_eq!(a.next_check_at, Some(t(600)));
+    assert!(!a.in_flight, "the lease is released");
+
+    let b = store.status(ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (b.last_outcome, b.last_checked_at),
+        (None, None),
+        "p2 holds b: p1's result is not written"
+    );
+    assert!(b.in_flight);
+
+    let c = store.status(ids[2]).await.unwrap().unwrap();
+    assert_eq!(c.last_outcome, Some(Outcome::UpToDate));
+    assert_eq!(
+        c.next_check_at,
+        Some(t(3)),
+        "updated meanwhile: due at once"
+    );
+    let d = store.status(ids[3]).await.unwrap().unwrap();
+    assert_eq!(
+        d.next_check_at,
+        Some(t(3)),
+        "a check was asked for: due at once"
+    );
+    assert_eq!(
+        d.requested,
+        Some(Trigger::Webhook),
+        "the request stays for its claim"
+    );
+    assert!(store.history(&all_history()).await.unwrap().is_empty());
+
+    // A quiet failure-free check after a failure resets the count, through
+    // finish_check as through the batch; e (never in the batch) is unchanged.
+    let e = store.status(ids[4]).await.unwrap().unwrap();
+    assert!(e.in_flight && e.last_outcome.is_none(), "{e:?}");
+    let claim_e = claim_of(ids[4]);
+    let quiet = report(claim_e, Outcome::UpToDate, t(4));
+    store.finish_check(claim_e, &quiet, t(700)).await.unwrap();
+    let e = store.status(ids[4]).await.unwrap().unwrap();
+    assert_eq!(
+        (e.last_outcome, e.next_check_at, e.in_flight),
+        (Some(Outcome::UpToDate), Some(t(700)), false)
+    );
+    // An empty batch writes nothing and is no error.
+    store.finish_quiet_checks(&[]).await.unwrap();
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -2666,7 +2876,8 @@ macro_rules! conformance_tests {
             old_manifests_are_dropped_but_the_last_success_keeps_them,
             rollbacks_are_claimed_with_their_order, pins_are_set_kept_and_cleared,
             history_at_an_instant_shows_what_was_live, auto_rollback_round_trips,
-            service_account_round_trips, sources_list_with_statuses_in_pages);
+            service_account_round_trips, sources_list_with_statuses_in_pages,
+            quiet_checks_are_recorded_in_batches, checks_are_requested_in_batches);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(

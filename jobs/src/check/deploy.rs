@@ -51,11 +51,13 @@ impl Checker {
         let t = Instant::now();
         let git = self.git.clone();
         let (url, branch) = (spec.git_url.clone(), spec.branch.clone());
-        let checkout =
-            tokio::task::spawn_blocking(move || git.sync_since(&url, &branch, fresh_since))
+        let checkout = match git.shared_since(&url, &branch, fresh_since) {
+            Some(shared) => shared,
+            None => tokio::task::spawn_blocking(move || git.sync_since(&url, &branch, fresh_since))
                 .await
                 .map_err(|e| fail(Stage::Git, format!("git task failed: {e}")))?
-                .map_err(|e| fail(Stage::Git, e.to_string()))?;
+                .map_err(|e| fail(Stage::Git, e.to_string()))?,
+        };
         times.git = t.elapsed();
         self.metrics
             .record_git_sync(checkout.fetched, checkout.shared);

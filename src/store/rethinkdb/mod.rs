@@ -104,8 +104,8 @@ use chump_jobs::manifests::{ManifestsState, PackedManifests};
 use chump_jobs::rollback::{PinChange, RollbackOrder};
 use chump_jobs::source::{Source, SourceId, SourceSpec};
 use chump_jobs::store::{
-    Claim, Deletion, HistoryQuery, RequestResult, SourceStatus, Store, StoreError, StoreResult,
-    DEFAULT_MANIFEST_RETENTION,
+    Claim, Deletion, HistoryQuery, QuietCheck, RequestResult, SourceStatus, Store, StoreError,
+    StoreResult, DEFAULT_MANIFEST_RETENTION,
 };
 use ql2::term::TermType;
 use reql::cmd::{between, update, ReturnChanges};
@@ -1590,6 +1590,19 @@ impl Store for RethinkStore {
             self.insert_history(claim, report, entry_id).await?;
         }
         Ok(())
+    }
+
+    /// Each check is its own conditional write (as `finish_check`), sent
+    /// at once: the pool runs them side by side.
+    async fn finish_quiet_checks(&self, checks: &[QuietCheck<'_>]) -> StoreResult<()> {
+        let writes = checks
+            .iter()
+            .map(|c| self.finish_check(c.claim, c.report, c.next_check_at));
+        futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .collect::<StoreResult<Vec<()>>>()
+            .map(|_| ())
     }
 
     async fn release_claims(&self, owner: &str, ids: &[SourceId]) -> StoreResult<()> {
