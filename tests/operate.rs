@@ -959,3 +959,73 @@ async fn a_source_deleted_with_prune_is_read_only_until_its_objects_are_gone() {
     // The target is free again.
     create(&c, &spec).await;
 }
+
+/// Pushes find the sources as they are now, while chump keeps an index of
+/// which sources a push concerns (rebuilt only when a source changes):
+/// created, moved to another branch, suspended, resumed and deleted
+/// sources are all seen by the very next push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_sees_the_sources_as_they_are_now() {
+    let env = Env::new().await;
+    let c = env.chump_with(env.options().env("CHUMP_INTERVAL", "3600"));
+    let http = Client::new();
+    let push = || {
+        serde_json::to_vec(&json!({"repository": env.git.url("mono"), "branch": "main"})).unwrap()
+    };
+    let triggered = |b: &Value| -> Vec<i64> {
+        let mut ids: Vec<i64> = b["triggered"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{b}"))
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let pushed = || async {
+        let (s, b) = post_json(&c, "/api/webhooks/generic", &[], &push()).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        triggered(&b)
+    };
+    let a = create(&c, &env.source("mono", "shop", "a")).await;
+    assert_eq!(pushed().await, vec![a]);
+    let b = create(&c, &env.source("mono", "shop", "b")).await;
+    let other = create(&c, &env.source("elsewhere", "shop", "other")).await;
+    assert_eq!(
+        pushed().await,
+        vec![a, b],
+        "a source created since the last push"
+    );
+
+    let patch = |id: i64, body: Value| {
+        let http = http.clone();
+        let url = c.url(&format!("/api/sources/{id}"));
+        async move {
+            let resp = http.patch(url).json(&body).send().await.unwrap();
+            assert_eq!(
+                resp.status(),
+                StatusCode::OK,
+                "{}",
+                resp.text().await.unwrap()
+            );
+        }
+    };
+    patch(a, json!({"branch": "dev"})).await;
+    assert_eq!(pushed().await, vec![b], "a moved to another branch");
+    patch(a, json!({"branch": "main", "suspended": true})).await;
+    assert_eq!(pushed().await, vec![b], "a suspended");
+    patch(a, json!({"suspended": false})).await;
+    patch(other, json!({"git_url": env.git.url("mono")})).await;
+    assert_eq!(
+        pushed().await,
+        vec![a, b, other],
+        "a resumed, other moved here"
+    );
+    let resp = http
+        .delete(c.url(&format!("/api/sources/{b}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(pushed().await, vec![a, other], "b deleted");
+}

@@ -206,6 +206,15 @@ pub trait Store: Send + Sync + 'static {
     /// abandoned) and left as it is with it.
     async fn delete_source(&self, id: SourceId, prune: bool) -> StoreResult<Deletion>;
 
+    /// A number that changes whenever any source is created, updated or
+    /// deleted — when the backend can tell for certain (one process owns
+    /// the data) — so what was derived from the source list may be kept
+    /// until it changes (the push index). `None`: other processes may
+    /// change sources at any time; derive afresh.
+    fn sources_version(&self) -> Option<u64> {
+        None
+    }
+
     // --- schedule ---
 
     /// Makes a source due at once with `trigger`, unless a check is already

@@ -12,7 +12,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::source::Source;
+use std::collections::HashMap;
+
+use crate::source::{Source, SourceId};
 
 /// The git hosts whose payloads chump understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +197,49 @@ pub fn matches(source: &Source, push: &Push) -> bool {
         .any(|theirs| theirs == ours)
 }
 
+/// The sources a push can concern, by normalized repository URL and
+/// branch: what [`matches`] finds by reading every source, found by one
+/// lookup. Built from the whole source list; valid until a source changes
+/// (see [`crate::store::Store::sources_version`]). Suspended sources and
+/// sources being deleted are left out, as a push checks neither.
+#[derive(Debug, Default)]
+pub struct PushIndex {
+    by_repo: HashMap<(String, String), Vec<SourceId>>,
+}
+
+impl PushIndex {
+    pub fn new(sources: &[Source]) -> PushIndex {
+        let mut by_repo: HashMap<(String, String), Vec<SourceId>> = HashMap::new();
+        for source in sources {
+            if source.spec.suspended || source.deleting {
+                continue;
+            }
+            if let Some(repo) = normalize_repo_url(&source.spec.git_url) {
+                by_repo
+                    .entry((repo, source.spec.branch.clone()))
+                    .or_default()
+                    .push(source.id);
+            }
+        }
+        PushIndex { by_repo }
+    }
+
+    /// The ids of the sources [`matches`] would find for `push`, ascending.
+    pub fn sources_for(&self, push: &Push) -> Vec<SourceId> {
+        let mut ids: Vec<SourceId> = push
+            .repo_urls
+            .iter()
+            .filter_map(|u| normalize_repo_url(u))
+            .filter_map(|repo| self.by_repo.get(&(repo, push.branch.clone())))
+            .flatten()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
 /// How a provider proves a payload came from the configured secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureCheck {
@@ -282,6 +327,74 @@ mod tests {
         );
         assert_eq!(normalize_repo_url("https://github.com/"), None);
         assert_eq!(normalize_repo_url("nonsense"), None);
+    }
+
+    #[test]
+    fn the_push_index_finds_what_matching_every_source_finds() {
+        use crate::source::SourceSpec;
+        let urls = [
+            "https://github.com/org/app.git",
+            "git@github.com:Org/App.git",
+            "https://gitlab.example/team/app",
+            "https://github.com/org/other",
+            "nonsense",
+        ];
+        let mut sources = Vec::new();
+        for (i, url) in urls.iter().cycle().take(40).enumerate() {
+            let i = i as i64;
+            sources.push(Source {
+                id: 100 - i,
+                spec: SourceSpec {
+                    namespace: "ns".into(),
+                    deployment_name: format!("d{i}"),
+                    git_url: url.to_string(),
+                    branch: if i % 3 == 0 { "main" } else { "dev" }.into(),
+                    deploy_path: "./deploy".into(),
+                    container_name: "app".into(),
+                    image_version_file: "./deploy/d.yaml".into(),
+                    interval_seconds: None,
+                    suspended: i % 7 == 0,
+                    prune: true,
+                    auto_rollback: None,
+                    service_account: None,
+                },
+                revision: 1,
+                created_at: time::OffsetDateTime::UNIX_EPOCH,
+                updated_at: time::OffsetDateTime::UNIX_EPOCH,
+                deleting: i % 11 == 0,
+            });
+        }
+        let index = PushIndex::new(&sources);
+        let pushes = [
+            (vec!["https://github.com/org/app"], "main"),
+            (
+                vec!["https://github.com/org/app", "git@github.com:org/app.git"],
+                "dev",
+            ),
+            (vec!["https://gitlab.example/team/app.git"], "main"),
+            (vec!["https://github.com/org/other"], "release"),
+            (vec!["https://nowhere.example/x/y"], "main"),
+            (vec![], "main"),
+        ];
+        for (repo_urls, branch) in pushes {
+            let push = Push {
+                repo_urls: repo_urls.iter().map(|u| u.to_string()).collect(),
+                branch: branch.into(),
+            };
+            let mut expected: Vec<SourceId> = sources
+                .iter()
+                .filter(|s| !s.spec.suspended && !s.deleting && matches(s, &push))
+                .map(|s| s.id)
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(index.sources_for(&push), expected, "{push:?}");
+        }
+        assert!(!index
+            .sources_for(&Push {
+                repo_urls: vec!["https://github.com/org/app".into()],
+                branch: "main".into(),
+            })
+            .is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use chump_jobs::history::Trigger;
-use chump_jobs::source::{parse_source_id, rfc3339};
+use chump_jobs::source::{parse_source_id, rfc3339, SourceId};
 use chump_jobs::store::RequestResult;
 use chump_jobs::webhook::{self, Provider, SignatureCheck};
 use serde_json::{json, Value};
@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use super::body::MAX_BODY_BYTES;
 use super::error::ApiError;
 use super::AppState;
+use std::sync::Arc;
 
 /// `POST /api/sources/{id}/check`: 202 with when it was queued. A second
 /// request while one is queued or running adds nothing (and says so). A
@@ -108,14 +109,7 @@ pub async fn webhook(
     let now = OffsetDateTime::now_utc();
     let mut triggered = Vec::new();
     let mut results = HashMap::new();
-    let matching: Vec<_> = state
-        .store
-        .list_sources()
-        .await?
-        .into_iter()
-        .filter(|s| !s.spec.suspended && !s.deleting && webhook::matches(s, &push))
-        .map(|s| s.id)
-        .collect();
+    let matching = push_targets(&state, &push).await?;
     let asked = state
         .store
         .request_checks(&matching, Trigger::Webhook, now)
@@ -154,6 +148,36 @@ pub async fn webhook(
             "results": results,
         })),
     ))
+}
+
+/// The ids of the sources `push` concerns (not suspended, not being
+/// deleted, on its repository and branch), ascending. Reading and matching
+/// every source costs O(sources) per push: where the store can say that no
+/// source changed (`sources_version`: SQLite, one process per file), the
+/// index built from the last reading serves every push until one does.
+async fn push_targets(
+    state: &AppState,
+    push: &webhook::Push,
+) -> Result<Vec<SourceId>, chump_jobs::store::StoreError> {
+    if state.store.sources_version().is_none() {
+        let sources = state.store.list_sources().await?;
+        return Ok(webhook::PushIndex::new(&sources).sources_for(push));
+    }
+    // Held while rebuilding, so pushes arriving together read the list once.
+    let mut kept = state.push_index.lock().await;
+    let version = state.store.sources_version().unwrap_or_default();
+    if let Some((built_at, index)) = kept.as_ref() {
+        if *built_at == version {
+            return Ok(index.sources_for(push));
+        }
+    }
+    // The version is read before the list: a change committed meanwhile
+    // bumps it again, and the next push rebuilds.
+    let sources = state.store.list_sources().await?;
+    let index = Arc::new(webhook::PushIndex::new(&sources));
+    let ids = index.sources_for(push);
+    *kept = Some((version, index));
+    Ok(ids)
 }
 
 /// With `CHUMP_WEBHOOK_SECRET`, the payload must carry the provider's

@@ -51,6 +51,9 @@ pub struct AppState {
     pub pipeline: Option<PipelineProbe>,
     /// The notification targets and their deliveries.
     pub notifications: crate::notify::Notifications,
+    /// Which sources a push concerns, kept while the store's
+    /// `sources_version` stays the same (see `actions::push_targets`).
+    pub push_index: Arc<tokio::sync::Mutex<Option<(u64, Arc<chump_jobs::webhook::PushIndex>)>>>,
 }
 
 impl AppState {

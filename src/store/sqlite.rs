@@ -51,6 +51,9 @@ pub struct SqliteStore {
     _lock: std::sync::Arc<std::fs::File>,
     /// Per source, how many of the newest entries keep their manifests.
     manifest_retention: u32,
+    /// Bumped after every committed change to the sources table: this
+    /// process owns the file, so it sees every change.
+    sources_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -94,7 +97,16 @@ impl SqliteStore {
             reader,
             _lock: std::sync::Arc::new(lock),
             manifest_retention: DEFAULT_MANIFEST_RETENTION,
+            sources_version: Default::default(),
         })
+    }
+
+    /// A source was created, updated or deleted (called after the commit,
+    /// so whoever reads the version before the list never keeps a list
+    /// older than its version).
+    fn sources_changed(&self) {
+        self.sources_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Keeps the manifests of each source's newest `n` entries (at least 1).
@@ -397,6 +409,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
+        self.sources_changed();
         Ok(source)
     }
 
@@ -477,6 +490,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
+        self.sources_changed();
         Ok(source)
     }
 
@@ -524,12 +538,21 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
+                self.sources_changed();
                 return Ok(Deletion::Pruning);
             }
         }
         delete_rows(&mut tx, id).await?;
         tx.commit().await.map_err(db_err)?;
+        self.sources_changed();
         Ok(Deletion::Deleted)
+    }
+
+    fn sources_version(&self) -> Option<u64> {
+        Some(
+            self.sources_version
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     async fn request_check(
@@ -929,6 +952,7 @@ impl Store for SqliteStore {
                 delete_rows(&mut tx, source.id).await?;
             }
             tx.commit().await.map_err(db_err)?;
+            self.sources_changed();
             return Ok(());
         }
         let updated = write_status(&mut *tx, claim, report, next_check_at, entry_id).await?;
