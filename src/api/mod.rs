@@ -53,8 +53,12 @@ pub struct AppState {
     pub notifications: crate::notify::Notifications,
     /// Which sources a push concerns, kept while the store's
     /// `sources_version` stays the same (see `actions::push_targets`).
-    pub push_index: Arc<tokio::sync::Mutex<Option<(u64, Arc<chump_jobs::webhook::PushIndex>)>>>,
+    pub push_index: KeptPushIndex,
 }
+
+/// The push index and the `sources_version` it was built at.
+pub type KeptPushIndex =
+    Arc<tokio::sync::Mutex<Option<(u64, Arc<chump_jobs::webhook::PushIndex>)>>>;
 
 impl AppState {
     fn wake_scheduler(&self) {
