@@ -1277,8 +1277,8 @@ fn deploy_build_times(tail: &str) -> Vec<Duration> {
         .filter(|l| l.contains("\"check finished\"") && l.contains("\"deployed\""))
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|f| f["outcome"] == "deployed")
-        .filter_map(|f| f["build_ms"].as_u64())
-        .map(Duration::from_millis)
+        .filter_map(|f| f["build_ms"].as_f64())
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
         .collect()
 }
 
