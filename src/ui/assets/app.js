@@ -232,6 +232,8 @@
   function navigate() {
     const { path, params } = route();
     const main = $('#main');
+    // A new view is not loaded until its first refresh says so.
+    delete main.dataset.loaded;
     const m = path.match(/^\/sources\/(\d+)$/);
     let name = 'sources';
     if (m) { view = sourceView(main, Number(m[1]), params); name = 'source'; }
