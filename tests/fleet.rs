@@ -616,3 +616,98 @@ async fn tables_get_the_replicas_asked_for_and_too_many_is_a_clear_error() {
     eprintln!("{} replicas on {servers} server(s): {err}", servers + 1);
     drop_db(&session, &config).await;
 }
+
+/// The sources a push to `chump` triggered, ascending.
+async fn pushed(chump: &Chump, repository: &str) -> Vec<i64> {
+    let resp = reqwest::Client::new()
+        .post(chump.url("/api/webhooks/generic"))
+        .json(&json!({"repository": repository, "branch": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let mut ids: Vec<i64> = body["triggered"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// A replica keeps an index of the sources for pushes while the sources
+/// changefeed says nothing changed: pushes to it still find the sources as
+/// they are now, whoever wrote them (itself, another replica, or another
+/// client on the table), once the feed has brought the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_a_replica_see_sources_written_anywhere() {
+    let Some(config) = fresh_config() else { return };
+    let env = Env::new().await;
+    let replica = |name: &str| {
+        let dir = env.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        env.options()
+            .dir(&dir)
+            .env("CHUMP_DATABASE", database_url(&config))
+            .env("CHUMP_INTERVAL", "1h")
+    };
+    let a = env.chump_with(replica("a"));
+    let b = env.chump_with(replica("b"));
+    for (name, c) in [("a", &a), ("b", &b)] {
+        get(c, "/api/health").await;
+        wait_for(&format!("replica {name}'s changefeeds"), WAIT, || async {
+            c.logs().contains("changefeed ready").then_some(())
+        })
+        .await;
+    }
+    let mono = env.git.url("mono");
+    let sees = |want: Vec<i64>, what: &'static str| {
+        let (a, mono) = (&a, &mono);
+        async move {
+            wait_for(what, WAIT, || {
+                let want = want.clone();
+                async move { (pushed(a, mono).await == want).then_some(()) }
+            })
+            .await
+        }
+    };
+
+    let x = create(&a, &env.source("mono", "shop", "x")).await;
+    assert_eq!(pushed(&a, &mono).await, vec![x], "created on this replica");
+    let y = create(&b, &env.source("mono", "shop", "y")).await;
+    sees(vec![x, y], "a push to A to find y, created on B").await;
+
+    // Inserted as the Python tool does, with an id of its own.
+    let session = raw_session(&config).await;
+    let sources = r.db(config.db.clone()).table("sources");
+    let z = 1000;
+    raw_run(
+        &session,
+        sources.clone().insert(json!({"id": z, "namespace": "shop",
+            "deployment_name": "z", "git_url": mono, "branch": "main",
+            "deploy_path": "deploy", "container_name": "app",
+            "image_version_file": "deploy/deployment.yaml"})),
+    )
+    .await;
+    sees(
+        vec![x, y, z],
+        "a push to A to find z, inserted by another client",
+    )
+    .await;
+    raw_run(
+        &session,
+        sources.clone().get(y).update(json!({"branch": "dev"})),
+    )
+    .await;
+    sees(vec![x, z], "a push to A to miss y, moved to another branch").await;
+    let resp = reqwest::Client::new()
+        .delete(b.url(&format!("/api/sources/{x}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    sees(vec![z], "a push to A to miss x, deleted through B").await;
+    assert_eq!(pushed(&b, &mono).await, vec![z], "B agrees");
+}

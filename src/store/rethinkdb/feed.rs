@@ -14,6 +14,11 @@
 //!   moved earlier or a lease handed back — on any replica — wakes this replica's
 //!   scheduler, so whichever replica has a free worker takes it at once.
 //!
+//! While the sources feed is open, every change it delivers bumps the
+//! store's `sources_version`, so pushes keep their index of the source list
+//! until a source changes anywhere; while it is closed the version is
+//! unknown and each push reads the list.
+//!
 //! A feed that breaks (server restart, network) is opened again with
 //! backoff; as soon as it is ready again the sources table is reconciled
 //! with the schedule ([`RethinkStore::reconcile`]), so a write made while no
@@ -78,9 +83,14 @@ impl RethinkStore {
         };
         loop {
             let why = tokio::select! {
-                _ = stop.cancelled() => return,
-                e = self.run_feed(feed, wake, &mut health) => e,
+                _ = stop.cancelled() => None,
+                e = self.run_feed(feed, wake, &mut health) => Some(e),
             };
+            if let Feed::Sources = feed {
+                // Other replicas' writes go unseen until it is open again.
+                self.sources_version.set_followed(false);
+            }
+            let Some(why) = why else { return };
             if !health.down {
                 tracing::warn!(feed = feed.name(), error = %why, "changefeed broke; opening it again");
                 health.down = true;
@@ -121,6 +131,7 @@ impl RethinkStore {
                         if let Err(e) = self.reconcile(OffsetDateTime::now_utc()).await {
                             return format!("cannot reconcile the schedule: {e}");
                         }
+                        self.sources_version.set_followed(true);
                     }
                     if health.down {
                         tracing::info!(feed = feed.name(), "changefeed open again");
@@ -141,6 +152,7 @@ impl RethinkStore {
             }
             match feed {
                 Feed::Sources => {
+                    self.sources_version.changed();
                     if let Err(e) = self.source_changed(&change).await {
                         return format!("cannot follow a change of the sources table: {e}");
                     }

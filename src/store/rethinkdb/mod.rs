@@ -163,6 +163,43 @@ pub struct RethinkStore {
     replicas: u8,
     /// Per source, how many of the newest entries keep their manifests.
     manifest_retention: u32,
+    /// Bumped by every write of this process to the sources table and by
+    /// every change the sources changefeed delivers (see
+    /// [`Store::sources_version`]).
+    sources_version: Arc<SourcesVersion>,
+}
+
+/// What this process can say about the source list: a counter of the
+/// changes it knows of, meaningful only while the sources changefeed is
+/// open (other replicas' writes reach this process through it alone).
+#[derive(Debug, Default)]
+pub(super) struct SourcesVersion {
+    changes: std::sync::atomic::AtomicU64,
+    followed: std::sync::atomic::AtomicBool,
+}
+
+impl SourcesVersion {
+    /// A change was written here or seen in the feed (after the write, so
+    /// whoever reads the version before the list never keeps a list older
+    /// than its version).
+    pub(super) fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The feed opened (`true`: everything missed meanwhile counts as a
+    /// change) or broke (`false`: nothing can be said until it is back).
+    pub(super) fn set_followed(&self, followed: bool) {
+        self.changed();
+        self.followed
+            .store(followed, std::sync::atomic::Ordering::Release);
+    }
+
+    fn get(&self) -> Option<u64> {
+        self.followed
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| self.changes.load(std::sync::atomic::Ordering::Acquire))
+    }
 }
 
 impl RethinkStore {
@@ -176,6 +213,7 @@ impl RethinkStore {
             sources_table: config.table.clone(),
             replicas: config.replicas.clamp(1, u8::MAX.into()) as u8,
             manifest_retention: DEFAULT_MANIFEST_RETENTION,
+            sources_version: Default::default(),
         };
         store.ensure_schema().await?;
         store.reconcile(OffsetDateTime::now_utc()).await?;
@@ -498,7 +536,9 @@ impl RethinkStore {
                     .get(id)
                     .update(lit(json!({"deleting": true}))),
             )
-            .await?;
+            .await;
+        self.sources_version.changed();
+        let result = result?;
         if count(&result, "skipped") > 0 {
             return Err(StoreError::NotFound(id));
         }
@@ -599,7 +639,9 @@ impl RethinkStore {
                 TermType::Replace,
                 [self.sources().get(id), only_deleting],
             ))
-            .await?;
+            .await;
+        self.sources_version.changed();
+        let result = result?;
         if count(&result, "errors") > 0 {
             let first = result
                 .get("first_error")
@@ -1012,6 +1054,13 @@ impl Store for RethinkStore {
         self.follow(wake, stop).await
     }
 
+    /// Known only while the sources changefeed is open: then every change,
+    /// by this process or another, bumps it (another's as soon as the feed
+    /// delivers it).
+    fn sources_version(&self) -> Option<u64> {
+        self.sources_version.get()
+    }
+
     async fn create_source(&self, spec: &SourceSpec, now: OffsetDateTime) -> StoreResult<Source> {
         let key = target_key(spec);
         // The target first: a refused duplicate spends no id.
@@ -1041,7 +1090,9 @@ impl Store for RethinkStore {
             let result = self
                 .pool
                 .one(term(TermType::Insert, [self.sources(), lit(&doc)]))
-                .await?;
+                .await;
+            self.sources_version.changed();
+            let result = result?;
             if let Inserted::Conflict = inserted(&result, "a source")? {
                 return Err(StoreError::Backend(format!(
                     "source id {id} is taken although the counter handed it out; \
@@ -1137,6 +1188,7 @@ impl Store for RethinkStore {
                 update::Options::new().return_changes(ReturnChanges::Bool(true)),
             ))))
             .await;
+        self.sources_version.changed();
         let result = match result {
             Ok(v) => v,
             Err(e) => {
@@ -1213,7 +1265,9 @@ impl Store for RethinkStore {
         let result = self
             .pool
             .one(term(TermType::Delete, [self.sources().get(id)]))
-            .await?;
+            .await;
+        self.sources_version.changed();
+        let result = result?;
         if count(&result, "deleted") == 0 {
             return Err(StoreError::NotFound(id));
         }
@@ -1698,6 +1752,63 @@ impl Store for RethinkStore {
             .iter()
             .map(status_from_doc)
             .collect()
+    }
+
+    async fn list_sources_with_status(
+        &self,
+        after: Option<SourceId>,
+        limit: Option<u32>,
+    ) -> StoreResult<Vec<(Source, SourceStatus)>> {
+        let Some(limit) = limit else {
+            // The whole list: two table scans beat a `get_all` of every id.
+            let mut statuses = self.list_statuses().await?;
+            return Ok(self
+                .list_sources()
+                .await?
+                .into_iter()
+                .filter(|s| after.is_none_or(|a| s.id > a))
+                .map(|s| {
+                    let status = statuses.remove(&s.id).unwrap_or_default();
+                    (s, status)
+                })
+                .collect());
+        };
+        // One page through the primary index: ids above `after`, in order,
+        // read lazily up to `limit`; then those sources' statuses by key.
+        let page = self.sources().between(r.args((
+            after.map_or(MIN_NUMBER, |a| a.saturating_add(1)),
+            -MIN_NUMBER,
+            between::Options::new().index("id"),
+        )));
+        let page = term(TermType::Limit, [page.order_by(r.index("id")), lit(limit)]);
+        let sources = self
+            .pool
+            .run(page)
+            .await?
+            .iter()
+            .map(source_from_doc)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let statuses = sources.iter().fold(
+            Command::new(TermType::GetAll).with_arg(self.statuses()),
+            |q, s| q.with_arg(lit(s.id)),
+        );
+        let mut statuses = self
+            .pool
+            .run(statuses)
+            .await?
+            .iter()
+            .map(status_from_doc)
+            .collect::<StoreResult<HashMap<_, _>>>()?;
+        Ok(sources
+            .into_iter()
+            .map(|s| {
+                let status = statuses.remove(&s.id).unwrap_or_default();
+                (s, status)
+            })
+            .collect())
     }
 
     async fn history(&self, query: &HistoryQuery) -> StoreResult<Vec<HistoryEntry>> {
