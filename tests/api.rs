@@ -964,3 +964,76 @@ async fn the_source_list_pages_with_limit_and_after_and_stays_whole_by_default()
     let (_, again) = call(&c, Method::GET, "/api/sources", None).await;
     assert_eq!(ids_of(&again), ids);
 }
+
+/// The whole list is read and written 500 sources at a time: across chunk
+/// boundaries (an exact multiple of the chunk, and one more) it is still
+/// one JSON answer with every source once, in id order, each as a page
+/// shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_list_streams_every_source_across_chunks() {
+    use futures::StreamExt;
+    let c = Chump::start_with(ChumpOptions::default().env("CHUMP_INTERVAL", "1h"));
+    let create_n = |from: usize, to: usize| {
+        let c = &c;
+        futures::stream::iter(from..to)
+            .map(move |i| async move {
+                let body = with(seed(), "deployment_name", json!(format!("app-{i}")));
+                let (s, b) = call(c, Method::POST, "/api/sources", Some(body)).await;
+                assert_eq!(s, StatusCode::CREATED, "{b}");
+                b["source"]["id"].as_i64().unwrap()
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<i64>>()
+    };
+    let ids_of = |b: &Value| -> Vec<i64> {
+        b["sources"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{b}"))
+            .iter()
+            .map(|s| s["id"].as_i64().unwrap())
+            .collect()
+    };
+    let without_status = |list: &Value| -> Vec<Value> {
+        list["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| without(s.clone(), "status"))
+            .collect()
+    };
+    let mut ids = create_n(0, 1000).await;
+    for round in ["1,000: two whole chunks", "1,001: one more"] {
+        ids.sort_unstable();
+        let (s, all) = call(&c, Method::GET, "/api/sources", None).await;
+        assert_eq!(s, StatusCode::OK, "{round}");
+        assert_eq!(all.as_object().unwrap().len(), 1, "{round}: only `sources`");
+        assert_eq!(ids_of(&all), ids, "{round}");
+        assert!(
+            all["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["status"]["next_check_at"].is_string()),
+            "{round}: every source with its status"
+        );
+        let (_, first) = call(&c, Method::GET, "/api/sources?limit=1000", None).await;
+        let after = first["next_after"].as_i64().unwrap();
+        let (_, rest) = call(
+            &c,
+            Method::GET,
+            &format!("/api/sources?limit=1000&after={after}"),
+            None,
+        )
+        .await;
+        let mut paged = without_status(&first);
+        paged.extend(without_status(&rest));
+        assert_eq!(
+            without_status(&all),
+            paged,
+            "{round}: as the pages show them"
+        );
+        if ids.len() == 1000 {
+            ids.extend(create_n(1000, 1001).await);
+        }
+    }
+}
