@@ -459,3 +459,52 @@ async fn a_delete_cut_before_the_status_mark_is_finished_by_a_following_replica(
     stop.cancel();
     follower.await.unwrap();
 }
+
+/// Pages of the source list where ids are sparse and run past
+/// the id counter (documents another client inserted while chump ran):
+/// every source once, in order, whatever the page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_cover_sparse_ids_and_ids_past_the_counter() {
+    let Some(config) = fresh_config() else { return };
+    let store = RethinkStore::open(&config).await.unwrap();
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        ids.push(store.create_source(&spec(name), t(0)).await.unwrap().id);
+    }
+    // Inserted behind chump's back: far apart, and far above its counter
+    // (which stays at 3).
+    let session = raw_session(&config).await;
+    let outside = [700, 5_000, 90_000];
+    let docs: Vec<Value> = outside
+        .iter()
+        .map(|id| python_doc(*id, &format!("x{id}")))
+        .collect();
+    let result = raw_run(
+        &session,
+        r.db(config.db.clone()).table("sources").insert(docs),
+    )
+    .await;
+    assert_eq!(result["inserted"], 3, "{result}");
+    ids.extend(outside);
+    ids.sort_unstable();
+
+    let whole = store.list_sources_with_status(None, None).await.unwrap();
+    assert_eq!(whole.iter().map(|(s, _)| s.id).collect::<Vec<_>>(), ids);
+    for limit in [1, 2, 3, 1000] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_sources_with_status(after, Some(limit))
+                .await
+                .unwrap();
+            assert!(page.len() <= limit as usize, "limit {limit}");
+            seen.extend(page.iter().map(|(s, _)| s.id));
+            if page.len() < limit as usize {
+                break;
+            }
+            after = page.last().map(|(s, _)| s.id);
+        }
+        assert_eq!(seen, ids, "pages of {limit}");
+    }
+}

@@ -53,6 +53,12 @@ impl GitServer {
         server
     }
 
+    /// The daemon's process id, while it runs.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The port the daemon listens on (the same across restarts).
     pub fn port(&self) -> u16 {
         self.port

@@ -376,9 +376,8 @@ impl Cluster {
             .patch(&item.name, &params, &Patch::Apply(&item.body))
             .await
         {
-            Ok(obj) => {
-                let live =
-                    super::drift::live_digest(&serde_json::to_value(&obj).unwrap_or(Value::Null));
+            Ok(mut obj) => {
+                let live = super::drift::live_digest_of(&mut obj);
                 (obj.metadata.resource_version, live)
             }
             Err(kube::Error::Api(s)) => {

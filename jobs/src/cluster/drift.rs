@@ -15,6 +15,7 @@
 //! written while they match; fields others own (status, an HPA's replicas,
 //! annotations added by controllers) never count as drift.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use futures::{StreamExt, TryStreamExt};
@@ -45,6 +46,83 @@ pub fn live_digest(object: &Value) -> String {
         _ => Value::Null,
     };
     digest(&json!({ "fields": fields, "values": values }))
+}
+
+/// [`live_digest`] of a typed object, the same digest, without turning the
+/// whole object into JSON first: only the metadata is serialized (without
+/// its managed fields, unless the set asks for them), the rest is read
+/// where it is. `object` is left as it was.
+pub fn live_digest_of(object: &mut DynamicObject) -> String {
+    let fields = object
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|e| {
+            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply")
+        })
+        .map(|e| e.fields_v1.as_ref().map_or(Value::Null, |f| f.0.clone()))
+        .unwrap_or(Value::Null);
+    let values = match &fields {
+        Value::Object(set) => project_object(object, set),
+        _ => Value::Null,
+    };
+    digest(&json!({ "fields": fields, "values": values }))
+}
+
+/// [`project`] of `object` as JSON, member by member from where it is.
+fn project_object(object: &mut DynamicObject, set: &Map<String, Value>) -> Value {
+    let mut out = Map::new();
+    for (member, sub) in set {
+        if member == "." {
+            continue;
+        }
+        let Some(name) = member.strip_prefix("f:") else {
+            // Only a map's fields name something in an object; the other
+            // members find nothing there, as in `project`.
+            let one = Map::from_iter([(member.clone(), sub.clone())]);
+            if let Value::Object(found) = project(&Value::Object(Map::new()), &one) {
+                out.extend(found);
+            }
+            continue;
+        };
+        let types = object.types.as_ref();
+        let found: Option<std::borrow::Cow<'_, Value>> = match name {
+            "apiVersion" => types.map(|t| Cow::Owned(Value::String(t.api_version.clone()))),
+            "kind" => types.map(|t| Cow::Owned(Value::String(t.kind.clone()))),
+            "metadata" => Some(Cow::Owned(metadata_json(object, sub))),
+            _ => object.data.get(name).map(Cow::Borrowed),
+        };
+        out.insert(member.clone(), projected(found.as_deref(), sub));
+    }
+    Value::Object(out)
+}
+
+/// The object's metadata as JSON: without its managed fields (most of it)
+/// unless the member set `sub` may reach them.
+fn metadata_json(object: &mut DynamicObject, sub: &Value) -> Value {
+    let reaches_managed = match sub.as_object() {
+        Some(subset) => subset.keys().all(|k| k == ".") || subset.contains_key("f:managedFields"),
+        None => true,
+    };
+    if reaches_managed {
+        return serde_json::to_value(&object.metadata).unwrap_or(Value::Null);
+    }
+    let managed = object.metadata.managed_fields.take();
+    let json = serde_json::to_value(&object.metadata).unwrap_or(Value::Null);
+    object.metadata.managed_fields = managed;
+    json
+}
+
+/// A member's value as [`project`] keeps it: the value itself for a leaf or
+/// an item kept whole, its projection for a subset, null when not there.
+fn projected(found: Option<&Value>, sub: &Value) -> Value {
+    match (found, sub.as_object()) {
+        (None, _) => Value::Null,
+        (Some(v), Some(subset)) if subset.keys().all(|k| k == ".") => v.clone(),
+        (Some(v), Some(subset)) => project(v, subset),
+        (Some(v), None) => v.clone(),
+    }
 }
 
 /// `value` reduced to the fields of a `fieldsV1` set. Every member of the
@@ -81,14 +159,7 @@ fn project(value: &Value, set: &Map<String, Value>) -> Value {
         } else {
             None
         };
-        let projected = match (found, sub.as_object()) {
-            (None, _) => Value::Null,
-            // A leaf, or an item kept whole: the value itself.
-            (Some(v), Some(subset)) if subset.keys().all(|k| k == ".") => v.clone(),
-            (Some(v), Some(subset)) => project(v, subset),
-            (Some(v), None) => v.clone(),
-        };
-        out.insert(member.clone(), projected);
+        out.insert(member.clone(), projected(found, sub));
     }
     Value::Object(out)
 }
@@ -207,10 +278,8 @@ impl Cluster {
                         .into_iter()
                         .map(|i| {
                             let observed = match found.remove(&objects[i].name) {
-                                Some(object) => {
-                                    let live = live_digest(
-                                        &serde_json::to_value(&object).unwrap_or(Value::Null),
-                                    );
+                                Some(mut object) => {
+                                    let live = live_digest_of(&mut object);
                                     Observed::Present {
                                         object: Box::new(object),
                                         live,
@@ -301,6 +370,45 @@ mod tests {
         let mut none = base;
         none["metadata"]["managedFields"] = json!([]);
         assert_ne!(live_digest(&none), d);
+    }
+
+    /// The typed digest is the JSON one, whatever the set reaches: types,
+    /// metadata (whole, or its managed fields), data, and members that find
+    /// nothing at the top.
+    #[test]
+    fn the_typed_digest_is_the_json_digest() {
+        let with_set = |set: Value| {
+            let mut o = applied(2, "1");
+            o["metadata"]["managedFields"][0]["fieldsV1"] = set;
+            o
+        };
+        let mut cases = vec![
+            applied(2, "1"),
+            applied(3, "2"),
+            with_set(json!({"f:apiVersion": {}, "f:kind": {}, "f:metadata": {".": {}}})),
+            with_set(json!({"f:metadata": {"f:managedFields": {}, "f:name": {}}})),
+            with_set(json!({"f:metadata": {}, "f:status": {"f:replicas": {}}, "f:missing": {}})),
+            with_set(json!({"v:\"a\"": {}, "i:0": {}, "k:{\"a\":1}": {}, ".": {}})),
+            with_set(json!(null)),
+        ];
+        let mut none = applied(2, "1");
+        none["metadata"]["managedFields"][0]["manager"] = json!("kubectl");
+        cases.push(none);
+        let mut untyped = applied(2, "1");
+        untyped.as_object_mut().unwrap().remove("apiVersion");
+        untyped.as_object_mut().unwrap().remove("kind");
+        cases.push(untyped);
+        for case in cases {
+            let object: DynamicObject = serde_json::from_value(case.clone()).unwrap();
+            let mut typed = object.clone();
+            let want = live_digest(&serde_json::to_value(&object).unwrap());
+            assert_eq!(live_digest_of(&mut typed), want, "{case}");
+            assert_eq!(
+                serde_json::to_value(&typed).unwrap(),
+                serde_json::to_value(&object).unwrap(),
+                "left as it was"
+            );
+        }
     }
 
     #[test]

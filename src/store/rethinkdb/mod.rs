@@ -1773,21 +1773,42 @@ impl Store for RethinkStore {
                 })
                 .collect());
         };
-        // One page through the primary index: ids above `after`, in order,
-        // read lazily up to `limit`; then those sources' statuses by key.
-        let page = self.sources().between(r.args((
-            after.map_or(MIN_NUMBER, |a| a.saturating_add(1)),
-            -MIN_NUMBER,
-            between::Options::new().index("id"),
-        )));
-        let page = term(TermType::Limit, [page.order_by(r.index("id")), lit(limit)]);
-        let sources = self
-            .pool
-            .run(page)
-            .await?
-            .iter()
-            .map(source_from_doc)
-            .collect::<StoreResult<Vec<_>>>()?;
+        // Ids above `after`, ascending, one id window at a time (each sorted
+        // in memory, so each stays small: ids come from a counter, so a
+        // window of `limit` ids usually holds the page), widening while they
+        // come back thin; past the counter, everything left (ids another
+        // client gave its documents).
+        let counter = self.pool.one(self.counters().get(SOURCES_COUNTER)).await?;
+        let last = opt_int(&counter, "value").unwrap_or(0);
+        let limit = limit as usize;
+        let mut sources = Vec::new();
+        let (mut lo, mut hi) = match after {
+            Some(a) => (a.saturating_add(1), Some(a.saturating_add(1))),
+            // Ids below 1 first (none, unless another client made them).
+            None => (MIN_NUMBER, Some(1)),
+        };
+        let mut window = (limit as i64).clamp(256, MAX_HISTORY_WINDOW);
+        if after.is_some() {
+            hi = Some(lo.saturating_add(window));
+        }
+        loop {
+            let upper = hi.map_or(-MIN_NUMBER, |h| h.min(-MIN_NUMBER));
+            let q = self.sources().between(r.args((lo, upper)));
+            let q = term(
+                TermType::Limit,
+                [q.order_by("id"), lit(limit - sources.len())],
+            );
+            for doc in &self.pool.run(q).await? {
+                sources.push(source_from_doc(doc)?);
+            }
+            let Some(h) = hi else { break };
+            if sources.len() >= limit {
+                break;
+            }
+            lo = h;
+            hi = (lo <= last).then(|| lo.saturating_add(window));
+            window = (window * 2).min(MAX_HISTORY_WINDOW);
+        }
         if sources.is_empty() {
             return Ok(Vec::new());
         }
