@@ -262,6 +262,8 @@ struct CycleResult {
     checks_per_second: f64,
     /// CPU time of `chump serve` per check, over every repetition.
     chump_cpu_ms_per_check: f64,
+    /// CPU time per check of every process the cycle kept busy.
+    cpu_per_check: CpuPerCheck,
     /// Time to send the R push webhooks, one per repository (overlaps the checks).
     trigger: Stats,
     stages: Stages,
@@ -287,6 +289,10 @@ struct LatencyResult {
 #[derive(Serialize)]
 struct RssResult {
     workers: usize,
+    /// What the process did since the previous reading: `cold cycle`,
+    /// `steady`, `change`, `API`, `webhook latency`.
+    phase: &'static str,
+    /// The peak over that phase alone (VmHWM, reset after each reading).
     vm_hwm_kib: u64,
     vm_rss_kib: u64,
 }
@@ -322,6 +328,8 @@ struct Report {
     api: Option<ApiResult>,
     rss: Vec<RssResult>,
     peak_rss_mib: f64,
+    /// The peak over the steady cycles alone.
+    peak_rss_steady_mib: f64,
     /// The SQLite store's files after the cycles (database, WAL, shm).
     store_bytes: u64,
     ratios: Vec<Ratio>,
@@ -909,8 +917,8 @@ async fn wait_checks_done(ch: &Chump, offset: usize, n: usize) -> String {
 /// One measured cycle.
 struct CycleSample {
     total: Duration,
-    /// CPU time `chump serve` used during the cycle (user + system).
-    cpu: Duration,
+    /// CPU time the cycle cost, by process (user + system).
+    cpu: CpuUse,
     trigger: Duration,
     /// Sums over the checks (ms).
     sums: Stages,
@@ -986,13 +994,13 @@ async fn cycle(fx: &Fixture, ch: &Chump, ids: &[i64]) -> CycleSample {
     let offset = ch.logs_len();
     let (ls_refs0, fetches0) = blocking(|| fx.served());
     fx.kube.clear_requests();
-    let cpu0 = cpu_of(ch.pid());
+    let cpu0 = CpuUse::now(ch.pid(), fx.git.pid());
     let t0 = OffsetDateTime::now_utc();
     let started = Instant::now();
     trigger_checks(fx, ch, ids).await;
     let trigger = started.elapsed();
     let tail = wait_checks_done(ch, offset, ids.len()).await;
-    let cpu = cpu_of(ch.pid()).saturating_sub(cpu0);
+    let cpu = CpuUse::now(ch.pid(), fx.git.pid()).since(cpu0);
     let (total, sums, checks, outcomes) = summarize(&tail, t0);
     let (ls_refs1, fetches1) = blocking(|| fx.served());
     let mut kube_requests = BTreeMap::new();
@@ -1073,9 +1081,28 @@ fn cycle_result(workers: usize, n: usize, samples: &[CycleSample]) -> CycleResul
         checks_per_second: n as f64 / (total.median_ms / 1e3).max(1e-9),
         chump_cpu_ms_per_check: samples
             .iter()
-            .map(|s| s.cpu.as_secs_f64() * 1e3)
+            .map(|s| s.cpu.chump.as_secs_f64() * 1e3)
             .sum::<f64>()
             / checks as f64,
+        cpu_per_check: {
+            let per = |f: fn(&CpuUse) -> Duration| {
+                samples
+                    .iter()
+                    .map(|s| f(&s.cpu).as_secs_f64() * 1e3)
+                    .sum::<f64>()
+                    / checks as f64
+            };
+            let mut c = CpuPerCheck {
+                chump_ms: per(|c| c.chump),
+                kustomize_ms: per(|c| c.chump_children),
+                git_daemon_ms: per(|c| c.git_daemon),
+                kube_stand_in_and_bench_ms: per(|c| c.bench),
+                total_ms: 0.0,
+            };
+            c.total_ms =
+                c.chump_ms + c.kustomize_ms + c.git_daemon_ms + c.kube_stand_in_and_bench_ms;
+            c
+        },
         total,
         trigger: Stats::of(&triggers),
         slot_gap_ms: (workers.min(n) as f64 * mean_total / n as f64 - stages.wall_ms).max(0.0),
@@ -1374,6 +1401,13 @@ async fn measure_poll_latency(fx: &mut Fixture, samples: usize) -> LatencyResult
 /// CPU time (user + system) process `pid` has used so far, from
 /// `/proc/<pid>/stat` (clock ticks: 10 ms on Linux).
 fn cpu_of(pid: u32) -> Duration {
+    cpu_split_of(pid).0
+}
+
+/// CPU time (user + system) of process `pid` itself, and of its children
+/// that it has waited for (`kubectl kustomize` for chump, `git
+/// upload-pack` and its `pack-objects` for git daemon).
+fn cpu_split_of(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat
@@ -1386,12 +1420,62 @@ fn cpu_of(pid: u32) -> Duration {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // utime and stime: fields 14 and 15 of the line, 11 and 12 from state.
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 from state;
+    // cutime and cstime follow.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / per_second)
+    let of = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / per_second);
+    (of(ticks(11) + ticks(12)), of(ticks(13) + ticks(14)))
 }
 
-fn rss_of(pid: u32, workers: usize) -> RssResult {
+/// Where a cycle's CPU went, by process: what it costs beside chump's own.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    /// `chump serve` itself.
+    chump: Duration,
+    /// The children chump waited for: its `kubectl kustomize` builds.
+    chump_children: Duration,
+    /// `git daemon` and the `upload-pack`s it forked.
+    git_daemon: Duration,
+    /// This process: the Kubernetes API stand-in and the harness.
+    bench: Duration,
+}
+
+impl CpuUse {
+    fn now(chump: u32, git_daemon: Option<u32>) -> CpuUse {
+        let (own, children) = cpu_split_of(chump);
+        let daemon = git_daemon.map(cpu_split_of).unwrap_or_default();
+        CpuUse {
+            chump: own,
+            chump_children: children,
+            git_daemon: daemon.0 + daemon.1,
+            bench: cpu_of(std::process::id()),
+        }
+    }
+
+    fn since(self, before: CpuUse) -> CpuUse {
+        CpuUse {
+            chump: self.chump.saturating_sub(before.chump),
+            chump_children: self.chump_children.saturating_sub(before.chump_children),
+            git_daemon: self.git_daemon.saturating_sub(before.git_daemon),
+            bench: self.bench.saturating_sub(before.bench),
+        }
+    }
+}
+
+/// [`CpuUse`] per check, in milliseconds.
+#[derive(Serialize, Default, Clone, Copy)]
+struct CpuPerCheck {
+    chump_ms: f64,
+    kustomize_ms: f64,
+    git_daemon_ms: f64,
+    kube_stand_in_and_bench_ms: f64,
+    total_ms: f64,
+}
+
+/// The peak RSS of `pid` over `phase` (since the previous reading), then
+/// resets the peak so the next reading is of the next phase alone (Linux:
+/// writing 5 to `clear_refs` resets VmHWM).
+fn rss_of(pid: u32, workers: usize, phase: &'static str) -> RssResult {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -1400,11 +1484,14 @@ fn rss_of(pid: u32, workers: usize) -> RssResult {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     };
-    RssResult {
+    let result = RssResult {
         workers,
+        phase,
         vm_hwm_kib: kib("VmHWM:"),
         vm_rss_kib: kib("VmRSS:"),
-    }
+    };
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    result
 }
 
 // ---------------------------------------------------------------------------
@@ -1509,6 +1596,12 @@ fn goals(r: &Report) -> Vec<Goal> {
         ));
     }
     out.push(goal("peak_rss_mib".into(), r.peak_rss_mib, 150.0, false));
+    out.push(goal(
+        "peak_rss_steady_mib".into(),
+        r.peak_rss_steady_mib,
+        150.0,
+        false,
+    ));
     if let Some(api) = &r.api {
         if let Some(list) = api.routes.iter().find(|x| x.route == "/api/sources") {
             out.push(goal(
@@ -1668,7 +1761,20 @@ fn print_table(r: &Report) {
         "cold first cycle (fetch of every repository): {}",
         fmt_ms(r.cold_cycle_ms)
     );
-    println!("peak RSS of chump serve (VmHWM): {:.1} MiB", r.peak_rss_mib);
+    println!(
+        "peak RSS of chump serve (VmHWM): {:.1} MiB; by phase: {}",
+        r.peak_rss_mib,
+        r.rss
+            .iter()
+            .map(|x| format!(
+                "{} W={} {:.1}",
+                x.phase,
+                x.workers,
+                x.vm_hwm_kib as f64 / 1024.0
+            ))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    );
     println!(
         "store on disk (SQLite, database + WAL + shm): {:.1} MiB",
         r.store_bytes as f64 / (1024.0 * 1024.0)
@@ -1678,6 +1784,26 @@ fn print_table(r: &Report) {
             "steady checks per second, W={}: {:.0}; chump's CPU per check {:.2} ms",
             c.workers, c.checks_per_second, c.chump_cpu_ms_per_check
         );
+    }
+    println!("CPU per check, ms (chump · its kubectl kustomize · git daemon · API stand-in and bench = total):");
+    let cycles = [
+        ("steady", &r.steady),
+        ("no-op commit", &r.noop_commit),
+        ("change", &r.change),
+    ];
+    for (name, results) in cycles {
+        for c in results {
+            let u = &c.cpu_per_check;
+            println!(
+                "  {name:<13} W={:<3} {:.2} · {:.2} · {:.2} · {:.2} = {:.2}",
+                c.workers,
+                u.chump_ms,
+                u.kustomize_ms,
+                u.git_daemon_ms,
+                u.kube_stand_in_and_bench_ms,
+                u.total_ms
+            );
+        }
     }
     println!("\ngoals (measured · target):");
     for g in &r.goals {
@@ -1869,16 +1995,18 @@ async fn main() {
             ids = create_sources(&fx, &ch, &apps).await;
             let tail = wait_checks_done(&ch, offset, ids.len()).await;
             cold_cycle_ms = summarize(&tail, t0).0.as_secs_f64() * 1e3;
+            rss.push(rss_of(ch.pid(), w, "cold cycle"));
         } else {
             cycle(&fx, &ch, &ids).await; // warm-up: client, connections
         }
         steady.push(measure_steady(&fx, &ch, &ids, w, args.reps).await);
+        rss.push(rss_of(ch.pid(), w, "steady"));
         if args.steady_only {
             if w == latency_workers {
                 eprintln!("API…");
                 api = Some(measure_api(&fx, &ch, &ids).await);
+                rss.push(rss_of(ch.pid(), w, "API"));
             }
-            rss.push(rss_of(ch.pid(), w));
             blocking(|| ch.terminate(Duration::from_secs(30)));
             continue;
         }
@@ -1887,14 +2015,16 @@ async fn main() {
             change.push(measure_change(&mut fx, &ch, &ids, w, args.reps).await);
             eprintln!("chump no-op commit, {w} workers…");
             noop_commit.push(measure_noop_commit(&mut fx, &ch, &ids, w, args.reps).await);
+            rss.push(rss_of(ch.pid(), w, "change"));
         }
         if w == latency_workers {
             eprintln!("API…");
             api = Some(measure_api(&fx, &ch, &ids).await);
+            rss.push(rss_of(ch.pid(), w, "API"));
             eprintln!("webhook latency…");
             latency.push(measure_webhook_latency(&mut fx, &ch, w, args.latency_samples).await);
+            rss.push(rss_of(ch.pid(), w, "webhook latency"));
         }
-        rss.push(rss_of(ch.pid(), w));
         blocking(|| ch.terminate(Duration::from_secs(30)));
 
         // The same steady cycle without drift observation, same run.
@@ -1911,6 +2041,12 @@ async fn main() {
     let store_bytes = store_size(&chump_dir);
 
     let peak = rss.iter().map(|r| r.vm_hwm_kib).max().unwrap_or(0);
+    let peak_steady = rss
+        .iter()
+        .filter(|r| r.phase == "steady")
+        .map(|r| r.vm_hwm_kib)
+        .max()
+        .unwrap_or(0);
     let mut report = Report {
         timestamp: stamp,
         machine: machine(loadavg_start),
@@ -1931,6 +2067,7 @@ async fn main() {
         api,
         rss,
         peak_rss_mib: peak as f64 / 1024.0,
+        peak_rss_steady_mib: peak_steady as f64 / 1024.0,
         store_bytes,
         ratios: Vec::new(),
         goals: Vec::new(),
