@@ -1782,17 +1782,15 @@ impl Store for RethinkStore {
         let last = opt_int(&counter, "value").unwrap_or(0);
         let limit = limit as usize;
         let mut sources = Vec::new();
-        let (mut lo, mut hi) = match after {
-            Some(a) => (a.saturating_add(1), Some(a.saturating_add(1))),
-            // Ids below 1 first (none, unless another client made them).
-            None => (MIN_NUMBER, Some(1)),
-        };
         let mut window = (limit as i64).clamp(256, MAX_HISTORY_WINDOW);
-        if after.is_some() {
-            hi = Some(lo.saturating_add(window));
-        }
+        // The first window: `window` ids above `after`, or from the lowest
+        // id there is up to `window`.
+        let first = after.map_or(1, |a| a.saturating_add(1));
+        let mut lo = after.map_or(MIN_NUMBER, |_| first);
+        let mut hi = first.saturating_add(window);
         loop {
-            let upper = hi.map_or(-MIN_NUMBER, |h| h.min(-MIN_NUMBER));
+            // A window reaching past the counter takes everything left.
+            let upper = if hi > last { -MIN_NUMBER } else { hi };
             let q = self.sources().between(r.args((lo, upper)));
             let q = term(
                 TermType::Limit,
@@ -1801,13 +1799,12 @@ impl Store for RethinkStore {
             for doc in &self.pool.run(q).await? {
                 sources.push(source_from_doc(doc)?);
             }
-            let Some(h) = hi else { break };
-            if sources.len() >= limit {
+            if upper == -MIN_NUMBER || sources.len() >= limit {
                 break;
             }
-            lo = h;
-            hi = (lo <= last).then(|| lo.saturating_add(window));
             window = (window * 2).min(MAX_HISTORY_WINDOW);
+            lo = hi;
+            hi = lo.saturating_add(window);
         }
         if sources.is_empty() {
             return Ok(Vec::new());
