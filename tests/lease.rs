@@ -290,6 +290,7 @@ async fn a_source_claimed_again_while_in_flight_starts_no_second_check() {
         lease: LEASE,
         max_sleep: Duration::from_millis(200),
         owner: "p1".into(),
+        queue_ahead: true,
     };
     let task = tokio::spawn(scheduler::run(
         store.clone(),
@@ -362,6 +363,7 @@ async fn the_scheduler_claims_a_queue_ahead_of_its_workers_and_refills_it() {
         lease: Duration::from_secs(60),
         max_sleep: Duration::from_millis(200),
         owner: "p1".into(),
+        queue_ahead: true,
     };
     let (ahead, refill_at) = (config.claim_ahead(), config.refill_at());
     assert!(
@@ -499,4 +501,83 @@ async fn the_recorder_writes_what_it_was_handed_and_lets_go_of_the_claims() {
         }
     }
     drop(queue);
+}
+
+/// Where other processes claim from the store too (a fleet), the scheduler
+/// claims only for its free workers: nothing waits in this replica's queue
+/// while another replica could run it.
+#[tokio::test]
+async fn without_a_queue_ahead_the_scheduler_claims_only_for_free_workers() {
+    let (_dir, store) = sqlite().await;
+    let now = OffsetDateTime::now_utc();
+    for i in 0..10 {
+        store
+            .create_source(&spec(&format!("due-{i}")), now)
+            .await
+            .unwrap();
+    }
+    let config = SchedulerConfig {
+        workers: 2,
+        interval: Duration::from_secs(3600),
+        lease: Duration::from_secs(60),
+        max_sleep: Duration::from_millis(50),
+        owner: "p1".into(),
+        queue_ahead: false,
+    };
+    assert_eq!((config.claim_ahead(), config.refill_at()), (2, 1));
+    let load = Arc::new(Load::default());
+    let (tx, mut rx) = mpsc::channel::<CheckJob>(config.claim_ahead());
+    let wake = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(scheduler::run(
+        store.clone(),
+        config,
+        load.clone(),
+        tx,
+        wake.clone(),
+        Arc::new(AtomicI64::new(0)),
+        shutdown.clone(),
+    ));
+    let held = || async {
+        store
+            .list_statuses()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, st)| st.in_flight)
+            .count()
+    };
+    let first = next_job(&mut rx).await;
+    let _second = next_job(&mut rx).await;
+    // Both workers busy: the scheduler, woken and ticking every 50 ms,
+    // claims nothing more until one is free.
+    wake.notify_one();
+    assert_eq!(held().await, 2, "claims for the two workers only");
+    let claim = &first.claim;
+    store
+        .finish_check(
+            claim,
+            &report(claim, Outcome::UpToDate, OffsetDateTime::now_utc()),
+            OffsetDateTime::now_utc() + Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    load.claimed.lock().unwrap().remove(&claim.source.id);
+    wake.notify_one();
+    let third = next_job(&mut rx).await;
+    assert_ne!(third.claim.source.id, first.claim.source.id);
+    assert_eq!(held().await, 2, "one claim for the one free worker");
+    assert!(rx.try_recv().is_err(), "nothing queued ahead");
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("the scheduler stops")
+        .unwrap();
+}
+
+async fn next_job(rx: &mut mpsc::Receiver<CheckJob>) -> CheckJob {
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("a claim")
+        .unwrap()
 }

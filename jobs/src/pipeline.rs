@@ -106,6 +106,7 @@ impl Pipeline {
             lease: config.lease,
             max_sleep: config.max_sleep,
             owner: config.owner.clone(),
+            queue_ahead: !store.claimed_elsewhere(),
         };
         // Room for every claim the scheduler holds ahead of the workers.
         let (tx, rx) = mpsc::channel(sched_config.claim_ahead());

@@ -46,6 +46,11 @@ pub struct SchedulerConfig {
     pub max_sleep: Duration,
     /// This process's name on its leases.
     pub owner: String,
+    /// Whether to hold claims queued behind the workers. Only where no
+    /// other process claims from the store ([`Store::claimed_elsewhere`]):
+    /// in a fleet, a source queued behind this replica's long checks would
+    /// wait while another replica has a free worker.
+    pub queue_ahead: bool,
 }
 
 /// Claims queued behind the workers at least (more with more workers).
@@ -58,6 +63,9 @@ impl SchedulerConfig {
     /// check at once instead of waiting for the scheduler's next store call.
     pub fn claim_ahead(&self) -> usize {
         let workers = self.workers.max(1);
+        if !self.queue_ahead {
+            return workers;
+        }
         workers + workers.max(MIN_QUEUED_AHEAD)
     }
 
@@ -67,6 +75,10 @@ impl SchedulerConfig {
     /// a claim is on its way.
     pub fn refill_at(&self) -> usize {
         let workers = self.workers.max(1);
+        if !self.queue_ahead {
+            // No queue: claim as soon as a worker is free.
+            return workers - 1;
+        }
         workers + workers.max(MIN_QUEUED_AHEAD) / 2
     }
 }

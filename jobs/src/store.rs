@@ -215,6 +215,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether other processes (replicas) may claim checks from this store
+    /// too. Then a process claims only for its free workers and queues none
+    /// ahead of them ([`crate::scheduler::SchedulerConfig::queue_ahead`]),
+    /// so a due check goes to whichever replica is free.
+    fn claimed_elsewhere(&self) -> bool {
+        false
+    }
+
     // --- schedule ---
 
     /// Makes a source due at once with `trigger`, unless a check is already

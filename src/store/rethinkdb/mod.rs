@@ -1061,6 +1061,11 @@ impl Store for RethinkStore {
         self.sources_version.get()
     }
 
+    /// Replicas share the database.
+    fn claimed_elsewhere(&self) -> bool {
+        true
+    }
+
     async fn create_source(&self, spec: &SourceSpec, now: OffsetDateTime) -> StoreResult<Source> {
         let key = target_key(spec);
         // The target first: a refused duplicate spends no id.
