@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// Let kustomize load remote bases (URLs in resources:).
     #[arg(long, env = "CHUMP_KUSTOMIZE_ALLOW_REMOTE", default_value = "false")]
     pub kustomize_allow_remote: String,
+    /// Render plain kustomizations (only local files under resources:, no
+    /// transformers) in process instead of starting kustomize for each.
+    #[arg(long, env = "CHUMP_KUSTOMIZE_IN_PROCESS", default_value = "true")]
+    pub kustomize_in_process: String,
     /// Notification targets (webhooks, Slack-compatible chat, commit
     /// statuses): a YAML (.yaml, .yml) or TOML (.toml) file. Unset: none.
     #[arg(long, env = "CHUMP_NOTIFY_CONFIG")]
@@ -236,6 +240,7 @@ pub struct Config {
     pub ssh_known_hosts: Option<PathBuf>,
     pub kustomize: Option<String>,
     pub kustomize_allow_remote: bool,
+    pub kustomize_in_process: bool,
     pub kubeconfig: Option<PathBuf>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
@@ -276,6 +281,7 @@ impl std::fmt::Debug for Config {
             .field("ssh_known_hosts", &self.ssh_known_hosts)
             .field("kustomize", &self.kustomize)
             .field("kustomize_allow_remote", &self.kustomize_allow_remote)
+            .field("kustomize_in_process", &self.kustomize_in_process)
             .field("kubeconfig", &self.kubeconfig)
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -784,6 +790,11 @@ impl Config {
                 "CHUMP_KUSTOMIZE_ALLOW_REMOTE",
                 "kustomize-allow-remote",
                 &args.kustomize_allow_remote,
+            )?,
+            kustomize_in_process: boolean(
+                "CHUMP_KUSTOMIZE_IN_PROCESS",
+                "kustomize-in-process",
+                &args.kustomize_in_process,
             )?,
             shutdown_grace: duration(
                 "CHUMP_SHUTDOWN_GRACE",

@@ -111,6 +111,7 @@ fn checker(config: &Config, metrics: Arc<Metrics>) -> Checker {
         config.kustomize.as_deref(),
         KustomizeOptions {
             allow_remote: config.kustomize_allow_remote,
+            in_process: config.kustomize_in_process,
             timeout: config.check_timeout,
             ..KustomizeOptions::default()
         },

@@ -818,6 +818,7 @@ fn bad_configuration_stops_startup_naming_the_variable() {
         ("CHUMP_DATABASE", "rethinkdb://host/"),
         ("CHUMP_LOG_FORMAT", "xml"),
         ("CHUMP_ALLOW_FILE_URLS", "maybe"),
+        ("CHUMP_KUSTOMIZE_IN_PROCESS", "sometimes"),
         ("CHUMP_API_TOKEN", "short"),
     ];
     for (var, value) in cases {

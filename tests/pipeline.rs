@@ -568,7 +568,11 @@ async fn sources_building_the_same_directory_share_one_build_per_commit() {
         s["image_version_file"] = json!("apps/web/deployment.yaml");
         ids.push(create(&c, &s).await);
     }
-    let built = || metric(&c, "chump_builds_total{kind=\"built\"}");
+    // The kustomization is plain: rendered in process, not by kustomize.
+    let built = || async {
+        assert_eq!(metric(&c, "chump_builds_total{kind=\"built\"}").await, 0.0);
+        metric(&c, "chump_builds_total{kind=\"in_process\"}").await
+    };
     let shared = || metric(&c, "chump_builds_total{kind=\"shared\"}");
     for ns in namespaces {
         wait_for(&format!("web deployed in {ns}"), WAIT, || async {
@@ -608,6 +612,27 @@ async fn sources_building_the_same_directory_share_one_build_per_commit() {
     }
     assert_eq!(built().await, 2.0, "one build per commit");
     assert!(shared().await >= 4.0);
+}
+
+/// `CHUMP_KUSTOMIZE_IN_PROCESS=false`: kustomize builds even a plain
+/// kustomization, and the deploy is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kustomize_builds_plain_kustomizations_when_in_process_rendering_is_off() {
+    let env = Env::new().await;
+    env.app_repo("web", "shop", "web", "nginx:1");
+    let c = env.chump_with(env.options().env("CHUMP_KUSTOMIZE_IN_PROCESS", "false"));
+    let id = create(&c, &env.source("web", "shop", "web")).await;
+    let entry = wait_history(&c, id, "the deploy", |e| e["outcome"] == "deployed").await;
+    assert_eq!(entry["desired_image"], "nginx:1", "{entry}");
+    assert_eq!(
+        env.deployed_image("shop", "web").as_deref(),
+        Some("nginx:1")
+    );
+    assert_eq!(metric(&c, "chump_builds_total{kind=\"built\"}").await, 1.0);
+    assert_eq!(
+        metric(&c, "chump_builds_total{kind=\"in_process\"}").await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

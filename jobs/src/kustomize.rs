@@ -39,8 +39,11 @@
 //! garbage collector running. The child gets `GOGC=off` with a soft
 //! `GOMEMLIMIT` ([`GO_MEMORY_LIMIT`]): no collection until its heap nears the
 //! limit, so small builds never collect and large ones stay bounded (a
-//! third less CPU per build with `kubectl kustomize`). Sources that build the
-//! same directory of the same checkout share one build
+//! third less CPU per build with `kubectl kustomize`). A *plain*
+//! kustomization (only local files under `resources:`, YAML both decoders
+//! read alike) is not given to the binary at all: it is rendered in process
+//! (the `plain` module; [`KustomizeOptions::in_process`]). Sources that
+//! build the same directory of the same checkout share one build
 //! ([`Kustomize::build_shared`], the `shared` module).
 
 use std::collections::{HashSet, VecDeque};
@@ -60,8 +63,10 @@ use crate::manifest::{
     YamlError, YamlLimits, KUSTOMIZATION_FILE_NAMES,
 };
 
+mod plain;
 mod shared;
 
+pub use plain::{render_plain, PlainRender};
 use shared::SharedBuilds;
 pub use shared::{SharedBuild, MAX_KEPT_BYTES, MAX_KEPT_RENDERS};
 
@@ -90,15 +95,20 @@ pub struct KustomizeOptions {
     pub max_output_bytes: usize,
     /// Whether remote bases may be used (`CHUMP_KUSTOMIZE_ALLOW_REMOTE=1`).
     pub allow_remote: bool,
+    /// Whether plain kustomizations are rendered in process instead of by
+    /// the binary (`CHUMP_KUSTOMIZE_IN_PROCESS`; the `plain` module says
+    /// which).
+    pub in_process: bool,
 }
 
 impl Default for KustomizeOptions {
-    /// 120 s, 32 MiB, no remote bases.
+    /// 120 s, 32 MiB, no remote bases, plain kustomizations in process.
     fn default() -> Self {
         KustomizeOptions {
             timeout: Duration::from_secs(120),
             max_output_bytes: 32 * 1024 * 1024,
             allow_remote: false,
+            in_process: true,
         }
     }
 }
@@ -290,7 +300,7 @@ impl Kustomize {
         deploy_path: &str,
     ) -> Result<Vec<Value>, KustomizeError> {
         let (root, dir) = Self::locate(checkout_dir, deploy_path)?;
-        self.build_dir(root, dir).await.map(|(objects, _)| objects)
+        self.build_dir(root, dir).await.map(|render| render.objects)
     }
 
     /// Like [`Kustomize::build`], but one build per build directory of a
@@ -304,10 +314,11 @@ impl Kustomize {
     ) -> Result<SharedBuild, Arc<KustomizeError>> {
         let (root, dir) = Self::locate(checkout_dir, deploy_path)?;
         if self.options.allow_remote {
-            let (objects, _) = self.build_dir(root, dir).await?;
+            let render = self.build_dir(root, dir).await?;
             return Ok(SharedBuild {
-                objects: Arc::new(objects),
+                objects: Arc::new(render.objects),
                 shared: false,
+                in_process: render.in_process,
             });
         }
         self.shared
@@ -330,33 +341,54 @@ impl Kustomize {
         Ok((root, dir))
     }
 
-    /// Checks the kustomizations under `dir` and builds it: the objects and
-    /// the size of the output.
-    async fn build_dir(
-        &self,
-        root: PathBuf,
-        dir: PathBuf,
-    ) -> Result<(Vec<Value>, usize), KustomizeError> {
-        {
-            let (root, dir, allow_remote) = (root, dir.clone(), self.options.allow_remote);
-            tokio::task::spawn_blocking(move || check_kustomizations(&root, &dir, allow_remote))
-                .await
-                .map_err(|e| KustomizeError::Io(std::io::Error::other(e)))??;
+    /// Checks the kustomizations under `dir` and builds it: in process if
+    /// it is plain and that is allowed, else with the binary.
+    async fn build_dir(&self, root: PathBuf, dir: PathBuf) -> Result<Render, KustomizeError> {
+        let limits = YamlLimits {
+            max_documents: MAX_BUILD_DOCUMENTS,
+            ..YamlLimits::for_size(self.options.max_output_bytes)
+        };
+        let plain = {
+            let (dir, options) = (dir.clone(), self.options);
+            tokio::task::spawn_blocking(move || {
+                check_kustomizations(&root, &dir, options.allow_remote)?;
+                Ok::<_, KustomizeError>(
+                    options
+                        .in_process
+                        .then(|| render_plain(&dir, limits.max_bytes, limits.max_documents)),
+                )
+            })
+            .await
+            .map_err(|e| KustomizeError::Io(std::io::Error::other(e)))??
+        };
+        match plain {
+            Some(PlainRender::Rendered { objects, bytes }) => {
+                tracing::debug!(objects = objects.len(), bytes, "rendered in process");
+                return Ok(Render {
+                    objects,
+                    bytes,
+                    in_process: true,
+                });
+            }
+            Some(PlainRender::NotPlain(reason)) => {
+                tracing::debug!(%reason, "not plain: kustomize builds it");
+            }
+            None => {}
         }
         let stdout = self.run(&dir).await?;
         let bytes = stdout.len();
         let text = String::from_utf8(stdout).map_err(|_| {
             KustomizeError::Output(YamlError::Syntax("output is not UTF-8".to_string()))
         })?;
-        let limits = YamlLimits {
-            max_documents: MAX_BUILD_DOCUMENTS,
-            ..YamlLimits::for_size(self.options.max_output_bytes)
-        };
         let objects = parse_documents(&text, &limits).map_err(KustomizeError::Output)?;
         if let Some(index) = objects.iter().position(|o| !o.is_object()) {
             return Err(KustomizeError::NotAnObject { index });
         }
-        Ok((objects, bytes))
+        Ok(Render {
+            objects,
+            bytes,
+            in_process: false,
+        })
     }
 
     /// Runs the binary in `dir`; returns its stdout.
@@ -426,6 +458,17 @@ impl Kustomize {
         }
         Ok(out)
     }
+}
+
+/// One build's output.
+#[derive(Debug)]
+pub(crate) struct Render {
+    /// The objects.
+    pub(crate) objects: Vec<Value>,
+    /// The size it is accounted at: kustomize's output, or the YAML read.
+    pub(crate) bytes: usize,
+    /// Rendered in process (a plain kustomization), not by the binary.
+    pub(crate) in_process: bool,
 }
 
 /// The directory to build for `deploy_path`: itself when it is a

@@ -37,8 +37,9 @@ pub struct GitLabels {
 /// Labels of `chump_builds_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
-    /// `built` (this check ran kustomize) or `shared` (another check's
-    /// build of the same directory of the same checkout served).
+    /// `built` (this check ran kustomize), `in_process` (this check rendered
+    /// a plain kustomization itself) or `shared` (another check's build of
+    /// the same directory of the same checkout served).
     pub kind: String,
 }
 
@@ -277,9 +278,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a successful build, run or shared.
-    pub fn record_build(&self, shared: bool) {
-        let kind = if shared { "shared" } else { "built" };
+    /// Counts a successful build: run by kustomize, rendered in process, or
+    /// shared.
+    pub fn record_build(&self, shared: bool, in_process: bool) {
+        let kind = match (shared, in_process) {
+            (true, _) => "shared",
+            (false, true) => "in_process",
+            (false, false) => "built",
+        };
         self.builds
             .get_or_create(&BuildLabels {
                 kind: kind.to_string(),

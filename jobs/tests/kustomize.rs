@@ -20,6 +20,9 @@ fn options() -> KustomizeOptions {
         timeout: Duration::from_secs(60),
         max_output_bytes: 4 * 1024 * 1024,
         allow_remote: false,
+        // These tests are about running the binary: plain kustomizations
+        // are rendered in process otherwise (see tests/plain_render.rs).
+        in_process: false,
     }
 }
 

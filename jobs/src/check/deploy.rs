@@ -134,8 +134,8 @@ impl Checker {
             .await
             .map_err(|e| fail(Stage::Build, e.to_string()))?;
         times.build = t.elapsed();
-        self.metrics.record_build(build.shared);
-        tracing::debug!(shared = build.shared, elapsed = ?times.build, "built");
+        self.metrics.record_build(build.shared, build.in_process);
+        tracing::debug!(shared = build.shared, in_process = build.in_process, elapsed = ?times.build, "built");
         let objects = build.objects;
         if objects.is_empty() {
             return Err(fail(

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::KustomizeError;
+use super::{KustomizeError, Render};
 
 /// Most renders kept.
 pub const MAX_KEPT_RENDERS: usize = 512;
@@ -47,12 +47,15 @@ pub struct SharedBuild {
     /// Whether another check ran the build (this one only waited or read
     /// it).
     pub shared: bool,
+    /// Whether it was rendered in process (a plain kustomization).
+    pub in_process: bool,
 }
 
 /// What one build produced, with the output size it is accounted at.
 struct Kept {
     result: SharedResult,
     bytes: usize,
+    in_process: bool,
 }
 
 /// The builds of one process, keyed by the canonical build directory.
@@ -93,7 +96,7 @@ impl SharedBuilds {
     ) -> Result<SharedBuild, Arc<KustomizeError>>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(Vec<Value>, usize), KustomizeError>>,
+        Fut: std::future::Future<Output = Result<Render, KustomizeError>>,
     {
         let cell = Arc::clone(self.lock().builds.entry(dir.clone()).or_default());
         let mut ran = false;
@@ -102,13 +105,15 @@ impl SharedBuilds {
                 ran = true;
                 async move {
                     match build().await {
-                        Ok((objects, bytes)) => Kept {
-                            result: Ok(Arc::new(objects)),
-                            bytes,
+                        Ok(render) => Kept {
+                            result: Ok(Arc::new(render.objects)),
+                            bytes: render.bytes,
+                            in_process: render.in_process,
                         },
                         Err(e) => Kept {
                             bytes: e.to_string().len(),
                             result: Err(Arc::new(e)),
+                            in_process: false,
                         },
                     }
                 }
@@ -120,6 +125,7 @@ impl SharedBuilds {
         kept.result.clone().map(|objects| SharedBuild {
             objects,
             shared: !ran,
+            in_process: kept.in_process,
         })
     }
 
@@ -183,6 +189,14 @@ mod tests {
         vec![serde_json::json!({"kind": "ConfigMap", "n": n})]
     }
 
+    fn render(n: usize, bytes: usize) -> Render {
+        Render {
+            objects: object(n),
+            bytes,
+            in_process: false,
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_asks_run_one_build() {
         let builds = SharedBuilds::default();
@@ -191,7 +205,7 @@ mod tests {
             builds.get_or_build(PathBuf::from("/c/1/app"), || async {
                 runs.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok((object(1), 10))
+                Ok(render(1, 10))
             })
         };
         let (a, b, c) = tokio::join!(ask(), ask(), ask());
@@ -210,7 +224,7 @@ mod tests {
         for n in 0..3 {
             let got = builds
                 .get_or_build(PathBuf::from(format!("/c/{n}/app")), || async move {
-                    Ok((object(n), 10))
+                    Ok(render(n, 10))
                 })
                 .await
                 .unwrap();
@@ -241,7 +255,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(*failed, KustomizeError::Failed { .. }));
         let kept = builds
-            .get_or_build(dir, || async { Ok((object(1), 10)) })
+            .get_or_build(dir, || async { Ok(render(1, 10)) })
             .await
             .unwrap_err();
         assert!(Arc::ptr_eq(&kept, &failed), "the failure is kept");
@@ -254,7 +268,7 @@ mod tests {
         for n in 0..3 {
             builds
                 .get_or_build(PathBuf::from(format!("/c/{n}")), || async move {
-                    Ok((object(n), big))
+                    Ok(render(n, big))
                 })
                 .await
                 .unwrap();
@@ -266,13 +280,13 @@ mod tests {
             assert_eq!(state.builds.len(), 1);
         }
         let rebuilt = builds
-            .get_or_build(PathBuf::from("/c/0"), || async { Ok((object(9), 1)) })
+            .get_or_build(PathBuf::from("/c/0"), || async { Ok(render(9, 1)) })
             .await
             .unwrap();
         assert!(!rebuilt.shared, "a dropped render is built again");
         let too_big = builds
             .get_or_build(PathBuf::from("/c/huge"), || async {
-                Ok((object(0), MAX_KEPT_BYTES + 1))
+                Ok(render(0, MAX_KEPT_BYTES + 1))
             })
             .await
             .unwrap();
