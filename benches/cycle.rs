@@ -26,7 +26,9 @@
 //!   same objects (a README): fetch, build, compare the digests, nothing
 //!   applied — the cost of deciding by the rendered output;
 //! - **chump change**: every repository got a new image tag: fetch, build,
-//!   apply, rollout;
+//!   apply, rollout; and the same with `CHUMP_KUSTOMIZE_IN_PROCESS=false`
+//!   (every build a kustomize process, as before in-process rendering), same
+//!   run;
 //! - **latency** from the push to the server-side apply at the API server,
 //!   with a webhook and with polling (`CHUMP_INTERVAL=2`);
 //! - **peak RSS** (VmHWM) of `chump serve`, and the SQLite store's size on
@@ -321,6 +323,9 @@ struct Report {
     /// Steady state with `CHUMP_SELF_HEAL=false`.
     steady_without_self_heal: Vec<CycleResult>,
     change: Vec<CycleResult>,
+    /// Change cycles with `CHUMP_KUSTOMIZE_IN_PROCESS=false`: the binary
+    /// builds every (plain) kustomization.
+    change_with_kustomize: Vec<CycleResult>,
     /// A commit per repository that renders the same objects.
     noop_commit: Vec<CycleResult>,
     latency: Vec<LatencyResult>,
@@ -1595,6 +1600,15 @@ fn goals(r: &Report) -> Vec<Goal> {
             false,
         ));
     }
+    for c in &r.change_with_kustomize {
+        // The baseline: the same with every build a kustomize process.
+        out.push(goal(
+            format!("change_cycle_per_1000_s_kustomize_binary_w{}", c.workers),
+            c.per_check_ms,
+            30.0,
+            false,
+        ));
+    }
     out.push(goal("peak_rss_mib".into(), r.peak_rss_mib, 150.0, false));
     out.push(goal(
         "peak_rss_steady_mib".into(),
@@ -1748,6 +1762,21 @@ fn print_table(r: &Report) {
             String::new(),
         );
     }
+    for c in &r.change_with_kustomize {
+        let in_process = r.change.iter().find(|x| x.workers == c.workers);
+        row(
+            "  same, CHUMP_KUSTOMIZE_IN_PROCESS=false",
+            c.workers.to_string(),
+            &c.total,
+            Some(c.per_check_ms),
+            in_process.map_or(String::new(), |x| {
+                format!(
+                    "binary/in process {:.2}×",
+                    c.total.median_ms / x.total.median_ms
+                )
+            }),
+        );
+    }
     for l in &r.latency {
         row(
             &format!("latency push→apply, {}", l.mode),
@@ -1790,6 +1819,7 @@ fn print_table(r: &Report) {
         ("steady", &r.steady),
         ("no-op commit", &r.noop_commit),
         ("change", &r.change),
+        ("change, binary", &r.change_with_kustomize),
     ];
     for (name, results) in cycles {
         for c in results {
@@ -1835,7 +1865,11 @@ fn print_table(r: &Report) {
         "ref qs",
         "fetches"
     );
-    for (kind, list) in [("steady", &r.steady), ("change", &r.change)] {
+    for (kind, list) in [
+        ("steady", &r.steady),
+        ("change", &r.change),
+        ("chg,bin", &r.change_with_kustomize),
+    ] {
         for c in list {
             let s = &c.stages;
             println!(
@@ -1976,6 +2010,7 @@ async fn main() {
     let (mut steady, mut change, mut latency, mut rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut steady_without_self_heal, mut noop_commit) = (Vec::new(), Vec::new());
+    let mut change_with_kustomize = Vec::new();
     let mut cold_cycle_ms = 0.0;
     let mut api = None;
     let latency_workers = args
@@ -2033,6 +2068,21 @@ async fn main() {
         cycle(&fx, &ch, &ids).await; // warm-up
         steady_without_self_heal.push(measure_steady(&fx, &ch, &ids, w, args.reps).await);
         blocking(|| ch.terminate(Duration::from_secs(30)));
+
+        // The same change cycle with every build a kustomize process.
+        if args.change_workers.contains(&w) {
+            eprintln!("chump change, {w} workers, CHUMP_KUSTOMIZE_IN_PROCESS=false…");
+            let mut ch = start_chump_with(
+                &fx,
+                &chump_dir,
+                w,
+                "1h",
+                &[("CHUMP_KUSTOMIZE_IN_PROCESS", "false")],
+            );
+            cycle(&fx, &ch, &ids).await; // warm-up
+            change_with_kustomize.push(measure_change(&mut fx, &ch, &ids, w, args.reps).await);
+            blocking(|| ch.terminate(Duration::from_secs(30)));
+        }
     }
     if !args.steady_only {
         eprintln!("polling latency…");
@@ -2062,6 +2112,7 @@ async fn main() {
         steady,
         steady_without_self_heal,
         change,
+        change_with_kustomize,
         noop_commit,
         latency,
         api,
