@@ -73,6 +73,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pipeline: Some(pipeline.probe()),
         notifications,
         push_index: Default::default(),
+        whole_list: Default::default(),
     };
     if config.api_token.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the API has no token and listens beyond loopback (--insecure-no-auth)");

@@ -88,6 +88,10 @@ pub struct SourceStatus {
     pub requested: Option<Trigger>,
     /// A check holds a lease on the source (queued or running).
     pub in_flight: bool,
+    /// When that lease ends unless renewed (None: not in flight): the one
+    /// moment a status changes by time alone, with nothing written.
+    #[serde(skip)]
+    pub in_flight_until: Option<OffsetDateTime>,
     /// Pinned away from a commit after a rollback (see [`crate::rollback`]).
     pub pinned: Option<Pin>,
     /// A rollback asked for and not yet recorded: the entry it goes to.
@@ -348,6 +352,13 @@ pub trait Store: Send + Sync + 'static {
 
     // --- facts ---
 
+    /// A number that changes whenever a committed write changes anything
+    /// this store holds, whoever wrote it, and never goes back: a reader
+    /// that saw version `v` and then read some facts holds facts at least
+    /// as new as `v`. None: this store cannot tell (every read is fresh).
+    async fn data_version(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
     async fn status(&self, id: SourceId) -> StoreResult<Option<SourceStatus>>;
     /// Every source's status, keyed by source id (for listings and metrics).
     async fn list_statuses(&self)

@@ -12,6 +12,7 @@ mod notifications;
 pub mod openapi;
 mod rollback;
 mod sources;
+pub mod whole_list;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,9 @@ pub struct AppState {
     /// Which sources a push concerns, kept while the store's
     /// `sources_version` stays the same (see `actions::push_targets`).
     pub push_index: KeptPushIndex,
+    /// The rendered whole source list and the store version it is of (see
+    /// [`whole_list`]).
+    pub whole_list: Arc<whole_list::KeptList>,
 }
 
 /// The push index and the `sources_version` it was built at.

@@ -5,15 +5,14 @@
 
 use std::collections::HashMap;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use chump_jobs::redact::redact_url;
 use chump_jobs::source::{parse_source_id, Merge, SourceId, SourceSpec};
 use chump_jobs::store::{Deletion, StoreError};
-use futures::StreamExt;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -30,7 +29,7 @@ const MAX_PAGE: u32 = 1000;
 
 /// One source of a listing, with its status.
 #[derive(serde::Serialize)]
-struct Listed<'a> {
+pub(super) struct Listed<'a> {
     #[serde(flatten)]
     source: chump_jobs::source::PublicSource<'a>,
     status: super::history::PublicStatus<'a>,
@@ -90,7 +89,7 @@ pub async fn list(
         return Err(ApiError::bad_query("after", "needs limit"));
     }
     let Some(limit) = limit else {
-        return Ok(whole_list(state).await?.into_response());
+        return super::whole_list::answer(&state).await;
     };
     let rows = state
         .store
@@ -115,10 +114,7 @@ pub async fn list(
         .into_response())
 }
 
-/// Sources the whole list reads from the store at a time.
-const WHOLE_LIST_CHUNK: u32 = 500;
-
-fn listed<'a>(
+pub(super) fn listed<'a>(
     (source, status): &'a (chump_jobs::source::Source, chump_jobs::store::SourceStatus),
 ) -> Listed<'a> {
     Listed {
@@ -127,84 +123,8 @@ fn listed<'a>(
     }
 }
 
-fn internal(e: serde_json::Error) -> ApiError {
+pub(super) fn internal(e: serde_json::Error) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("[ERROR] {e}"))
-}
-
-/// The whole list, `{"sources": [...]}`, streamed: read and written
-/// [`WHOLE_LIST_CHUNK`] sources at a time, so a process answering many
-/// clients at once holds one chunk per client, not the whole list (8.75 MB
-/// at 10,000 sources). The first chunk is read before the answer starts, so
-/// a store that cannot answer gets its error status; one that fails later
-/// cuts the body short (the client sees an incomplete answer, never a
-/// shorter list). Like any listing read in pages, it is not one snapshot: a
-/// source created or deleted meanwhile may or may not be in it.
-async fn whole_list(state: AppState) -> Result<(HeaderMap, Body), ApiError> {
-    let first = state
-        .store
-        .list_sources_with_status(None, Some(WHOLE_LIST_CHUNK))
-        .await?;
-    let mut head = br#"{"sources":["#.to_vec();
-    let last = write_chunk(&mut head, &first, true).map_err(internal)?;
-    enum Next {
-        After(SourceId),
-        Close,
-        Done,
-    }
-    let next = match last {
-        Some(id) if first.len() == WHOLE_LIST_CHUNK as usize => Next::After(id),
-        _ => Next::Close,
-    };
-    let rest = futures::stream::unfold(next, move |next| {
-        let store = state.store.clone();
-        async move {
-            let after = match next {
-                Next::After(id) => id,
-                Next::Close => return Some((Ok(Bytes::from_static(b"]}")), Next::Done)),
-                Next::Done => return None,
-            };
-            let rows = match store
-                .list_sources_with_status(Some(after), Some(WHOLE_LIST_CHUNK))
-                .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, after, "the source list broke off");
-                    return Some((Err(std::io::Error::other(e.to_string())), Next::Done));
-                }
-            };
-            let mut chunk = Vec::with_capacity(rows.len() * 1024);
-            let next = match write_chunk(&mut chunk, &rows, false) {
-                Ok(Some(id)) if rows.len() == WHOLE_LIST_CHUNK as usize => Next::After(id),
-                Ok(_) => Next::Close,
-                Err(e) => return Some((Err(std::io::Error::other(e)), Next::Done)),
-            };
-            Some((Ok(Bytes::from(chunk)), next))
-        }
-    });
-    let body = futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(rest);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok((headers, Body::from_stream(body)))
-}
-
-/// Appends `rows` as list items (a comma before each but the list's very
-/// first); the last row's id.
-fn write_chunk(
-    out: &mut Vec<u8>,
-    rows: &[(chump_jobs::source::Source, chump_jobs::store::SourceStatus)],
-    first_of_list: bool,
-) -> Result<Option<SourceId>, serde_json::Error> {
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 || !first_of_list {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, &listed(row))?;
-    }
-    Ok(rows.last().map(|(s, _)| s.id))
 }
 
 /// `GET /api/sources/{id}`: one source.

@@ -28,7 +28,7 @@ use chump_jobs::store::{
     StoreError, StoreResult, DEFAULT_MANIFEST_RETENTION,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -54,6 +54,12 @@ pub struct SqliteStore {
     /// Bumped after every committed change to the sources table: this
     /// process owns the file, so it sees every change.
     sources_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A read-only connection of its own, only ever asked `PRAGMA
+    /// data_version` (a per-connection count that moves on every commit
+    /// made through another connection: all of ours write through
+    /// `writer`). Never pooled, so never swapped for a connection whose
+    /// count starts elsewhere.
+    version_probe: std::sync::Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
 }
 
 impl SqliteStore {
@@ -79,10 +85,16 @@ impl SqliteStore {
         MIGRATOR.run(&writer).await.map_err(|e| {
             StoreError::Backend(format!("cannot migrate SQLite database {path}: {e}"))
         })?;
+        let options = options.read_only(true);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
+            })?;
+        let version_probe = SqliteConnection::connect_with(&options)
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
@@ -98,6 +110,7 @@ impl SqliteStore {
             _lock: std::sync::Arc::new(lock),
             manifest_retention: DEFAULT_MANIFEST_RETENTION,
             sources_version: Default::default(),
+            version_probe: std::sync::Arc::new(tokio::sync::Mutex::new(Some(version_probe))),
         })
     }
 
@@ -151,10 +164,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Closes both pools, waiting for connections in use.
+    /// Closes both pools, waiting for connections in use, and the version
+    /// probe.
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+        if let Some(probe) = self.version_probe.lock().await.take() {
+            let _ = probe.close().await;
+        }
     }
 }
 
@@ -349,6 +366,7 @@ impl ListedRow {
             next_check_at: self.next_check_at.map(from_ms),
             requested: parse_opt(self.requested_trigger),
             in_flight: self.lease_until.is_some_and(|t| t > now),
+            in_flight_until: self.lease_until.filter(|t| *t > now).map(from_ms),
             pinned: self.pinned_commit.map(|commit| Pin {
                 commit,
                 reason: self.pinned_reason.unwrap_or_default(),
@@ -1098,6 +1116,18 @@ impl Store for SqliteStore {
         Ok(row.and_then(|(v,)| v).map(from_ms))
     }
 
+    async fn data_version(&self) -> StoreResult<Option<u64>> {
+        let mut probe = self.version_probe.lock().await;
+        let conn = probe
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("the SQLite store is closed".into()))?;
+        let (version,): (i64,) = sqlx::query_as("PRAGMA data_version")
+            .fetch_one(conn)
+            .await
+            .map_err(db_err)?;
+        Ok(Some(version as u64))
+    }
+
     async fn status(&self, id: SourceId) -> StoreResult<Option<SourceStatus>> {
         let row = sqlx::query("SELECT * FROM source_status WHERE source_id = ?")
             .bind(id)
@@ -1343,6 +1373,10 @@ fn inventory_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Inventory> {
 fn status_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SourceStatus> {
     let now = ms(OffsetDateTime::now_utc());
     let get = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
+    let in_flight_until = row
+        .try_get::<Option<i64>, _>("lease_until")
+        .map_err(db_err)?
+        .filter(|t| *t > now);
     Ok(SourceStatus {
         last_checked_at: row
             .try_get::<Option<i64>, _>("last_checked_at")
@@ -1374,10 +1408,8 @@ fn status_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SourceStatus> {
             None => None,
         },
         rollback_to: row.try_get("rollback_to").map_err(db_err)?,
-        in_flight: row
-            .try_get::<Option<i64>, _>("lease_until")
-            .map_err(db_err)?
-            .is_some_and(|t| t > now),
+        in_flight: in_flight_until.is_some(),
+        in_flight_until: in_flight_until.map(from_ms),
     })
 }
 

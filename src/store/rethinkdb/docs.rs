@@ -158,6 +158,9 @@ pub(super) fn status_from_doc(doc: &Value) -> StoreResult<(SourceId, SourceStatu
             next_check_at: opt_int(doc, "next_check_at").map(from_ms),
             requested: parse_opt(opt_str(doc, "requested_trigger")),
             in_flight: opt_int(doc, "lease_until").is_some_and(|t| t > now),
+            in_flight_until: opt_int(doc, "lease_until")
+                .filter(|t| *t > now)
+                .map(from_ms),
             pinned: opt_str(doc, "pinned_commit").map(|commit| Pin {
                 commit,
                 reason: opt_str(doc, "pinned_reason").unwrap_or_default(),
