@@ -68,7 +68,11 @@ pub async fn answer(state: &AppState) -> Result<Response, ApiError> {
         }
     };
     drop(slot);
-    Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
 }
 
 /// The whole list read a chunk at a time into one body. Like any listing
@@ -130,7 +134,10 @@ async fn streamed(state: AppState) -> Result<Response, ApiError> {
                 Next::Close => return Some((Ok(Bytes::from_static(b"]}")), Next::Done)),
                 Next::Done => return None,
             };
-            let rows = match store.list_sources_with_status(Some(after), Some(CHUNK)).await {
+            let rows = match store
+                .list_sources_with_status(Some(after), Some(CHUNK))
+                .await
+            {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, after, "the source list broke off");

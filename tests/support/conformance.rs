@@ -2851,6 +2851,89 @@ pub async fn quiet_checks_are_recorded_in_batches(store: Arc<dyn Store>) {
     store.finish_quiet_checks(&[]).await.unwrap();
 }
 
+/// The store's data version after a write: it must have moved forward.
+async fn moved(store: &Arc<dyn Store>, before: u64, what: &str) -> u64 {
+    let after = store
+        .data_version()
+        .await
+        .unwrap()
+        .expect("the version stays kept");
+    assert!(
+        after > before,
+        "{what} left the data version at {before} (now {after})"
+    );
+    after
+}
+
+/// A store that keeps a data version moves it forward with every committed
+/// write (sources, claims, renewals, reports, requests, deletes) and not
+/// with reads; a status in flight says when its lease ends, in `status`
+/// and in the listing, and a finished check clears it.
+pub async fn data_version_moves_with_every_write(store: Arc<dyn Store>) {
+    let Some(v) = store.data_version().await.unwrap() else {
+        // A store that cannot tell says so every time.
+        store.create_source(&spec("a"), t(0)).await.unwrap();
+        assert_eq!(store.data_version().await.unwrap(), None);
+        return;
+    };
+    assert_eq!(
+        store.data_version().await.unwrap(),
+        Some(v),
+        "nothing moved the version"
+    );
+    let a = store.create_source(&spec("a"), t(0)).await.unwrap();
+    let v = moved(&store, v, "create_source").await;
+    store.get_source(a.id).await.unwrap();
+    store.list_sources_with_status(None, None).await.unwrap();
+    store.status(a.id).await.unwrap();
+    assert_eq!(
+        store.data_version().await.unwrap(),
+        Some(v),
+        "reads moved the version"
+    );
+    let claims = store.claim_due(t(1), 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    let v = moved(&store, v, "claim_due").await;
+    let ms = |t: OffsetDateTime| t.unix_timestamp_nanos() / 1_000_000;
+    let until = store.status(a.id).await.unwrap().unwrap().in_flight_until;
+    assert_eq!(until.map(ms), Some(ms(claims[0].lease_until)));
+    let listed = store.list_sources_with_status(None, None).await.unwrap();
+    assert_eq!(
+        listed[0].1.in_flight_until.map(ms),
+        Some(ms(claims[0].lease_until))
+    );
+    let later = t(1) + LEASE + LEASE;
+    store.renew_leases("p1", &[a.id], later).await.unwrap();
+    let v = moved(&store, v, "renew_leases").await;
+    let until = store.status(a.id).await.unwrap().unwrap().in_flight_until;
+    assert_eq!(until.map(ms), Some(ms(later)));
+    store
+        .finish_check(
+            &claims[0],
+            &report(&claims[0], Outcome::UpToDate, t(2)),
+            t(100),
+        )
+        .await
+        .unwrap();
+    let v = moved(&store, v, "finish_check").await;
+    let status = store.status(a.id).await.unwrap().unwrap();
+    assert!(
+        !status.in_flight && status.in_flight_until.is_none(),
+        "{status:?}"
+    );
+    store
+        .request_check(a.id, Trigger::Manual, t(3))
+        .await
+        .unwrap();
+    let v = moved(&store, v, "request_check").await;
+    let mut changed = spec("a");
+    changed.branch = "main".into();
+    store.update_source(a.id, &changed, t(4)).await.unwrap();
+    let v = moved(&store, v, "update_source").await;
+    store.delete_source(a.id, false).await.unwrap();
+    moved(&store, v, "delete_source").await;
+}
+
 /// One `#[tokio::test]` per conformance case; `$make` is an async expression
 /// giving a fresh `Arc<dyn Store>` (or `None` to skip, e.g. no server).
 #[macro_export]
@@ -2877,7 +2960,8 @@ macro_rules! conformance_tests {
             rollbacks_are_claimed_with_their_order, pins_are_set_kept_and_cleared,
             history_at_an_instant_shows_what_was_live, auto_rollback_round_trips,
             service_account_round_trips, sources_list_with_statuses_in_pages,
-            quiet_checks_are_recorded_in_batches, checks_are_requested_in_batches);
+            quiet_checks_are_recorded_in_batches, checks_are_requested_in_batches,
+            data_version_moves_with_every_write);
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(
