@@ -7,7 +7,8 @@
 //! its own, `in_flight` turning false). A reader asks the version first and
 //! is served a rendering at least that new, so the answer never lags a
 //! write that finished before the request. One reader renders at a time;
-//! the others wait for its rendering instead of making their own.
+//! the readers that arrived before it started wait for its rendering
+//! instead of making their own.
 //!
 //! On a store that cannot tell (RethinkDB, written by many replicas), the
 //! answer is streamed: read and written [`CHUNK`] sources at a time, so a
@@ -61,7 +62,13 @@ pub async fn answer(state: &AppState) -> Result<Response, ApiError> {
     let body = match slot.as_ref() {
         Some(kept) if kept.serves(version, OffsetDateTime::now_utc()) => kept.body.clone(),
         _ => {
-            let rendering = render(state, version).await?;
+            // Labelled with the version as the rendering starts, not as
+            // this request began: every reader that queued behind it asked
+            // for no newer one, so one rendering serves them all even
+            // while writes go on.
+            let version = state.store.data_version().await?.unwrap_or(version);
+            let size_hint = slot.as_ref().map_or(0, |kept| kept.body.len());
+            let rendering = render(state, version, size_hint).await?;
             let body = rendering.body.clone();
             *slot = Some(rendering);
             body
@@ -78,8 +85,12 @@ pub async fn answer(state: &AppState) -> Result<Response, ApiError> {
 /// The whole list read a chunk at a time into one body. Like any listing
 /// read in pages it is not one snapshot, but every row is at least as new
 /// as `version`, and a write landing meanwhile moves the version past it.
-async fn render(state: &AppState, version: u64) -> Result<Rendering, ApiError> {
-    let mut body = br#"{"sources":["#.to_vec();
+/// `size_hint` is the last rendering's length: the body is allocated once,
+/// with room for some growth, instead of doubling its way there (a body
+/// keeps the capacity it was built with).
+async fn render(state: &AppState, version: u64, size_hint: usize) -> Result<Rendering, ApiError> {
+    let mut body = Vec::with_capacity(size_hint + size_hint / 16 + 4096);
+    body.extend_from_slice(br#"{"sources":["#);
     let mut until: Option<OffsetDateTime> = None;
     let mut after = None;
     loop {
