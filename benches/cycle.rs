@@ -96,6 +96,9 @@ struct Args {
     latency_samples: usize,
     original: bool,
     steady_only: bool,
+    /// A running original tool (`http://HOST:PORT`) whose `GET
+    /// /api/sources` is measured beside chump's, in the same run.
+    original_api: Option<String>,
 }
 
 impl Args {
@@ -111,6 +114,7 @@ impl Args {
             latency_samples: 0,
             original: true,
             steady_only: false,
+            original_api: None,
         };
         let mut it = std::env::args().skip(1);
         let number = |v: Option<String>, name: &str| -> usize {
@@ -131,12 +135,16 @@ impl Args {
                 "--quick" => a.quick = true,
                 "--no-original" => a.original = false,
                 "--steady-only" => a.steady_only = true,
+                "--original-api" => {
+                    a.original_api = Some(it.next().expect("--original-api needs http://HOST:PORT"))
+                }
                 // `cargo bench` passes `--bench` to every bench target.
                 "--bench" => {}
                 other => panic!(
                     "unknown argument {other}; usage: cargo bench --bench cycle -- \
                      [--sources N] [--repos R] [--quick] [--reps K] [--workers 1,4,16] \
-                     [--change-workers 4,16] [--no-original] [--steady-only]"
+                     [--change-workers 4,16] [--no-original] [--steady-only] \
+                     [--original-api http://HOST:PORT]"
                 ),
             }
         }
@@ -370,6 +378,9 @@ struct ApiResult {
     sources: usize,
     response_bytes: usize,
     routes: Vec<RouteResult>,
+    /// The original tool's `GET /api/sources` under the same load, with
+    /// the number of sources it listed (`--original-api`).
+    original_list: Option<(usize, RouteResult)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1128,9 +1139,27 @@ fn cycle_result(workers: usize, n: usize, samples: &[CycleSample]) -> CycleResul
     }
 }
 
-/// One route: `n` requests in a row, then 16 clients for 3 s.
-async fn measure_route(fx: &Fixture, ch: &Chump, route: &str, n: usize) -> RouteResult {
-    let url = ch.url(route);
+/// A route's load beside writes: manual checks asked of these sources in
+/// turn, this many a second (each a request, a claim and a result written).
+struct Writes {
+    ids: Vec<i64>,
+    per_second: f64,
+}
+
+/// One route: `n` requests in a row, then 16 clients for 3 s (with
+/// `writes` going on meanwhile, when given).
+async fn measure_route(
+    fx: &Fixture,
+    base: &str,
+    route: &str,
+    n: usize,
+    writes: Option<Writes>,
+) -> RouteResult {
+    let label = match &writes {
+        Some(w) => format!("{route} + {} checks/s", w.per_second),
+        None => route.to_string(),
+    };
+    let url = format!("{base}{route}");
     let mut one = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -1141,6 +1170,29 @@ async fn measure_route(fx: &Fixture, ch: &Chump, route: &str, n: usize) -> Route
     }
     let until = Instant::now() + Duration::from_secs(3);
     let started = Instant::now();
+    let writer = writes.map(|w| {
+        let http = fx.http.clone();
+        let urls: Vec<String> = w
+            .ids
+            .iter()
+            .map(|id| format!("{base}/api/sources/{id}/check"))
+            .collect();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / w.per_second));
+            let mut sent = 0usize;
+            while Instant::now() < until {
+                tick.tick().await;
+                let resp = http.post(&urls[sent % urls.len()]).send().await.unwrap();
+                assert!(
+                    resp.status().is_success(),
+                    "check request: {}",
+                    resp.status()
+                );
+                sent += 1;
+            }
+            sent
+        })
+    });
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (http, url) = (fx.http.clone(), url.clone());
@@ -1162,10 +1214,13 @@ async fn measure_route(fx: &Fixture, ch: &Chump, route: &str, n: usize) -> Route
         all.extend(t.await.unwrap());
     }
     let secs = started.elapsed().as_secs_f64();
+    if let Some(writer) = writer {
+        writer.await.unwrap();
+    }
     all.sort();
     let p99 = all[(all.len() * 99 / 100).min(all.len() - 1)];
     RouteResult {
-        route: route.to_string(),
+        route: label,
         one_client: Stats::of(&one),
         rps_16: all.len() as f64 / secs,
         p99_ms_16: p99.as_secs_f64() * 1e3,
@@ -1175,7 +1230,13 @@ async fn measure_route(fx: &Fixture, ch: &Chump, route: &str, n: usize) -> Route
 
 /// The API over every source with its status: the whole list (the original
 /// tool's answer), a page of 100, one source, one status.
-async fn measure_api(fx: &Fixture, ch: &Chump, ids: &[i64]) -> ApiResult {
+async fn measure_api(
+    fx: &Fixture,
+    ch: &Chump,
+    ids: &[i64],
+    original_api: Option<&str>,
+) -> ApiResult {
+    let base = ch.url("");
     let body = fx
         .http
         .get(ch.url("/api/sources"))
@@ -1193,12 +1254,37 @@ async fn measure_api(fx: &Fixture, ch: &Chump, ids: &[i64]) -> ApiResult {
         (format!("/api/sources/{id}/"), 200),
         (format!("/api/sources/{id}/status"), 200),
     ] {
-        routes.push(measure_route(fx, ch, &route, n).await);
+        routes.push(measure_route(fx, &base, &route, n, None).await);
     }
+    // The whole list is kept between writes on SQLite: measured again
+    // while checks are asked for and recorded, each moving the version.
+    let writes = Writes {
+        ids: ids.to_vec(),
+        per_second: 50.0,
+    };
+    routes.push(measure_route(fx, &base, "/api/sources", 20, Some(writes)).await);
+    let original_list = match original_api {
+        Some(url) => {
+            let url = url.trim_end_matches('/');
+            let listed: Value = fx
+                .http
+                .get(format!("{url}/api/sources"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let n = listed["sources"].as_array().map_or(0, Vec::len);
+            Some((n, measure_route(fx, url, "/api/sources", 20, None).await))
+        }
+        None => None,
+    };
     ApiResult {
         sources: ids.len(),
         response_bytes: body.len(),
         routes,
+        original_list,
     }
 }
 
@@ -1625,6 +1711,14 @@ fn goals(r: &Report) -> Vec<Goal> {
                 200.0,
                 false,
             ));
+            if let Some((_, original)) = &api.original_list {
+                out.push(goal(
+                    "list_sources_over_original".into(),
+                    list.rps_16 / original.rps_16,
+                    5.0,
+                    true,
+                ));
+            }
         }
     }
     for c in &r.steady {
@@ -1891,6 +1985,13 @@ fn print_table(r: &Report) {
                 route.rps_16, route.p99_ms_16, route.max_ms_16
             );
         }
+        if let Some((n, route)) = &api.original_list {
+            println!(
+                "{:<28} one client {:>8.2} ms ({:.2}–{:.2}) · 16 clients {:>8.0} req/s, p99 {:.1} ms, max {:.1} ms",
+                format!("original, {n} sources"), route.one_client.median_ms, route.one_client.min_ms,
+                route.one_client.max_ms, route.rps_16, route.p99_ms_16, route.max_ms_16
+            );
+        }
     }
     println!("\ncluster requests per check (the API stand-in's log, every repetition):");
     for (kind, list) in [("steady", &r.steady), ("change", &r.change)] {
@@ -2039,7 +2140,7 @@ async fn main() {
         if args.steady_only {
             if w == latency_workers {
                 eprintln!("API…");
-                api = Some(measure_api(&fx, &ch, &ids).await);
+                api = Some(measure_api(&fx, &ch, &ids, args.original_api.as_deref()).await);
                 rss.push(rss_of(ch.pid(), w, "API"));
             }
             blocking(|| ch.terminate(Duration::from_secs(30)));
@@ -2054,7 +2155,7 @@ async fn main() {
         }
         if w == latency_workers {
             eprintln!("API…");
-            api = Some(measure_api(&fx, &ch, &ids).await);
+            api = Some(measure_api(&fx, &ch, &ids, args.original_api.as_deref()).await);
             rss.push(rss_of(ch.pid(), w, "API"));
             eprintln!("webhook latency…");
             latency.push(measure_webhook_latency(&mut fx, &ch, w, args.latency_samples).await);
