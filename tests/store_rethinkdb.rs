@@ -508,3 +508,121 @@ async fn pages_cover_sparse_ids_and_ids_past_the_counter() {
         assert_eq!(seen, ids, "pages of {limit}");
     }
 }
+
+/// `store` following its changefeeds (as `chump serve` does) until `stop`;
+/// returns once its data version is known (the sources feed is open).
+async fn following(
+    store: &Arc<RethinkStore>,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move { store.follow_changes(wake, stop).await })
+    };
+    support::chump::wait_for(
+        "the data version (the sources feed open)",
+        Duration::from_secs(30),
+        || async { store.data_version().await.unwrap() },
+    )
+    .await;
+    (stop, follower)
+}
+
+/// The data version is the writes counter: every write that changes a
+/// source or a status moves it, on whichever replica wrote, at once (no
+/// feed in between); a write that changes nothing leaves it; another
+/// client's change moves it once the sources feed brings it; and with the
+/// feed closed the version is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_version_moves_with_every_replicas_writes() {
+    let Some(config) = fresh_config() else { return };
+    let a = Arc::new(RethinkStore::open(&config).await.unwrap());
+    assert_eq!(
+        a.data_version().await.unwrap(),
+        None,
+        "known without the sources feed"
+    );
+    let (stop, follower) = following(&a).await;
+    support::conformance::data_version_moves_with_every_write(a.clone()).await;
+
+    // Another replica, not following anything.
+    let b = RethinkStore::open(&config).await.unwrap();
+    let v = a.data_version().await.unwrap().unwrap();
+    let s = b.create_source(&spec("b"), t(0)).await.unwrap();
+    let v2 = a.data_version().await.unwrap().unwrap();
+    assert!(v2 > v, "another replica's create left the version at {v}");
+    let claims = b
+        .claim_due(OffsetDateTime::now_utc(), 1, "b1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    let v3 = a.data_version().await.unwrap().unwrap();
+    assert!(v3 > v2, "another replica's claim left the version at {v2}");
+    // Changing nothing (a lease that is not this owner's) moves nothing.
+    b.release_claims("nobody", &[s.id]).await.unwrap();
+    assert_eq!(a.data_version().await.unwrap(), Some(v3));
+
+    // The Python tool inserts a source: seen through the feed.
+    let session = raw_session(&config).await;
+    raw_run(
+        &session,
+        r.db(config.db.clone())
+            .table("sources")
+            .insert(python_doc(70, "py")),
+    )
+    .await;
+    support::chump::wait_for(
+        "the Python tool's insert to move the version",
+        Duration::from_secs(30),
+        || async { (a.data_version().await.unwrap().unwrap() > v3).then_some(()) },
+    )
+    .await;
+
+    stop.cancel();
+    follower.await.unwrap();
+    assert_eq!(
+        a.data_version().await.unwrap(),
+        None,
+        "known with the sources feed closed"
+    );
+}
+
+/// The whole list kept on RethinkDB (`chump::api::whole_list`): the API
+/// of one replica keeps it, another replica claims and reports, and every
+/// write is in the next answer; so is, once the feed brings it, a source
+/// the Python tool inserts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kept_whole_list_follows_every_replicas_writes() {
+    let Some(config) = fresh_config() else { return };
+    let a = Arc::new(RethinkStore::open(&config).await.unwrap());
+    let (stop, follower) = following(&a).await;
+    let served: Arc<dyn Store> = a.clone();
+    let worker: Arc<dyn Store> = Arc::new(RethinkStore::open(&config).await.unwrap());
+    let api = support::kept_list::ApiServer::start(served.clone()).await;
+    support::kept_list::follows_every_write_and_lease_end(&api, &served, &worker).await;
+
+    let session = raw_session(&config).await;
+    raw_run(
+        &session,
+        r.db(config.db.clone())
+            .table("sources")
+            .insert(python_doc(80, "py")),
+    )
+    .await;
+    support::chump::wait_for(
+        "the Python tool's source in the list",
+        Duration::from_secs(30),
+        || async {
+            let list = api.list().await;
+            (list.len() == 1 && list[0]["id"] == json!(80)).then_some(())
+        },
+    )
+    .await;
+    api.stop().await;
+    stop.cancel();
+    follower.await.unwrap();
+}

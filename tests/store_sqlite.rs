@@ -105,142 +105,18 @@ async fn a_database_from_before_pruning_is_upgraded() {
 }
 
 /// The whole list is rendered once and kept between writes on SQLite
-/// (`chump::api::whole_list`). Through the crate's router on a real
-/// socket: every write, over the API or straight to the store as a
-/// worker's, is in the next answer, and a lease that ends with nothing
-/// written turns `in_flight` false on its own.
+/// (`chump::api::whole_list`): every write, over the API or straight to
+/// the store as a worker's, is in the next answer, and a lease that ends
+/// with nothing written turns `in_flight` false on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kept_whole_list_follows_every_write_and_lease_end() {
-    use std::time::Duration;
-
-    use chump::api::AppState;
-    use chump::http::HttpLimits;
-    use chump_jobs::history::Outcome;
-    use chump_jobs::metrics::Metrics;
-    use serde_json::{json, Value};
-    use support::chump::wait_for;
-    use time::OffsetDateTime;
-    use tokio_util::sync::CancellationToken;
-
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(dir.path().join("chump.db").to_str().unwrap())
             .await
             .unwrap(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let state = AppState {
-        store: store.clone(),
-        rules: Default::default(),
-        api_token: None,
-        api_read_token: None,
-        webhook_secret: None,
-        schedule_changed: Default::default(),
-        metrics: metrics.clone(),
-        pipeline: None,
-        notifications: chump::notify::Notifications::new(None, store.clone(), metrics, addr),
-        push_index: Default::default(),
-        whole_list: Default::default(),
-    };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(chump::http::serve(
-        listener,
-        chump::api::router(state),
-        HttpLimits {
-            header_timeout: Duration::from_secs(5),
-            max_connections: 64,
-        },
-        shutdown.clone(),
-    ));
-    let http = reqwest::Client::new();
-    let url = |path: &str| format!("http://{addr}{path}");
-    let list = || async {
-        let resp = http.get(url("/api/sources")).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.json::<Value>().await.unwrap()["sources"]
-            .as_array()
-            .unwrap()
-            .clone()
-    };
-
-    assert_eq!(list().await, Vec::<Value>::new());
-    // Created over the API.
-    let created: Value = http
-        .post(url("/api/sources"))
-        .json(&json!({"namespace": "production", "deployment_name": "web",
-            "git_url": "https://example.com/shop.git", "branch": "master",
-            "deploy_path": "deploy", "container_name": "web",
-            "image_version_file": "deploy/web.yaml"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["source"]["id"].as_i64().unwrap();
-    let once = list().await;
-    assert_eq!(once.len(), 1);
-    assert_eq!(once[0]["branch"], "master");
-    assert_eq!(once[0]["status"]["in_flight"], false);
-    // The same answer again while nothing changed.
-    assert_eq!(list().await, once);
-    // Changed over the API.
-    let resp = http
-        .patch(url(&format!("/api/sources/{id}")))
-        .json(&json!({"branch": "main"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(list().await[0]["branch"], "main");
-    // Claimed straight in the store, as a worker does, with a short lease.
-    let claims = store
-        .claim_due(OffsetDateTime::now_utc(), 1, "p1", Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert_eq!(claims.len(), 1);
-    assert_eq!(list().await[0]["status"]["in_flight"], true);
-    // The lease ends with nothing written: the answer follows the clock.
-    let version = store.data_version().await.unwrap();
-    wait_for(
-        "the lapsed lease to leave the list",
-        Duration::from_secs(15),
-        || async { (list().await[0]["status"]["in_flight"] == false).then_some(()) },
-    )
-    .await;
-    assert_eq!(
-        store.data_version().await.unwrap(),
-        version,
-        "nothing was written"
-    );
-    // A worker's report, written straight to the store.
-    let claims = store
-        .claim_due(OffsetDateTime::now_utc(), 1, "p2", Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(list().await[0]["status"]["in_flight"], true);
-    let now = OffsetDateTime::now_utc();
-    store
-        .finish_check(
-            &claims[0],
-            &support::conformance::report(&claims[0], Outcome::UpToDate, now),
-            now + Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
-    let after = list().await;
-    assert_eq!(after[0]["status"]["in_flight"], false);
-    assert_eq!(after[0]["status"]["last_outcome"], "up_to_date");
-    // Deleted over the API.
-    let resp = http
-        .delete(url(&format!("/api/sources/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    assert_eq!(list().await, Vec::<Value>::new());
-    shutdown.cancel();
-    server.await.unwrap();
+    let api = support::kept_list::ApiServer::start(store.clone()).await;
+    support::kept_list::follows_every_write_and_lease_end(&api, &store, &store).await;
+    api.stop().await;
 }

@@ -1,8 +1,9 @@
 //! `GET /api/sources` without paging: every source with its status, the
 //! original tool's answer, and the route its clients and dashboards poll.
 //!
-//! On a store that keeps a data version ([`Store::data_version`]: SQLite),
-//! the rendered answer is kept and every reader shares it until a commit
+//! On a store that keeps a data version ([`Store::data_version`]: SQLite's
+//! `PRAGMA data_version`; RethinkDB's writes counter, moved by every
+//! replica's writes in the query that writes), the rendered answer is kept and every reader shares it until a commit
 //! moves the version or a lease in it ends (the one change time makes on
 //! its own, `in_flight` turning false). A reader asks the version first and
 //! is served a rendering at least that new, so the answer never lags a
@@ -10,8 +11,8 @@
 //! the readers that arrived before it started wait for its rendering
 //! instead of making their own.
 //!
-//! On a store that cannot tell (RethinkDB, written by many replicas), the
-//! answer is streamed: read and written [`CHUNK`] sources at a time, so a
+//! On a store that cannot tell (RethinkDB while its sources changefeed is
+//! closed: the Python tool's writes would go unseen), the answer is streamed: read and written [`CHUNK`] sources at a time, so a
 //! process answering many clients holds one chunk per client, not the
 //! whole list (8.75 MB at 10,000 sources).
 //!

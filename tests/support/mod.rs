@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod env;
 pub mod git_server;
 pub mod https_git;
+pub mod kept_list;
 pub mod kube_api;
 pub mod receiver;
 pub mod rethinkdb;

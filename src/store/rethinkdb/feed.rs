@@ -19,6 +19,11 @@
 //! until a source changes anywhere; while it is closed the version is
 //! unknown and each push reads the list.
 //!
+//! The data version ([`chump_jobs::store::Store::data_version`]) is known
+//! only while the sources feed is open too: chump's writes move it in the
+//! query that writes, but other clients' writes to the sources table move
+//! it only when the feed brings them (each change seen moves it once more).
+//!
 //! A feed that breaks (server restart, network) is opened again with
 //! backoff; as soon as it is ready again the sources table is reconciled
 //! with the schedule ([`RethinkStore::reconcile`]), so a write made while no
@@ -153,8 +158,18 @@ impl RethinkStore {
             match feed {
                 Feed::Sources => {
                     self.sources_version.changed();
-                    if let Err(e) = self.source_changed(&change).await {
-                        return format!("cannot follow a change of the sources table: {e}");
+                    let foreign = match self.source_changed(&change).await {
+                        Ok(foreign) => foreign,
+                        Err(e) => {
+                            return format!("cannot follow a change of the sources table: {e}")
+                        }
+                    };
+                    // Another client's write (the Python tool's) moves the
+                    // data version only here; chump's own moved it already.
+                    if foreign {
+                        if let Err(e) = self.bump_writes().await {
+                            return format!("cannot move the data version: {e}");
+                        }
                     }
                     wake.notify_one();
                 }
@@ -163,24 +178,30 @@ impl RethinkStore {
         }
     }
 
-    /// Brings the schedule in line with one change of the sources table.
-    async fn source_changed(&self, change: &Value) -> StoreResult<()> {
+    /// Brings the schedule in line with one change of the sources table;
+    /// whether another client made it (chump's own inserts carry a
+    /// `revision`, its updates bump it, and its other writes to a source
+    /// leave the spec alone; a delete may be anyone's).
+    async fn source_changed(&self, change: &Value) -> StoreResult<bool> {
         let doc = |name: &str| change.get(name).filter(|v| !v.is_null());
         let now = OffsetDateTime::now_utc();
         match (doc("old_val"), doc("new_val")) {
-            (None, Some(new)) => match source_from_doc(new) {
-                Ok(source) => {
-                    tracing::debug!(source = source.id, "source inserted");
-                    self.adopt_source(&source, now).await?;
+            (None, Some(new)) => {
+                match source_from_doc(new) {
+                    Ok(source) => {
+                        tracing::debug!(source = source.id, "source inserted");
+                        self.adopt_source(&source, now).await?;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a source document chump cannot read"),
                 }
-                Err(e) => tracing::warn!(error = %e, "a source document chump cannot read"),
-            },
+                return Ok(new.get("revision").is_none());
+            }
             (Some(old), Some(new)) => {
                 let (old, new) = match (source_from_doc(old), source_from_doc(new)) {
                     (Ok(old), Ok(new)) => (old, new),
                     (_, Err(e)) | (Err(e), _) => {
                         tracing::warn!(error = %e, "a source document chump cannot read");
-                        return Ok(());
+                        return Ok(true);
                     }
                 };
                 // Marked `deleting` (by chump's delete with prune, on any
@@ -191,7 +212,7 @@ impl RethinkStore {
                 }
                 // chump's own update bumps the revision and reschedules.
                 if old.revision != new.revision || old.spec == new.spec {
-                    return Ok(());
+                    return Ok(false);
                 }
                 tracing::info!(
                     source = new.id,
@@ -227,17 +248,16 @@ impl RethinkStore {
                         ),
                     ])
                 });
-                let result = self.pool.one(self.statuses().get(new.id).update(f)).await?;
+                let result = self.write(self.statuses().get(new.id).update(f)).await?;
                 if count(&result, "skipped") > 0 {
                     let status = new_status(&new, now_ms);
-                    self.pool
-                        .one(term(TermType::Insert, [self.statuses(), lit(status)]))
+                    self.write(term(TermType::Insert, [self.statuses(), lit(status)]))
                         .await?;
                 }
             }
             (Some(old), None) => {
                 let Some(id) = old.get("id").and_then(as_int) else {
-                    return Ok(());
+                    return Ok(true);
                 };
                 tracing::info!(source = id, "source deleted; dropping its schedule");
                 self.drop_schedule(id).await?;
@@ -248,9 +268,9 @@ impl RethinkStore {
                     .await?;
                 }
             }
-            (None, None) => {}
+            (None, None) => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 

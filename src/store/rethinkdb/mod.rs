@@ -11,7 +11,7 @@
 //! | `chump_status` | `source_id` | one per source: the schedule (`next_check_at`, `requested_trigger`), the lease (`lease_owner`, `lease_until`), the last check, the pin (`pinned_commit`, `pinned_reason`, `pinned_entry`, `pinned_at`), a rollback asked for and not yet recorded (`rollback_to`, `rollback_trigger`), and copies of the source's `suspended`, `deleting` and `revision` |
 //! | `chump_history` | `id` (integer, from a counter) | deploys, failures, supersessions, rollbacks, deletions, and the checks that start or end a degraded spell ([`CheckReport::goes_to_history`]), each with `manifests` (`kept`, `dropped`, `too_large` or null) and `rollback_to`; they outlive their source |
 //! | `chump_manifests` | `id` (the history entry's) | the rendered manifests of entries that keep them: `source_id`, the entry's `outcome` (for retention), `data` (binary: gzip of a JSON array); they outlive their source |
-//! | `chump_counters` | `id` (`"sources"`, `"history"`) | `value`: the last id handed out |
+//! | `chump_counters` | `id` (`"sources"`, `"history"`, `"writes"`) | `value`: the last id handed out; for `writes`, the data version (see below) |
 //! | `chump_targets` | `id` = `namespace/deployment/container` | `source_id` (null while its create is in flight), `token`, `at`: who owns a target |
 //! | `chump_inventory` | `source_id` | what chump last applied for a source: `commit`, `desired_image`, `objects` (each `api_version`, `kind`, `namespace`, `name`, `digest`, `commit`); none until the first check that records one |
 //!
@@ -135,6 +135,9 @@ pub const MANIFESTS_TABLE: &str = "chump_manifests";
 
 const SOURCES_COUNTER: &str = "sources";
 const HISTORY_COUNTER: &str = "history";
+/// The data version ([`Store::data_version`]): moved by every write that
+/// changes a source or a status.
+const WRITES_COUNTER: &str = "writes";
 const INDEX_DUE: &str = "next_check_at";
 const INDEX_HISTORY_SOURCE: &str = "source_id_id";
 const INDEX_HISTORY_NAMESPACE: &str = "namespace_id";
@@ -305,12 +308,58 @@ impl RethinkStore {
             })
     }
 
+    /// `write` (to the sources or the status table), then, in the same
+    /// query and only when it changed a document, the writes counter moved
+    /// one up: whoever reads the counter after this write finished reads a
+    /// value at least as high as the bump, and the bump lands after the
+    /// write, so a reader that saw the counter and then read sources and
+    /// statuses holds this write ([`Store::data_version`], exact across
+    /// replicas without any feed).
+    fn counted(&self, write: Command) -> Command {
+        let counter = self.counters().get(WRITES_COUNTER);
+        funcall(write, move |result| {
+            let n = |name: &str| field_or(&result, name, lit(0));
+            let changed = gt(add(add(n("inserted"), n("replaced")), n("deleted")), lit(0));
+            let bump = lambda(|c| object(vec![("value", add(field(&c, "value"), lit(1)))]));
+            funcall(branch(changed, counter.update(bump), null()), |_| {
+                result.clone()
+            })
+        })
+    }
+
+    /// Runs a write to the sources or the status table, counted
+    /// ([`RethinkStore::counted`]). A write that fails may still have
+    /// written (a connection cut after the server ran it): the counter is
+    /// moved again on its own, so no kept answer outlives such a write.
+    async fn write(&self, write: Command) -> StoreResult<Value> {
+        let result = self.pool.one(self.counted(write)).await;
+        if result.is_err() {
+            let _ = self.bump_writes().await;
+        }
+        result
+    }
+
+    /// Moves the writes counter one up (after a change some other client
+    /// made, seen in a feed).
+    pub(super) async fn bump_writes(&self) -> StoreResult<()> {
+        let bump = lambda(|c| object(vec![("value", add(field(&c, "value"), lit(1)))]));
+        self.pool
+            .one(self.counters().get(WRITES_COUNTER).update(bump))
+            .await
+            .map(|_| ())
+    }
+
     /// Makes existing data usable and the schedule match the sources table:
     /// counters above the highest ids, a status (due at once) and a target
     /// key for every source that lacks them, and no status without its
     /// source. Run at open and whenever the changefeed on the sources table
     /// (re)starts, so writes by other tools are never missed.
     pub(super) async fn reconcile(&self, now: OffsetDateTime) -> StoreResult<()> {
+        // The data version jumps to the clock (milliseconds × 1024, far
+        // above what counting reaches in between): a counter lost and made
+        // again never goes back, and whatever was written while no feed was
+        // open counts as a change.
+        self.raise_counter(WRITES_COUNTER, wall_ms() << 10).await?;
         // Statuses before sources: a source is written before its status and
         // deleted before it, so a status read here whose source is missing
         // from the later read is an orphan, never a create in flight.
@@ -385,8 +434,7 @@ impl RethinkStore {
                 "scheduling sources that have no schedule yet"
             );
             // Conflicts: another replica adopted them first.
-            self.pool
-                .one(term(TermType::Insert, [self.statuses(), lit(missing)]))
+            self.write(term(TermType::Insert, [self.statuses(), lit(missing)]))
                 .await?;
         }
         // A delete with prune cut between the source's mark and its
@@ -460,8 +508,7 @@ impl RethinkStore {
     ) -> StoreResult<()> {
         let status = new_status(source, ms(now));
         // A conflict is chump's own create (or another replica) first: fine.
-        self.pool
-            .one(term(TermType::Insert, [self.statuses(), lit(status)]))
+        self.write(term(TermType::Insert, [self.statuses(), lit(status)]))
             .await?;
         self.raise_counter(SOURCES_COUNTER, source.id).await?;
         self.adopt_target(source).await
@@ -489,8 +536,7 @@ impl RethinkStore {
         self.pool
             .one(term(TermType::Delete, [self.inventories().get(id)]))
             .await?;
-        self.pool
-            .one(term(TermType::Delete, [self.statuses().get(id)]))
+        self.write(term(TermType::Delete, [self.statuses().get(id)]))
             .await?;
         Ok(())
     }
@@ -530,8 +576,7 @@ impl RethinkStore {
     /// sources changefeed or by [`RethinkStore::reconcile`].
     async fn mark_deleting(&self, id: SourceId) -> StoreResult<Deletion> {
         let result = self
-            .pool
-            .one(
+            .write(
                 self.sources()
                     .get(id)
                     .update(lit(json!({"deleting": true}))),
@@ -578,7 +623,7 @@ impl RethinkStore {
                 ]),
             )
         });
-        let result = self.pool.one(self.statuses().get(id).update(f)).await?;
+        let result = self.write(self.statuses().get(id).update(f)).await?;
         if count(&result, "skipped") > 0 {
             // No status yet: a new one copies the mark from the source.
             self.ensure_status(id, now).await?;
@@ -634,8 +679,7 @@ impl RethinkStore {
             )
         });
         let result = self
-            .pool
-            .one(term(
+            .write(term(
                 TermType::Replace,
                 [self.sources().get(id), only_deleting],
             ))
@@ -862,20 +906,18 @@ impl RethinkStore {
         }
         let source = source_from_doc(&doc)?;
         let status = new_status(&source, ms(now));
-        self.pool
-            .one(term(TermType::Insert, [self.statuses(), lit(status)]))
+        self.write(term(TermType::Insert, [self.statuses(), lit(status)]))
             .await?;
         Ok(true)
     }
 
     /// Updates status `id` with `f`, returning the write result (with changes).
     async fn update_status(&self, id: SourceId, f: Command) -> StoreResult<Value> {
-        self.pool
-            .one(self.statuses().get(id).update(r.args((
-                f,
-                update::Options::new().return_changes(ReturnChanges::Bool(true)),
-            ))))
-            .await
+        self.write(self.statuses().get(id).update(r.args((
+            f,
+            update::Options::new().return_changes(ReturnChanges::Bool(true)),
+        ))))
+        .await
     }
 
     /// Entry `order.to`'s commit, image and kept manifests (None: dropped
@@ -908,12 +950,11 @@ impl RethinkStore {
         make_update: impl Fn() -> Command,
     ) -> StoreResult<Value> {
         let run = || async {
-            self.pool
-                .one(self.statuses().get(id).update(r.args((
-                    make_update(),
-                    update::Options::new().return_changes(ReturnChanges::Always),
-                ))))
-                .await
+            self.write(self.statuses().get(id).update(r.args((
+                make_update(),
+                update::Options::new().return_changes(ReturnChanges::Always),
+            ))))
+            .await
         };
         let mut result = run().await?;
         if count(&result, "skipped") > 0 {
@@ -1061,6 +1102,19 @@ impl Store for RethinkStore {
         self.sources_version.get()
     }
 
+    /// The writes counter: chump's writes move it in the query that writes
+    /// ([`RethinkStore::counted`]), on every replica, so reading it is one
+    /// point read and exact. Other clients' changes to the sources table
+    /// (the Python tool) move it only once the sources feed brings them, so
+    /// while that feed is not open the version is unknown.
+    async fn data_version(&self) -> StoreResult<Option<u64>> {
+        if self.sources_version.get().is_none() {
+            return Ok(None);
+        }
+        let counter = self.pool.one(self.counters().get(WRITES_COUNTER)).await?;
+        Ok(opt_int(&counter, "value").and_then(|v| u64::try_from(v).ok()))
+    }
+
     /// Replicas share the database.
     fn claimed_elsewhere(&self) -> bool {
         true
@@ -1093,8 +1147,7 @@ impl Store for RethinkStore {
         let doc = Value::Object(doc);
         let written = async {
             let result = self
-                .pool
-                .one(term(TermType::Insert, [self.sources(), lit(&doc)]))
+                .write(term(TermType::Insert, [self.sources(), lit(&doc)]))
                 .await;
             self.sources_version.changed();
             let result = result?;
@@ -1113,8 +1166,7 @@ impl Store for RethinkStore {
         }
         let source = source_from_doc(&doc)?;
         let status = new_status(&source, ms(now));
-        self.pool
-            .one(term(TermType::Insert, [self.statuses(), lit(status)]))
+        self.write(term(TermType::Insert, [self.statuses(), lit(status)]))
             .await?;
         let owned = lambda(|d| {
             branch(
@@ -1187,8 +1239,7 @@ impl Store for RethinkStore {
             )
         });
         let result = self
-            .pool
-            .one(self.sources().get(id).update(r.args((
+            .write(self.sources().get(id).update(r.args((
                 f,
                 update::Options::new().return_changes(ReturnChanges::Bool(true)),
             ))))
@@ -1238,10 +1289,7 @@ impl Store for RethinkStore {
                 ("revision", lit(revision)),
             ])
         });
-        let result = self
-            .pool
-            .one(self.statuses().get(id).update(status))
-            .await?;
+        let result = self.write(self.statuses().get(id).update(status)).await?;
         if count(&result, "skipped") > 0 {
             self.ensure_status(id, now).await?;
         }
@@ -1268,8 +1316,7 @@ impl Store for RethinkStore {
         // The source first: a status without its source is cleaned up by
         // `claim_due`, a source without status would never be checked.
         let result = self
-            .pool
-            .one(term(TermType::Delete, [self.sources().get(id)]))
+            .write(term(TermType::Delete, [self.sources().get(id)]))
             .await;
         self.sources_version.changed();
         let result = result?;
@@ -1607,10 +1654,7 @@ impl Store for RethinkStore {
         // whose lease was lost records nothing (another process owns the
         // source now). A deleted source has no status (the update skips it)
         // and still gets its history entry.
-        let result = self
-            .pool
-            .one(self.statuses().get(source.id).update(f))
-            .await?;
+        let result = self.write(self.statuses().get(source.id).update(f)).await?;
         if count(&result, "replaced") == 0 && count(&result, "skipped") == 0 {
             tracing::debug!(
                 source = source.id,
@@ -1673,7 +1717,7 @@ impl Store for RethinkStore {
                     lit(json!({})),
                 )
             });
-            self.pool.one(self.statuses().get(*id).update(f)).await?;
+            self.write(self.statuses().get(*id).update(f)).await?;
         }
         Ok(())
     }
@@ -1704,7 +1748,7 @@ impl Store for RethinkStore {
                 lit(json!({})),
             )
         });
-        let result = self.pool.one(selection().update(extend)).await?;
+        let result = self.write(selection().update(extend)).await?;
         if count(&result, "errors") > 0 {
             let first = result
                 .get("first_error")

@@ -79,6 +79,11 @@ pub(super) fn lambda(body: impl FnOnce(Command) -> Command) -> Command {
     term(TermType::Func, [lit(vec![id]), body])
 }
 
+/// `r.do(arg, f)`: `arg` evaluated first (writes included), then `f` of it.
+pub(super) fn funcall(arg: Command, f: impl FnOnce(Command) -> Command) -> Command {
+    term(TermType::Funcall, [lambda(f), arg])
+}
+
 /// A one-argument ReQL function for the typed commands that want a [`Func`].
 pub(super) fn func(body: impl FnOnce(Command) -> Command) -> Func {
     let id = reql::var_counter();
