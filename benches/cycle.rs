@@ -99,6 +99,9 @@ struct Args {
     /// A running original tool (`http://HOST:PORT`) whose `GET
     /// /api/sources` is measured beside chump's, in the same run.
     original_api: Option<String>,
+    /// `--rethinkdb HOST:PORT`: the API measured again on a chump serving
+    /// a new database on this RethinkDB server (dropped afterwards).
+    rethinkdb: Option<String>,
 }
 
 impl Args {
@@ -115,6 +118,7 @@ impl Args {
             original: true,
             steady_only: false,
             original_api: None,
+            rethinkdb: None,
         };
         let mut it = std::env::args().skip(1);
         let number = |v: Option<String>, name: &str| -> usize {
@@ -138,13 +142,16 @@ impl Args {
                 "--original-api" => {
                     a.original_api = Some(it.next().expect("--original-api needs http://HOST:PORT"))
                 }
+                "--rethinkdb" => {
+                    a.rethinkdb = Some(it.next().expect("--rethinkdb needs HOST:PORT"))
+                }
                 // `cargo bench` passes `--bench` to every bench target.
                 "--bench" => {}
                 other => panic!(
                     "unknown argument {other}; usage: cargo bench --bench cycle -- \
                      [--sources N] [--repos R] [--quick] [--reps K] [--workers 1,4,16] \
                      [--change-workers 4,16] [--no-original] [--steady-only] \
-                     [--original-api http://HOST:PORT]"
+                     [--original-api http://HOST:PORT] [--rethinkdb HOST:PORT]"
                 ),
             }
         }
@@ -381,6 +388,15 @@ struct ApiResult {
     /// The original tool's `GET /api/sources` under the same load, with
     /// the number of sources it listed (`--original-api`).
     original_list: Option<(usize, RouteResult)>,
+    /// The same sources on a chump serving RethinkDB (`--rethinkdb`).
+    rethinkdb: Option<RethinkApi>,
+}
+
+#[derive(Serialize)]
+struct RethinkApi {
+    server: String,
+    response_bytes: usize,
+    routes: Vec<RouteResult>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1285,6 +1301,65 @@ async fn measure_api(
         response_bytes: body.len(),
         routes,
         original_list,
+        rethinkdb: None,
+    }
+}
+
+/// The API again on a chump serving a new database on RethinkDB
+/// `server` (`--rethinkdb`): the same sources, created and checked once,
+/// then the whole list (alone, and while 50 checks a second are asked for
+/// and recorded) and one source. The database is dropped afterwards.
+async fn measure_api_rethinkdb(
+    fx: &Fixture,
+    dir: &Path,
+    workers: usize,
+    server: &str,
+    stamp: &str,
+) -> RethinkApi {
+    let db = format!("chump_bench_{}", stamp.to_lowercase());
+    let url = format!("rethinkdb://{server}/{db}");
+    let mut ch = start_chump_with(fx, dir, workers, "1h", &[("CHUMP_DATABASE", &url)]);
+    let offset = ch.logs_len();
+    let apps: Vec<&App> = fx.apps.iter().collect();
+    let ids = create_sources(fx, &ch, &apps).await;
+    wait_checks_done(&ch, offset, ids.len()).await;
+    let body = fx
+        .http
+        .get(ch.url("/api/sources"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let base = ch.url("");
+    let id = ids[ids.len() / 2];
+    let mut routes = Vec::new();
+    routes.push(measure_route(fx, &base, "/api/sources", 20, None).await);
+    routes.push(measure_route(fx, &base, &format!("/api/sources/{id}/"), 200, None).await);
+    let writes = Writes {
+        ids: ids.clone(),
+        per_second: 50.0,
+    };
+    routes.push(measure_route(fx, &base, "/api/sources", 20, Some(writes)).await);
+    blocking(|| ch.terminate(Duration::from_secs(30)));
+    let (host, port) = server.rsplit_once(':').expect("--rethinkdb HOST:PORT");
+    let session = reql::r
+        .connect(
+            reql::cmd::connect::Options::new()
+                .host(host.to_string())
+                .port(port.parse().expect("--rethinkdb HOST:PORT")),
+        )
+        .await
+        .expect("connect to RethinkDB");
+    let mut dropped = reql::r.db_drop(db.as_str()).run::<_, Value>(&session);
+    futures::TryStreamExt::try_next(&mut dropped)
+        .await
+        .expect("drop the bench database");
+    RethinkApi {
+        server: server.to_string(),
+        response_bytes: body.len(),
+        routes,
     }
 }
 
@@ -1720,6 +1795,27 @@ fn goals(r: &Report) -> Vec<Goal> {
                 ));
             }
         }
+        if let Some(rdb) = &api.rethinkdb {
+            if let (Some(list), Some((_, original))) = (
+                rdb.routes.iter().find(|x| x.route == "/api/sources"),
+                &api.original_list,
+            ) {
+                out.push(goal(
+                    "list_sources_over_original_rethinkdb".into(),
+                    list.rps_16 / original.rps_16,
+                    5.0,
+                    true,
+                ));
+            }
+            if let Some(one) = rdb.routes.iter().find(|x| x.route.ends_with("/")) {
+                out.push(goal(
+                    "single_source_p99_rethinkdb_ms".into(),
+                    one.p99_ms_16,
+                    50.0,
+                    false,
+                ));
+            }
+        }
     }
     for c in &r.steady {
         let requests: f64 = c.cluster_requests_per_check.values().sum();
@@ -1985,6 +2081,19 @@ fn print_table(r: &Report) {
                 route.rps_16, route.p99_ms_16, route.max_ms_16
             );
         }
+        if let Some(rdb) = &api.rethinkdb {
+            println!(
+                "on RethinkDB ({}; the whole list is {} bytes):",
+                rdb.server, rdb.response_bytes
+            );
+            for route in &rdb.routes {
+                println!(
+                    "{:<28} one client {:>8.2} ms ({:.2}–{:.2}) · 16 clients {:>8.0} req/s, p99 {:.1} ms, max {:.1} ms",
+                    route.route, route.one_client.median_ms, route.one_client.min_ms, route.one_client.max_ms,
+                    route.rps_16, route.p99_ms_16, route.max_ms_16
+                );
+            }
+        }
         if let Some((n, route)) = &api.original_list {
             println!(
                 "{:<28} one client {:>8.2} ms ({:.2}–{:.2}) · 16 clients {:>8.0} req/s, p99 {:.1} ms, max {:.1} ms",
@@ -2184,6 +2293,12 @@ async fn main() {
             change_with_kustomize.push(measure_change(&mut fx, &ch, &ids, w, args.reps).await);
             blocking(|| ch.terminate(Duration::from_secs(30)));
         }
+    }
+    if let (Some(server), Some(api)) = (&args.rethinkdb, &mut api) {
+        eprintln!("API on RethinkDB…");
+        let dir = fx.dir.path().join("chump-rethinkdb");
+        api.rethinkdb =
+            Some(measure_api_rethinkdb(&fx, &dir, latency_workers, server, &stamp).await);
     }
     if !args.steady_only {
         eprintln!("polling latency…");
