@@ -2926,6 +2926,21 @@ pub async fn data_version_moves_with_every_write(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let v = moved(&store, v, "request_check").await;
+    // A quiet check recorded in a batch.
+    let claims = store.claim_due(t(4), 10, "p1", LEASE).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    let v = moved(&store, v, "claim_due").await;
+    let quiet = report(&claims[0], Outcome::UpToDate, t(4));
+    store
+        .finish_quiet_checks(&[chump_jobs::store::QuietCheck {
+            claim: &claims[0],
+            report: &quiet,
+            next_check_at: t(100),
+        }])
+        .await
+        .unwrap();
+    let v = moved(&store, v, "finish_quiet_checks").await;
+    assert!(!store.status(a.id).await.unwrap().unwrap().in_flight);
     let mut changed = spec("a");
     changed.branch = "main".into();
     store.update_source(a.id, &changed, t(4)).await.unwrap();
