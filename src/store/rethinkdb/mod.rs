@@ -65,6 +65,14 @@
 //!   clears the pending rollback (only the one its claim carried) and sets
 //!   or clears the pin inside its own atomic update. A pin's entry id is
 //!   taken from the counter before that update.
+//! - **the data version** ([`Store::data_version`], which keeps the whole
+//!   list between writes): the `writes` counter, bumped (soft durability)
+//!   in the query of every write to the sources or the status table that
+//!   changes a document, or once after a batch of them (claims, quiet
+//!   results) before the batch returns. A reader that reads the counter
+//!   and then the tables holds every write finished before its read, on
+//!   any replica. Other clients' source writes are counted when the
+//!   sources feed brings them; while it is closed the version is unknown.
 //! - **deleting with prune**: `delete_source(id, true)` marks the source
 //!   document `deleting` (the truth), then its status (due at once, the
 //!   copy `claim_due`, `request_check` and `next_due` read); a cut between
