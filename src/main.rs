@@ -15,7 +15,8 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
-            chump::logging::init(config.log_format);
+            // Held to the end of `main`: dropping it writes out queued lines.
+            let _logs = chump::logging::init(config.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

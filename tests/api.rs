@@ -761,6 +761,48 @@ async fn data_survives_a_restart() {
     assert_eq!(b["id"], 3);
 }
 
+/// Logs are written by a thread of their own, in batches: the lines of a
+/// shutdown still all reach stderr, whole and in order, before the process
+/// exits.
+#[tokio::test]
+async fn every_line_logged_up_to_exit_reaches_stderr() {
+    let mut c = Chump::start();
+    for i in 0..20 {
+        create(
+            &c,
+            with(seed(), "deployment_name", json!(format!("app-{i}"))),
+        )
+        .await;
+    }
+    assert!(
+        c.terminate(Duration::from_secs(10)),
+        "SIGTERM should stop chump cleanly"
+    );
+    // The reader of chump's stderr may still be taking the last lines in.
+    let logs = support::chump::wait_for("the last line logged", Duration::from_secs(10), || {
+        let logs = c.logs();
+        async move { logs.contains("\"chump stopped\"").then_some(logs) }
+    })
+    .await;
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a torn log line ({e}): {l}")))
+        .collect();
+    let position = |message: &str| {
+        lines
+            .iter()
+            .position(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("{message:?} not logged:\n{logs}"))
+    };
+    assert!(position("chump listening") < position("SIGTERM: shutting down"));
+    assert!(position("SIGTERM: shutting down") < position("chump stopped"));
+    assert_eq!(
+        lines.last().unwrap()["message"],
+        "chump stopped",
+        "the last line is the last one logged"
+    );
+}
+
 #[tokio::test]
 async fn api_token_guards_the_api() {
     let token = "a-long-test-token-0123456789";
