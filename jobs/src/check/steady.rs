@@ -122,14 +122,6 @@ impl Checker {
                 message: e.to_string(),
             })?;
         times.cluster += t.elapsed();
-        let workloads = recorded
-            .objects
-            .iter()
-            .zip(&observed)
-            .filter_map(|(o, seen)| {
-                Some((workload_of(o)?, seen.object().map(|d| Box::new(d.clone()))))
-            })
-            .collect();
         let deployment = recorded.objects.iter().position(|o| {
             group_of(&o.api_version) == "apps"
                 && o.kind == "Deployment"
@@ -155,6 +147,13 @@ impl Checker {
             .iter()
             .zip(&observed)
             .filter_map(|(o, seen)| drift_of(o, seen).map(|d| (o, d)))
+            .collect();
+        // The workloads keep what was read (no copy: the rest is done).
+        let workloads = recorded
+            .objects
+            .iter()
+            .zip(observed)
+            .filter_map(|(o, seen)| Some((workload_of(o)?, seen.into_object())))
             .collect();
         Ok(Looked {
             running,

@@ -184,6 +184,14 @@ impl Observed {
             Observed::Missing => None,
         }
     }
+
+    /// The object, when present, given up by the observation.
+    pub fn into_object(self) -> Option<Box<DynamicObject>> {
+        match self {
+            Observed::Present { object, .. } => Some(object),
+            Observed::Missing => None,
+        }
+    }
 }
 
 /// What drifted in one object.

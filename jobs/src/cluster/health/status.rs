@@ -1,9 +1,45 @@
 //! A workload's rollout read from its own status, as its controller wrote
 //! it and as `kubectl rollout status` reads it: no other request.
 
+use std::ops::Index;
+
+use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::WorkloadKind;
+
+/// What the status functions read a workload as: anything indexed by its
+/// top-level fields (`metadata`, `spec`, `status`) — the object as JSON, or
+/// a [`Body`] borrowed from the object as read.
+pub(super) trait Fields: Index<&'static str, Output = Value> {}
+impl<T: Index<&'static str, Output = Value> + ?Sized> Fields for T {}
+
+/// A workload as read, seen through its body (`spec`, `status`) and its
+/// generation, the one field of its metadata a status needs: reading a
+/// rolled-out workload's status copies nothing of it.
+pub(super) struct Body<'a> {
+    data: &'a Value,
+    metadata: Value,
+}
+
+impl<'a> Body<'a> {
+    pub(super) fn of(object: &'a DynamicObject) -> Self {
+        Body {
+            data: &object.data,
+            metadata: serde_json::json!({ "generation": object.metadata.generation }),
+        }
+    }
+}
+
+impl Index<&'static str> for Body<'_> {
+    type Output = Value;
+    fn index(&self, field: &'static str) -> &Value {
+        match field {
+            "metadata" => &self.metadata,
+            _ => &self.data[field],
+        }
+    }
+}
 
 /// Where a workload's rollout stands, from the object alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +55,7 @@ pub(super) enum Status {
 }
 
 /// The status of `object`, a workload of kind `kind`.
-pub(super) fn status_of(kind: WorkloadKind, object: &Value) -> Status {
+pub(super) fn status_of(kind: WorkloadKind, object: &(impl Fields + ?Sized)) -> Status {
     match kind {
         WorkloadKind::Deployment => deployment(object),
         WorkloadKind::StatefulSet => stateful_set(object),
@@ -30,12 +66,12 @@ pub(super) fn status_of(kind: WorkloadKind, object: &Value) -> Status {
 
 /// True once the controller has seen the object's current generation: only
 /// then do the status' counts speak of the current spec.
-pub(super) fn observed(object: &Value) -> bool {
+pub(super) fn observed(object: &(impl Fields + ?Sized)) -> bool {
     let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
     object["status"]["observedGeneration"].as_i64().unwrap_or(0) >= generation
 }
 
-fn not_observed(object: &Value) -> Status {
+fn not_observed(object: &(impl Fields + ?Sized)) -> Status {
     let generation = object["metadata"]["generation"].as_i64().unwrap_or(0);
     let observed = object["status"]["observedGeneration"].as_i64().unwrap_or(0);
     Status::Waiting(format!(
@@ -48,14 +84,14 @@ fn int(v: &Value) -> i64 {
 }
 
 /// The condition of type `kind` with status `True`/`False`, if any.
-pub(super) fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+pub(super) fn condition<'a>(object: &'a (impl Fields + ?Sized), kind: &str) -> Option<&'a Value> {
     object["status"]["conditions"]
         .as_array()?
         .iter()
         .find(|c| c["type"] == kind)
 }
 
-fn deployment(d: &Value) -> Status {
+fn deployment(d: &(impl Fields + ?Sized)) -> Status {
     if !observed(d) {
         return not_observed(d);
     }
@@ -89,7 +125,7 @@ fn deployment(d: &Value) -> Status {
     }
 }
 
-fn stateful_set(s: &Value) -> Status {
+fn stateful_set(s: &(impl Fields + ?Sized)) -> Status {
     if !observed(s) {
         return not_observed(s);
     }
@@ -127,7 +163,7 @@ fn stateful_set(s: &Value) -> Status {
     Status::Done
 }
 
-fn daemon_set(d: &Value) -> Status {
+fn daemon_set(d: &(impl Fields + ?Sized)) -> Status {
     if d["spec"]["updateStrategy"]["type"] == "OnDelete" {
         return Status::Done;
     }
@@ -149,7 +185,7 @@ fn daemon_set(d: &Value) -> Status {
     Status::Done
 }
 
-fn job(j: &Value) -> Status {
+fn job(j: &(impl Fields + ?Sized)) -> Status {
     if let Some(c) = condition(j, "Failed").filter(|c| c["status"] == "True") {
         return Status::Failed(format!(
             "{}: {}",
