@@ -15,8 +15,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
-            // Held to the end of `main`: dropping it writes out queued lines.
-            let _logs = chump::logging::init(config.log_format);
+            chump::logging::init(config.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -761,9 +761,9 @@ async fn data_survives_a_restart() {
     assert_eq!(b["id"], 3);
 }
 
-/// Logs are written by a thread of their own, in batches: the lines of a
-/// shutdown still all reach stderr, whole and in order, before the process
-/// exits.
+/// The lines of a shutdown all reach stderr, whole and in order, before the
+/// process exits (whatever writes them: a buffered or non-blocking writer
+/// must flush before exit).
 #[tokio::test]
 async fn every_line_logged_up_to_exit_reaches_stderr() {
     let mut c = Chump::start();
