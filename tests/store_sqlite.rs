@@ -56,6 +56,41 @@ async fn reopening_keeps_everything() {
 }
 
 #[tokio::test]
+async fn a_closed_store_refuses_writes_and_keeps_what_it_had() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chump.db");
+    let path = path.to_str().unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let store = SqliteStore::open(path).await.unwrap();
+    store
+        .create_source(&support::conformance::spec("a"), now)
+        .await
+        .unwrap();
+    store.close().await;
+    let refused = store
+        .create_source(&support::conformance::spec("b"), now)
+        .await;
+    assert!(
+        matches!(refused, Err(chump_jobs::store::StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        store
+            .claim_due(now, 10, "p1", std::time::Duration::from_secs(60))
+            .await,
+        Err(chump_jobs::store::StoreError::Unavailable(_))
+    ));
+    drop(store);
+    let store = SqliteStore::open(path).await.unwrap();
+    let sources = store.list_sources().await.unwrap();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(
+        sources[0].spec.deployment_name,
+        support::conformance::spec("a").deployment_name
+    );
+}
+
+#[tokio::test]
 async fn a_database_from_before_pruning_is_upgraded() {
     // The schema as the previous release left it (its two migrations), with
     // a source in it.

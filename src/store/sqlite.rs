@@ -1,14 +1,21 @@
 //! The embedded default store: one SQLite file, in WAL mode.
 //!
-//! Writes go through a pool of one connection, so they are serialized inside
-//! the process and never fail with `SQLITE_BUSY` against each other; reads use
-//! a separate pool and run concurrently with writes (WAL). A SQLite file
-//! belongs to one chump process at a time: leases still work, but replicas
-//! that share a database need the RethinkDB backend. The process holds an
-//! exclusive lock on `<database>.lock` for as long as the store is open, so a
-//! second process refuses to start on the same file; that is also why
-//! opening the store may release every lease it finds — their holder is
-//! gone (a crash or `kill -9`), and their checks are due again at once.
+//! Writes go through one connection, held behind a mutex, so they are
+//! serialized inside the process and never fail with `SQLITE_BUSY` against
+//! each other; reads use a separate pool and run concurrently with writes
+//! (WAL). Each statement is a trip to the connection's own thread (sqlx),
+//! and those trips are most of a steady check's store cost, so the hot
+//! paths take few: a claim and a batch of quiet results are one statement
+//! each, and a read followed by a single write under the writer's guard
+//! needs no transaction around it (nothing else writes in between).
+//!
+//! A SQLite file belongs to one chump process at a time: leases still work,
+//! but replicas that share a database need the RethinkDB backend. The
+//! process holds an exclusive lock on `<database>.lock` for as long as the
+//! store is open, so a second process refuses to start on the same file;
+//! that is also why opening the store may release every lease it finds —
+//! their holder is gone (a crash or `kill -9`), and their checks are due
+//! again at once.
 //!
 //! A source deleted with `prune=true` keeps its row, marked `deleting`, until
 //! the check that pruned its objects is recorded: that transaction deletes
@@ -42,10 +49,61 @@ const SOURCE_COLUMNS: &str = "id, namespace, deployment_name, git_url, branch, d
 const WENT_LIVE: &str = "(outcome IN ('deployed', 'rolled_back', 'superseded') \
     OR (outcome = 'failed' AND stage IN ('rollout', 'prune')))";
 
+/// A claim, as one statement (binds: now, the limit, the owner, the lease's
+/// end): the due sources, in schedule order, up to the limit, are leased,
+/// and their requests cleared (kept in `claimed_trigger`: RETURNING reads
+/// the updated row). Each row comes back with the status the claim needs,
+/// the source's columns ([`SOURCE_COLUMNS`], read by `source_from_row`) and
+/// its recorded inventory (`commit_sha`, `desired_image`, `objects`, read by
+/// `inventory_from_row`; NULL without one).
+fn claim_query() -> &'static str {
+    static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUERY.get_or_init(|| {
+        let of_source = |c: &str| {
+            format!("(SELECT {c} FROM sources WHERE sources.id = source_status.source_id) AS {c}")
+        };
+        let of_inventory = |c: &str| {
+            format!(
+                "(SELECT {c} FROM source_inventory \
+                 WHERE source_inventory.source_id = source_status.source_id) AS {c}"
+            )
+        };
+        let returning: Vec<String> = SOURCE_COLUMNS
+            .split(", ")
+            .filter(|c| *c != "id")
+            .map(of_source)
+            .chain(["commit_sha", "desired_image", "objects"].map(of_inventory))
+            .collect();
+        format!(
+            "UPDATE source_status SET claimed_trigger = requested_trigger, \
+               requested_trigger = NULL, lease_owner = ?3, lease_until = ?4 \
+             WHERE source_id IN ( \
+               SELECT st.source_id FROM source_status st JOIN sources s ON s.id = st.source_id \
+               WHERE st.next_check_at <= ?1 \
+                 AND (st.lease_until IS NULL OR st.lease_until <= ?1) \
+                 AND (s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1 \
+                      OR st.rollback_to IS NOT NULL) \
+               ORDER BY st.next_check_at, s.id LIMIT ?2) \
+             RETURNING source_id AS id, claimed_trigger, consecutive_failures, last_outcome, \
+               next_check_at, last_commit, pinned_commit, rollback_to, rollback_trigger, {}",
+            returning.join(", ")
+        )
+    })
+}
+
+/// The writer connection (None once the store is closed).
+type Writer = std::sync::Arc<tokio::sync::Mutex<Option<SqliteConnection>>>;
+
 /// A [`Store`] on a SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    /// The one connection that writes, held while it is used. Not a pool of
+    /// one: a pool pings the connection on every release (and by default on
+    /// every acquire) and releases it from a task of its own, so each
+    /// statement cost two or three trips to the connection's thread
+    /// instead of one. The connection is in this process; there is nothing
+    /// a ping could find out.
+    writer: Writer,
     reader: SqlitePool,
     /// Held open (and locked) while any clone of the store lives.
     _lock: std::sync::Arc<std::fs::File>,
@@ -74,20 +132,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
+        let mut writer = SqliteConnection::connect_with(&options)
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
             })?;
-        MIGRATOR.run(&writer).await.map_err(|e| {
+        MIGRATOR.run(&mut writer).await.map_err(|e| {
             StoreError::Backend(format!("cannot migrate SQLite database {path}: {e}"))
         })?;
         let options = options.read_only(true);
+        // No ping before each acquire (sqlx's default): the connections are
+        // in this process, so a ping proves nothing and costs a trip to the
+        // connection's thread.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
@@ -101,11 +160,11 @@ impl SqliteStore {
             })?;
         // Whoever held leases in this file is gone: their checks are due.
         sqlx::query("UPDATE source_status SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL")
-            .execute(&writer)
+            .execute(&mut writer)
             .await
             .map_err(db_err)?;
         Ok(Self {
-            writer,
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(Some(writer))),
             reader,
             _lock: std::sync::Arc::new(lock),
             manifest_retention: DEFAULT_MANIFEST_RETENTION,
@@ -164,11 +223,21 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Closes both pools, waiting for connections in use, and the version
-    /// probe.
+    /// The writer connection, for as long as the guard is held (writes are
+    /// serialized here, and so never fail with `SQLITE_BUSY` against each
+    /// other).
+    async fn writer(&self) -> StoreResult<tokio::sync::MappedMutexGuard<'_, SqliteConnection>> {
+        tokio::sync::MutexGuard::try_map(self.writer.lock().await, Option::as_mut)
+            .map_err(|_| StoreError::Unavailable("the SQLite store is closed".into()))
+    }
+
+    /// Closes the readers' pool, waiting for connections in use, the
+    /// writer (after the write in progress) and the version probe.
     pub async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = writer.close().await;
+        }
         if let Some(probe) = self.version_probe.lock().await.take() {
             let _ = probe.close().await;
         }
@@ -394,7 +463,8 @@ impl Store for SqliteStore {
     }
 
     async fn create_source(&self, spec: &SourceSpec, now: OffsetDateTime) -> StoreResult<Source> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         let row = sqlx::query(&format!(
             "INSERT INTO sources (namespace, deployment_name, git_url, branch, deploy_path, \
              container_name, image_version_file, interval_seconds, suspended, prune, auto_rollback, \
@@ -460,7 +530,8 @@ impl Store for SqliteStore {
         spec: &SourceSpec,
         now: OffsetDateTime,
     ) -> StoreResult<Source> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         let row = sqlx::query(&format!(
             "UPDATE sources SET namespace = ?, deployment_name = ?, git_url = ?, branch = ?, \
              deploy_path = ?, container_name = ?, image_version_file = ?, interval_seconds = ?, \
@@ -513,7 +584,8 @@ impl Store for SqliteStore {
     }
 
     async fn delete_source(&self, id: SourceId, prune: bool) -> StoreResult<Deletion> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         let Some(being_deleted) = deleting(&mut tx, id).await? else {
             return Err(StoreError::NotFound(id));
         };
@@ -579,14 +651,17 @@ impl Store for SqliteStore {
         trigger: Trigger,
         now: OffsetDateTime,
     ) -> StoreResult<RequestResult> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         let result = request_in(&mut tx, id, trigger, now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(result)
     }
 
-    /// One transaction: the sources' rows in one query, the requests in
-    /// one statement.
+    /// The sources' rows in one query, the requests in one statement, both
+    /// under the writer's guard: nothing else writes between them, and only
+    /// the second writes, so no transaction is needed (it would be two more
+    /// trips to SQLite's thread per push).
     async fn request_checks(
         &self,
         ids: &[SourceId],
@@ -596,7 +671,7 @@ impl Store for SqliteStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT s.id, s.deleting, st.requested_trigger, st.lease_until \
              FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id IN (",
@@ -606,7 +681,7 @@ impl Store for SqliteStore {
             list.push_bind(*id);
         }
         qb.push(")");
-        let rows = qb.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+        let rows = qb.build().fetch_all(&mut *writer).await.map_err(db_err)?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             let id: SourceId = row.try_get("id").map_err(db_err)?;
@@ -650,9 +725,8 @@ impl Store for SqliteStore {
                 list.push_bind(*id);
             }
             qb.push(")");
-            qb.build().execute(&mut *tx).await.map_err(db_err)?;
+            qb.build().execute(&mut *writer).await.map_err(db_err)?;
         }
-        tx.commit().await.map_err(db_err)?;
         Ok(results)
     }
 
@@ -663,7 +737,8 @@ impl Store for SqliteStore {
         trigger: Trigger,
         now: OffsetDateTime,
     ) -> StoreResult<RequestResult> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         let row = sqlx::query(
             "SELECT s.deleting, st.rollback_to, st.lease_until \
              FROM sources s JOIN source_status st ON st.source_id = s.id WHERE s.id = ?",
@@ -703,7 +778,8 @@ impl Store for SqliteStore {
     }
 
     async fn unpin(&self, id: SourceId, now: OffsetDateTime) -> StoreResult<Option<RequestResult>> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         let row: Option<(Option<String>,)> =
             sqlx::query_as("SELECT pinned_commit FROM source_status WHERE source_id = ?")
                 .bind(id)
@@ -767,34 +843,23 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now_ms = ms(now);
         let lease_until = now + lease;
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {cols}, st.requested_trigger, st.consecutive_failures, st.last_outcome, \
-             st.next_check_at, st.last_commit, st.pinned_commit, st.rollback_to, \
-             st.rollback_trigger \
-             FROM source_status st JOIN sources s ON s.id = st.source_id \
-             WHERE st.next_check_at <= ?1 \
-               AND (st.lease_until IS NULL OR st.lease_until <= ?1) \
-               AND (s.suspended = 0 OR st.requested_trigger = 'manual' OR s.deleting = 1 \
-                    OR st.rollback_to IS NOT NULL) \
-             ORDER BY st.next_check_at, s.id LIMIT ?2",
-            cols = SOURCE_COLUMNS
-                .split(", ")
-                .map(|c| format!("s.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .bind(now_ms)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        // One statement, so a claim is one trip to SQLite's thread: the
+        // lease is taken and the claimed rows come back with their source
+        // and inventory (see [`claim_query`]).
+        let mut writer = self.writer().await?;
+        let rows = sqlx::query(claim_query())
+            .bind(ms(now))
+            .bind(limit as i64)
+            .bind(owner)
+            .bind(ms(lease_until))
+            .fetch_all(&mut *writer)
+            .await
+            .map_err(db_err)?;
         let mut claims = Vec::with_capacity(rows.len());
-        for row in rows {
-            let source = source_from_row(&row).map_err(db_err)?;
-            let requested: Option<String> = row.try_get("requested_trigger").map_err(db_err)?;
+        for row in &rows {
+            let source = source_from_row(row).map_err(db_err)?;
+            let requested: Option<String> = row.try_get("claimed_trigger").map_err(db_err)?;
             let failures: i64 = row.try_get("consecutive_failures").map_err(db_err)?;
             let last_outcome: Option<String> = row.try_get("last_outcome").map_err(db_err)?;
             let due_at = from_ms(row.try_get("next_check_at").map_err(db_err)?);
@@ -803,9 +868,24 @@ impl Store for SqliteStore {
             let rollback_to: Option<i64> = row.try_get("rollback_to").map_err(db_err)?;
             let rollback_trigger: Option<String> =
                 row.try_get("rollback_trigger").map_err(db_err)?;
+            let inventory = match row
+                .try_get::<Option<String>, _>("objects")
+                .map_err(db_err)?
+            {
+                None => Inventory::default(),
+                Some(_) => inventory_from_row(row).unwrap_or_else(|e| {
+                    // Checked as if nothing was applied yet: everything is
+                    // applied again and nothing is pruned.
+                    tracing::warn!(source = source.id, error = %e, "unreadable inventory");
+                    Inventory::default()
+                }),
+            };
+            // A rollback's entry is read after the claim (rare; history
+            // entries do not change, and the order says when its manifests
+            // were dropped meanwhile).
             let rollback = match (source.deleting, rollback_to) {
                 (false, Some(to)) => Some(
-                    rollback_order(&mut tx, to, rollback_trigger, || {
+                    rollback_order(&mut writer, to, rollback_trigger, || {
                         pinned.clone().or(last_commit.clone())
                     })
                     .await?,
@@ -826,59 +906,14 @@ impl Store for SqliteStore {
                 consecutive_failures: failures.max(0) as u32,
                 last_outcome: parse_opt(last_outcome),
                 due_at,
-                inventory: Inventory::default(),
+                inventory,
                 owner: owner.to_string(),
                 lease_until,
                 source,
             });
         }
-        // Every lease in one statement.
-        if !claims.is_empty() {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "UPDATE source_status SET requested_trigger = NULL, lease_owner = ",
-            );
-            qb.push_bind(owner)
-                .push(", lease_until = ")
-                .push_bind(ms(lease_until))
-                .push(" WHERE source_id IN (");
-            let mut list = qb.separated(", ");
-            for c in &claims {
-                list.push_bind(c.source.id);
-            }
-            qb.push(")");
-            qb.build().execute(&mut *tx).await.map_err(db_err)?;
-        }
-        // The recorded inventories of every claimed source, in one query.
-        if !claims.is_empty() {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT source_id, commit_sha, desired_image, objects FROM source_inventory \
-                 WHERE source_id IN (",
-            );
-            let mut list = qb.separated(", ");
-            for c in &claims {
-                list.push_bind(c.source.id);
-            }
-            qb.push(")");
-            let rows = qb.build().fetch_all(&mut *tx).await.map_err(db_err)?;
-            let mut found = std::collections::HashMap::with_capacity(rows.len());
-            for row in &rows {
-                let id: SourceId = row.try_get("source_id").map_err(db_err)?;
-                match inventory_from_row(row) {
-                    Ok(inv) => {
-                        found.insert(id, inv);
-                    }
-                    // Checked as if nothing was applied yet: everything is
-                    // applied again and nothing is pruned.
-                    Err(e) => tracing::warn!(source = id, error = %e, "unreadable inventory"),
-                }
-            }
-            for c in &mut claims {
-                if let Some(inv) = found.remove(&c.source.id) {
-                    c.inventory = inv;
-                }
-            }
-        }
-        tx.commit().await.map_err(db_err)?;
+        // RETURNING's order is SQLite's: the schedule's is restored.
+        claims.sort_by_key(|c| (c.due_at, c.source.id));
         Ok(claims)
     }
 
@@ -898,7 +933,8 @@ impl Store for SqliteStore {
             };
             return self.finish_quiet_checks(&[check]).await;
         }
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         // Only the lease's holder writes (a deleted source has no status
         // row: its history entry is still kept).
         let holder: Option<(Option<String>,)> =
@@ -1051,14 +1087,15 @@ impl Store for SqliteStore {
              WHERE source_status.source_id = v.source_id AND source_status.lease_owner = v.owner",
         )
         .bind(rows)
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await
         .map_err(db_err)?;
         Ok(())
     }
 
     async fn release_claims(&self, owner: &str, ids: &[SourceId]) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await.map_err(db_err)?;
         for id in ids {
             sqlx::query(
                 "UPDATE source_status SET lease_owner = NULL, lease_until = NULL \
@@ -1096,7 +1133,7 @@ impl Store for SqliteStore {
         qb.push(") RETURNING source_id");
         let rows: Vec<(SourceId,)> = qb
             .build_query_as()
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *self.writer().await?)
             .await
             .map_err(db_err)?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
@@ -1301,7 +1338,7 @@ fn request_result(requested: bool, running: bool, trigger: Trigger) -> RequestRe
 /// manifests (None when dropped since it was asked for), and the commit to
 /// pin away from (the current pin, else the head last seen).
 async fn rollback_order(
-    tx: &mut sqlx::SqliteConnection,
+    db: &mut SqliteConnection,
     to: i64,
     trigger: Option<String>,
     from_commit: impl FnOnce() -> Option<String>,
@@ -1309,13 +1346,13 @@ async fn rollback_order(
     let entry: Option<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT commit_sha, desired_image FROM history WHERE id = ?")
             .bind(to)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *db)
             .await
             .map_err(db_err)?;
     let data: Option<(Vec<u8>,)> =
         sqlx::query_as("SELECT data FROM history_manifests WHERE history_id = ?")
             .bind(to)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *db)
             .await
             .map_err(db_err)?;
     let (commit, desired_image) = entry.unwrap_or_default();

@@ -482,6 +482,18 @@ pub async fn requested_checks(store: Arc<dyn Store>) {
         .unwrap()
         .remove(0);
     assert_eq!(claim.trigger, Trigger::Webhook);
+    // The request a claim took is not carried into the next one.
+    store
+        .finish_check(&claim, &report(&claim, Outcome::UpToDate, t(16)), t(500))
+        .await
+        .unwrap();
+    let claim = store
+        .claim_due(t(500), 5, "p1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(claim.trigger, Trigger::Schedule);
+    assert_eq!(claim.due_at, t(500));
     assert!(matches!(
         store.request_check(99, Trigger::Manual, t(0)).await,
         Err(StoreError::NotFound(99))
